@@ -1,0 +1,44 @@
+"""Control parameterisations: a few knots held over chunks of the control window.
+
+Sampling-based MPC libraries search over a few knots and interpolate them over the horizon. For a
+language model the natural analogue is a zero-order hold: ``K`` knot vectors, each held constant
+over a chunk of ``tau / K`` consecutive tokens (``K = 1``: one vector for the whole window;
+``K = tau``: one per token). Steps from ``tau`` to the dynamics' horizon get no control.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+
+class ZeroOrderHold:
+    """Expand ``(..., K, d)`` knots to ``(..., horizon, d)`` controls.
+
+    Args:
+        tau: number of controlled steps, ``1 <= tau <= horizon``.
+        num_knots: ``K``, ``1 <= K <= tau``; chunk sizes differ by at most one.
+        horizon: the dynamics' number of control steps; steps ``t >= tau`` get zero control.
+
+    Example:
+        >>> hold = ZeroOrderHold(tau=4, num_knots=2, horizon=5)
+        >>> hold.expand(torch.tensor([[1.0], [2.0]])).flatten().tolist()
+        [1.0, 1.0, 2.0, 2.0, 0.0]
+    """
+
+    def __init__(self, tau: int, num_knots: int, horizon: int) -> None:
+        if not 1 <= tau <= horizon:
+            raise ValueError(f"tau must be in [1, horizon={horizon}], got {tau}")
+        if not 1 <= num_knots <= tau:
+            raise ValueError(f"num_knots must be in [1, tau={tau}], got {num_knots}")
+        self.tau, self.num_knots, self.horizon = tau, num_knots, horizon
+        self.knot_of_step = (torch.arange(tau) * num_knots) // tau
+
+    def expand(self, knots: Tensor) -> Tensor:
+        """``(..., K, d)`` knots -> ``(..., horizon, d)`` controls."""
+        index = self.knot_of_step.to(knots.device)
+        held = knots.index_select(-2, index)
+        if self.horizon == self.tau:
+            return held
+        pad = held.new_zeros((*held.shape[:-2], self.horizon - self.tau, held.shape[-1]))
+        return torch.cat([held, pad], dim=-2)

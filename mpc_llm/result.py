@@ -1,0 +1,82 @@
+"""What `Controller.optimize` returns: the best rollout, the history and the budget spent."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor
+
+from mpc_llm.rollout import Rollout
+
+
+@dataclass(frozen=True)
+class Budget:
+    """Resources spent by one optimisation.
+
+    Attributes:
+        samples: rollouts scored by the cost, per problem (the comparisons' x-axis).
+        iterations: sample -> rollout -> cost -> update rounds.
+        seconds: wall-clock seconds.
+        tokens: tokens generated over all problems and samples (0 for non-LLM dynamics).
+    """
+
+    samples: int = 0
+    iterations: int = 0
+    seconds: float = 0.0
+    tokens: int = 0
+
+
+@dataclass(frozen=True)
+class IterationRecord:
+    """One iteration of the loop.
+
+    Attributes:
+        iteration: 0-based index.
+        costs: ``(B, n)`` costs of this iteration's samples (``+inf`` for invalid ones), on the CPU.
+        best_cost: ``(B,)`` best cost seen so far, after this iteration.
+        seconds: wall-clock seconds of this iteration.
+        tokens: tokens generated in this iteration.
+        stats: controller diagnostics, e.g. AISP's effective sample size ``ess`` ``(B,)``.
+    """
+
+    iteration: int
+    costs: Tensor
+    best_cost: Tensor
+    seconds: float
+    tokens: int
+    stats: dict[str, Tensor] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class OptimizeResult:
+    """The outcome of `Controller.optimize` for ``B`` problems.
+
+    Attributes:
+        best_rollout: the best sample seen for each problem, a rollout with ``N = 1``.
+        best_cost: ``(B,)`` its cost.
+        best_controls: ``(B, horizon, d)`` the controls that produced it.
+        mean: ``(B, K, d)`` the controller's final mean ``U`` (in knot space).
+        history: one record per iteration.
+        budget: resources spent.
+        state: the final controller state, to warm-start a later call.
+    """
+
+    best_rollout: Rollout
+    best_cost: Tensor
+    best_controls: Tensor
+    mean: Tensor
+    history: list[IterationRecord]
+    budget: Budget
+    state: object
+
+    def best_cost_curve(self) -> tuple[Tensor, Tensor]:
+        """The anytime curve: best cost after each scored sample.
+
+        Returns:
+            ``samples`` ``(M,)`` = 1..M and ``best`` ``(B, M)`` = min cost over the first m samples,
+            with ``M`` the total samples per problem, in the order they were drawn.
+        """
+        costs = torch.cat([record.costs for record in self.history], dim=1)
+        best = torch.cummin(costs, dim=1).values
+        return torch.arange(1, costs.shape[1] + 1), best

@@ -1,0 +1,116 @@
+"""The rollout: what a `Dynamics` returns for a batch of control sequences.
+
+A rollout is a dataclass whose per-sample fields are indexed by ``(B, N, ...)``: ``B`` problems
+(prompts, initial states) and ``N`` samples per problem. Tensors with that leading shape and nested
+lists ``list[B][N]`` (e.g. decoded texts) are per-sample fields; anything else is shared metadata.
+Subclasses add fields and get `take` / `cat` for free.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, ClassVar, TypeVar
+
+import torch
+from torch import Tensor
+
+R = TypeVar("R", bound="Rollout")
+
+
+@dataclass(frozen=True)
+class Rollout:
+    """Base rollout.
+
+    Attributes:
+        controls: the control sequences that produced this rollout, ``(B, N, tau, d)``.
+    """
+
+    controls: Tensor
+
+    #: Value used to pad a tensor field when rollouts of different lengths are concatenated.
+    pad_values: ClassVar[dict[str, float]] = {}
+
+    @property
+    def batch_size(self) -> int:
+        """``B``, the number of problems."""
+        return int(self.controls.shape[0])
+
+    @property
+    def num_samples(self) -> int:
+        """``N``, the number of samples per problem."""
+        return int(self.controls.shape[1])
+
+    @property
+    def tokens_generated(self) -> int:
+        """Tokens generated to produce this rollout (0 for systems that are not language models)."""
+        return 0
+
+    def _is_per_sample(self, value: Any) -> bool:
+        B, N = self.batch_size, self.num_samples
+        if isinstance(value, Tensor):
+            return value.dim() >= 2 and tuple(value.shape[:2]) == (B, N)
+        return (
+            isinstance(value, list)
+            and len(value) == B
+            and all(isinstance(row, list) and len(row) == N for row in value)
+        )
+
+    def take(self: R, index: Tensor) -> R:
+        """Select samples per problem.
+
+        Args:
+            index: ``(B, K)`` sample indices into ``N``.
+
+        Returns:
+            A rollout of the same type with ``N = K``.
+        """
+        if index.dim() != 2 or index.shape[0] != self.batch_size:
+            raise ValueError(f"index must have shape (B={self.batch_size}, K), got {tuple(index.shape)}")
+        changes: dict[str, Any] = {}
+        rows = index.tolist()
+        for field in dataclasses.fields(self):
+            value = getattr(self, field.name)
+            if not self._is_per_sample(value):
+                continue
+            if isinstance(value, Tensor):
+                idx = index.to(value.device).view(*index.shape, *([1] * (value.dim() - 2)))
+                changes[field.name] = torch.gather(value, 1, idx.expand(-1, -1, *value.shape[2:]))
+            else:
+                changes[field.name] = [[row[k] for k in ks] for row, ks in zip(value, rows, strict=True)]
+        return dataclasses.replace(self, **changes)
+
+    @classmethod
+    def cat(cls: type[R], rollouts: Sequence[R]) -> R:
+        """Concatenate rollouts of the same problems along the sample dimension ``N``.
+
+        Tensor fields whose trailing sizes differ (e.g. token sequences of different length ``T``)
+        are right-padded with ``pad_values[name]`` (default 0).
+        """
+        if not rollouts:
+            raise ValueError("cat needs at least one rollout")
+        first = rollouts[0]
+        changes: dict[str, Any] = {}
+        for field in dataclasses.fields(first):
+            values = [getattr(r, field.name) for r in rollouts]
+            if not all(r._is_per_sample(v) for r, v in zip(rollouts, values, strict=True)):
+                continue
+            if isinstance(values[0], Tensor):
+                changes[field.name] = _cat_padded(values, cls.pad_values.get(field.name, 0.0))
+            else:
+                changes[field.name] = [[x for v in values for x in v[b]] for b in range(first.batch_size)]
+        return dataclasses.replace(first, **changes)
+
+
+def _cat_padded(values: Sequence[Tensor], pad_value: float) -> Tensor:
+    """Concatenate ``(B, N_i, *rest_i)`` tensors on dim 1, padding each ``rest`` dim to its max."""
+    shape = [max(v.shape[k] for v in values) for k in range(values[0].dim())]
+    padded = []
+    for v in values:
+        if list(v.shape[2:]) != shape[2:]:
+            out = v.new_full((v.shape[0], v.shape[1], *shape[2:]), pad_value)
+            out[(slice(None), slice(None), *(slice(0, s) for s in v.shape[2:]))] = v
+            v = out
+        padded.append(v)
+    return torch.cat(padded, dim=1)
