@@ -1,0 +1,56 @@
+"""The language-model rollout: tokens, lengths, texts and optional per-token log-probs."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import torch
+from torch import Tensor
+
+from mpc_llm.rollout import Rollout
+
+#: A prompt as the user gives it: a plain string, or chat messages ``[{"role", "content"}, ...]``.
+Prompt = str | list[dict[str, Any]]
+
+
+@dataclass(frozen=True)
+class LMRollout(Rollout):
+    """``N`` sampled responses for each of ``B`` prompts.
+
+    Attributes:
+        controls: ``(B, N, tau, d)`` pre-logit controls (``t >= tau`` got none).
+        tokens: ``(B, N, T)`` generated token ids; positions ``>= lengths`` hold ``pad_token_id``.
+        lengths: ``(B, N)`` generated tokens per response (an EOS token counts).
+        texts: ``texts[b][n]``, the decoded response (special tokens and stop strings removed).
+        prompts: the ``B`` prompts as given (shared by all samples of a problem).
+        logprobs: ``(B, N, T)`` log-prob of each generated token under the controlled model
+            (0 past the end), or None when not requested.
+        base_logprobs: ``(B, N, T)`` the same under the unperturbed model, or None.
+    """
+
+    tokens: Tensor
+    lengths: Tensor
+    texts: list[list[str]]
+    prompts: list[Prompt]
+    logprobs: Tensor | None = None
+    base_logprobs: Tensor | None = None
+    pad_token_id: int = 0
+
+    pad_values: ClassVar[dict[str, float]] = {}
+
+    @property
+    def tokens_generated(self) -> int:
+        return int(self.lengths.sum())
+
+    def kl_to_base(self) -> Tensor:
+        """``(B, N)`` single-sample estimate of ``KL(controlled || base)``: ``sum_t log p_u - log p_0``.
+
+        Raises:
+            ValueError: if the rollout was made without log-probs.
+        """
+        if self.logprobs is None or self.base_logprobs is None:
+            raise ValueError("this rollout has no log-probs; create the dynamics with return_logprobs=True")
+        T = self.tokens.shape[-1]
+        mask = torch.arange(T, device=self.lengths.device) < self.lengths.unsqueeze(-1)
+        return ((self.logprobs - self.base_logprobs) * mask).sum(dim=-1)
