@@ -18,12 +18,15 @@ import warnings
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import ClassVar, Generic, TypeVar
 
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 from torch import Tensor
+from typing_extensions import Self
 
+from mpc_llm.config import read_mapping
 from mpc_llm.cost import CostFunction
 from mpc_llm.dynamics.base import Dynamics, make_generators
 from mpc_llm.parameterization import ZeroOrderHold
@@ -47,6 +50,11 @@ class ControllerConfig(BaseModel):
     num_iterations: int = Field(4, ge=1)
     tau: int | None = Field(None, ge=1)
     num_knots: int | None = Field(None, ge=1)
+
+    @classmethod
+    def from_file(cls, path: str | Path) -> Self:
+        """Load and validate settings from a YAML or JSON file (e.g. ``{sigma: 0.5, lambda: 0.1}``)."""
+        return cls.model_validate(read_mapping(path))
 
 
 class GaussianConfig(ControllerConfig):

@@ -1,0 +1,42 @@
+"""Rollout.take / Rollout.cat: generic selection over per-sample fields, with padding."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from mpc_llm import Rollout
+
+
+@dataclass(frozen=True)
+class TextRollout(Rollout):
+    tokens: torch.Tensor
+    texts: list[list[str]]
+    name: str = "shared"
+
+
+def make(B: int, N: int, T: int, offset: int = 0) -> TextRollout:
+    tokens = torch.arange(B * N * T).view(B, N, T) + offset
+    texts = [[f"b{b}n{n + offset}" for n in range(N)] for b in range(B)]
+    return TextRollout(controls=torch.randn(B, N, 2, 3), tokens=tokens, texts=texts)
+
+
+def test_take_selects_per_problem() -> None:
+    r = make(2, 3, 4)
+    picked = r.take(torch.tensor([[2], [0]]))
+    assert picked.num_samples == 1
+    assert picked.texts == [["b0n2"], ["b1n0"]]
+    assert torch.equal(picked.tokens[0, 0], r.tokens[0, 2])
+    assert torch.equal(picked.controls[1, 0], r.controls[1, 0])
+    assert picked.name == "shared"
+
+
+def test_cat_pads_shorter_sequences() -> None:
+    a, b = make(2, 1, 3), make(2, 2, 5, offset=100)
+    both = TextRollout.cat([a, b])
+    assert both.tokens.shape == (2, 3, 5)
+    assert both.tokens[0, 0, 3:].tolist() == [0, 0]
+    assert both.texts[1] == ["b1n0", "b1n100", "b1n101"]
+    picked = both.take(torch.tensor([[1], [2]])).tokens[:, 0]
+    assert torch.equal(picked, torch.stack([b.tokens[0, 0], b.tokens[1, 1]]))
