@@ -1,0 +1,113 @@
+"""A run folder that never loses finished work: settings, and records appended as they finish.
+
+run/
+  settings.json   what the run is (refuses a different run in the same folder)
+  records.jsonl   one JSON object per line, appended, flushed and fsynced as each job finishes
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import warnings
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+
+class RunFolderError(ValueError):
+    """The output folder holds something this run must not overwrite or cannot read."""
+
+
+class RunStore:
+    """Append-only records of one run, with resume.
+
+    Args:
+        folder: the run folder (created if missing).
+        settings: a JSON-serialisable description of the run; a folder holding a run with other
+            settings is refused unless ``overwrite``.
+        resume: continue a run with the same settings (finished records are kept and skipped).
+        overwrite: delete whatever the folder holds first.
+    """
+
+    SETTINGS = "settings.json"
+    RECORDS = "records.jsonl"
+
+    def __init__(
+        self,
+        folder: str | Path,
+        settings: Mapping[str, Any],
+        *,
+        resume: bool = False,
+        overwrite: bool = False,
+    ) -> None:
+        self.folder = Path(folder)
+        self.settings = json.loads(json.dumps(settings))  # normalise (tuples -> lists, ...)
+        settings_path = self.folder / self.SETTINGS
+        if overwrite and self.folder.exists():
+            shutil.rmtree(self.folder)
+        if settings_path.exists():
+            try:
+                existing = json.loads(settings_path.read_text(encoding="utf-8"))
+            except json.JSONDecodeError as err:
+                raise RunFolderError(
+                    f"{settings_path} is not valid JSON; pass overwrite to start anew"
+                ) from err
+            if existing != self.settings:
+                changed = sorted(
+                    k for k in set(existing) | set(self.settings) if existing.get(k) != self.settings.get(k)
+                )
+                raise RunFolderError(
+                    f"{self.folder} holds a run with different settings (differs in: {', '.join(changed)}); "
+                    "choose another folder or pass overwrite to replace it"
+                )
+            if not resume:
+                raise RunFolderError(
+                    f"{self.folder} already holds this run; "
+                    "pass resume to continue it or overwrite to start anew"
+                )
+        else:
+            self.folder.mkdir(parents=True, exist_ok=True)
+            if any(self.folder.iterdir()):
+                raise RunFolderError(f"{self.folder} is not empty and holds no run; choose an empty folder")
+            settings_path.write_text(json.dumps(self.settings, indent=2, sort_keys=True), encoding="utf-8")
+        self.records_path = self.folder / self.RECORDS
+        self.records: list[dict[str, Any]] = self._load()
+
+    def _load(self) -> list[dict[str, Any]]:
+        """Read the records; a torn last line (a kill mid-write) is dropped with a warning."""
+        if not self.records_path.exists():
+            return []
+        lines = self.records_path.read_text(encoding="utf-8").splitlines(keepends=True)
+        records: list[dict[str, Any]] = []
+        good_bytes = 0
+        for number, line in enumerate(lines, start=1):
+            try:
+                records.append(json.loads(line))
+            except json.JSONDecodeError as err:
+                if number == len(lines):
+                    warnings.warn(
+                        f"dropping a torn last line of {self.records_path}", RuntimeWarning, stacklevel=3
+                    )
+                    with self.records_path.open("r+b") as handle:
+                        handle.truncate(good_bytes)
+                    break
+                raise RunFolderError(f"{self.records_path}:{number} is not valid JSON: {err}") from err
+            good_bytes += len(line.encode("utf-8"))
+        return records
+
+    def append(self, records: Iterable[Mapping[str, Any]]) -> None:
+        """Append records durably (one write, flushed and fsynced)."""
+        batch = [dict(r) for r in records]
+        payload = "".join(json.dumps(r, sort_keys=True) + "\n" for r in batch)
+        with self.records_path.open("a", encoding="utf-8") as handle:
+            handle.write(payload)
+            handle.flush()
+            os.fsync(handle.fileno())
+        self.records.extend(batch)
+
+    def done(self, key_fields: Iterable[str]) -> set[tuple[Any, ...]]:
+        """The keys (tuples of ``key_fields``) of the records already written."""
+        fields = tuple(key_fields)
+        return {tuple(r[f] for f in fields) for r in self.records}
