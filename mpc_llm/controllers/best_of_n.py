@@ -17,6 +17,7 @@ class BestOfN(Controller[ControllerConfig]):
     """
 
     config_class = ControllerConfig
+    adaptive = False
 
     def sample(
         self, state: ControllerState, num_samples: int, generators: Sequence[torch.Generator]

@@ -1,0 +1,222 @@
+"""Compare controllers at equal budgets of scored responses.
+
+Budget accounting: each (prompt chunk, controller, seed) is one run of ``optimize`` with
+``max_samples = max(budgets)``; the record for budget ``k`` is read off the anytime curve, i.e. the
+best of the first ``k`` samples that run scored. For a non-adaptive controller (best-of-N, random
+shooting) that is exactly what a budget-``k`` run returns; for an adaptive one (AISP, CEM) it is the
+state of the run after ``k`` samples, which is why every budget must be at least one iteration
+(``num_samples``) of each adaptive controller: ``iterations = ceil(k / num_samples)``, the last
+iteration possibly partial. Every controller scores exactly ``k`` responses per prompt at budget
+``k``.
+
+Problem ``p`` under run seed ``s`` draws from seed ``s * 1_000_003 + p``, whatever chunk it is in,
+so results do not depend on ``prompts_per_batch`` and a resumed run equals an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+from tqdm.auto import tqdm
+
+from mpc_llm.controllers.base import Controller
+from mpc_llm.cost import CostFunction
+from mpc_llm.dynamics.base import Dynamics
+from mpc_llm.dynamics.lm_rollout import LMRollout, Prompt
+from mpc_llm.evaluation.store import RunStore
+from mpc_llm.evaluation.summary import summarize, write_summary
+from mpc_llm.rollout import Rollout
+
+SEED_STRIDE = 1_000_003
+KEY = ("prompt_index", "controller", "seed")
+
+
+class _Tape(Dynamics):
+    """A dynamics that keeps every rollout it produces (to read the best response at each budget)."""
+
+    def __init__(self, inner: Dynamics) -> None:
+        self.inner = inner
+        self.rollouts: list[Rollout] = []
+
+    batch_size = property(lambda self: self.inner.batch_size)
+    horizon = property(lambda self: self.inner.horizon)
+    control_dim = property(lambda self: self.inner.control_dim)
+    device = property(lambda self: self.inner.device)
+    dtype = property(lambda self: self.inner.dtype)
+
+    def rollout(self, controls: Tensor, generators: Sequence[torch.Generator]) -> Rollout:
+        rollout = self.inner.rollout(controls, generators)
+        self.rollouts.append(rollout)
+        return rollout
+
+
+def check_budgets(controllers: Mapping[str, Controller], budgets: Sequence[int]) -> list[int]:
+    """Sorted distinct budgets; each at least one iteration of every adaptive controller."""
+    if not budgets or any(int(b) < 1 for b in budgets):
+        raise ValueError(f"budgets must be positive integers, got {list(budgets)}")
+    ordered = sorted({int(b) for b in budgets})
+    for name, controller in controllers.items():
+        per_iteration = controller.config.num_samples
+        if controller.adaptive and ordered[0] < per_iteration:
+            raise ValueError(
+                f"budget {ordered[0]} is smaller than one iteration of controller {name!r} "
+                f"({per_iteration} samples); lower its num_samples or raise the smallest budget"
+            )
+    return ordered
+
+
+def _prompt_text(prompt: Prompt) -> str:
+    return prompt if isinstance(prompt, str) else json.dumps(prompt, sort_keys=True)
+
+
+def run_settings(
+    prompts: Sequence[Prompt],
+    controllers: Mapping[str, Controller],
+    budgets: Sequence[int],
+    seeds: Sequence[int],
+    extra: Mapping[str, Any],
+) -> dict[str, Any]:
+    """What identifies a run: resuming requires the same settings."""
+    digest = hashlib.sha256("\n".join(_prompt_text(p) for p in prompts).encode()).hexdigest()
+    return {
+        "prompts_sha256": digest,
+        "num_prompts": len(prompts),
+        "controllers": {
+            name: {"class": type(c).__name__, "config": c.config.model_dump(mode="json")}
+            for name, c in controllers.items()
+        },
+        "budgets": list(budgets),
+        "seeds": list(seeds),
+        **dict(extra),
+    }
+
+
+def _records_for_chunk(
+    tape: _Tape,
+    costs: Tensor,
+    iteration_seconds: list[float],
+    indices: list[int],
+    name: str,
+    seed: int,
+    budgets: list[int],
+) -> list[dict[str, Any]]:
+    """One record per (prompt of the chunk, budget), read off the run's first ``k`` samples."""
+    sizes = [r.num_samples for r in tape.rollouts]
+    ends = torch.tensor(sizes).cumsum(0).tolist()
+    records = []
+    for k in budgets:
+        best = costs[:, :k].argmin(dim=1)  # (B,) index into the run's samples
+        last_iteration = next(i for i, end in enumerate(ends) if end >= k)
+        seconds = sum(iteration_seconds[: last_iteration + 1]) / len(indices)
+        for b, prompt_index in enumerate(indices):
+            j = int(best[b])
+            it = next(i for i, end in enumerate(ends) if end > j)
+            rollout, n = tape.rollouts[it], j - (ends[it] - sizes[it])
+            record: dict[str, Any] = {
+                "prompt_index": prompt_index,
+                "controller": name,
+                "seed": seed,
+                "budget": k,
+                "reward": -float(costs[b, j]),
+            }
+            if isinstance(rollout, LMRollout):
+                record["response"] = rollout.texts[b][n]
+                if rollout.logprobs is not None and rollout.base_logprobs is not None:
+                    record["kl"] = float(rollout.kl_to_base()[b, n])
+                record["tokens"] = _tokens_in_first(tape.rollouts, sizes, b, k)
+            record["seconds"] = seconds
+            records.append(record)
+    return records
+
+
+def _tokens_in_first(rollouts: list[Rollout], sizes: list[int], b: int, k: int) -> int:
+    """Tokens generated for problem ``b`` by its first ``k`` samples."""
+    total, left = 0, k
+    for rollout, size in zip(rollouts, sizes, strict=True):
+        take = min(size, left)
+        total += int(rollout.lengths[b, :take].sum())  # type: ignore[attr-defined]
+        left -= take
+        if left == 0:
+            break
+    return total
+
+
+def compare(
+    prompts: Sequence[Prompt],
+    controllers: Mapping[str, Controller],
+    make_dynamics: Callable[[list[Prompt]], Dynamics],
+    cost: CostFunction,
+    *,
+    budgets: Sequence[int],
+    out_dir: str | Path,
+    seeds: Sequence[int] = (0,),
+    resume: bool = False,
+    overwrite: bool = False,
+    prompts_per_batch: int = 8,
+    settings: Mapping[str, Any] | None = None,
+    baseline: str | None = "best_of_n",
+    progress: bool = True,
+) -> list[dict[str, Any]]:
+    """Run every controller on every prompt and seed; write records, ``summary.md`` and the plot.
+
+    Args:
+        prompts: the prompts (strings or chat messages).
+        controllers: name -> controller; ``baseline`` names the one win rates are measured against.
+        make_dynamics: builds the dynamics for a list of prompts (e.g. ``lm.with_prompts``).
+        cost: a negated reward (``reward.as_cost()``); records store ``reward = -cost``.
+        budgets: responses scored per prompt at which to read the results.
+        out_dir: the run folder (see `RunStore`); ``records.jsonl`` is appended as each chunk ends.
+        seeds: run seeds.
+        resume: continue an interrupted run with the same settings, redoing nothing.
+        overwrite: replace whatever ``out_dir`` holds.
+        prompts_per_batch: prompts optimised together in one batch (does not change results).
+        settings: extra JSON-serialisable settings to record (model, reward, dynamics options).
+        baseline: controller name for win rates (None: no win rates).
+        progress: show a progress bar.
+
+    Returns:
+        The summary rows (one per controller and budget), as written to ``summary.md``.
+    """
+    if not prompts:
+        raise ValueError("compare needs at least one prompt")
+    if not controllers:
+        raise ValueError("compare needs at least one controller")
+    if baseline is not None and baseline not in controllers:
+        baseline = None
+    budgets = check_budgets(controllers, budgets)
+    store = RunStore(
+        out_dir,
+        run_settings(prompts, controllers, budgets, seeds, settings or {}),
+        resume=resume,
+        overwrite=overwrite,
+    )
+    done = store.done(KEY)
+    jobs = [
+        (start, name, seed)
+        for seed in seeds
+        for name in controllers
+        for start in range(0, len(prompts), prompts_per_batch)
+    ]
+    bar = tqdm(jobs, desc="compare", disable=not progress, unit="job")
+    for start, name, seed in bar:
+        chunk = range(start, min(start + prompts_per_batch, len(prompts)))
+        indices = [i for i in chunk if (i, name, seed) not in done]
+        if not indices:
+            continue
+        bar.set_postfix_str(f"{name} seed={seed} prompts {indices[0]}..{indices[-1]}")
+        tape = _Tape(make_dynamics([prompts[i] for i in indices]))
+        result = controllers[name].optimize(
+            tape, cost, seed=[seed * SEED_STRIDE + i for i in indices], max_samples=budgets[-1]
+        )
+        costs = torch.cat([r.costs for r in result.history], dim=1)
+        seconds = [r.seconds for r in result.history]
+        store.append(_records_for_chunk(tape, costs, seconds, indices, name, seed, budgets))
+    rows = summarize(store.records, baseline=baseline)
+    write_summary(rows, Path(out_dir), store.settings)
+    return rows

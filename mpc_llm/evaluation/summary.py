@@ -1,0 +1,120 @@
+"""Summaries of a comparison: one row per (controller, budget), ``summary.md`` and the plot."""
+
+from __future__ import annotations
+
+import json
+from collections import defaultdict
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from mpc_llm.evaluation.metrics import distinct_n, mean_ci, rep_n, win_rate
+
+
+def summarize(
+    records: Sequence[Mapping[str, Any]], baseline: str | None = "best_of_n"
+) -> list[dict[str, Any]]:
+    """Aggregate records over prompts and seeds.
+
+    Each row: ``controller``, ``budget``, ``n`` (prompt x seed pairs), ``reward`` mean with its 95%
+    Student-t interval ``reward_low`` / ``reward_high``, ``win_rate`` against ``baseline`` at the
+    same budget (paired by prompt and seed, ties count one half), ``distinct_2`` over the returned
+    responses, mean ``rep_2``, mean ``kl`` (when log-probs were recorded), mean ``tokens`` and
+    ``seconds`` per prompt.
+    """
+    groups: dict[tuple[str, int], list[Mapping[str, Any]]] = defaultdict(list)
+    for record in records:
+        groups[(record["controller"], int(record["budget"]))].append(record)
+    base = {
+        (r["prompt_index"], r["seed"], int(r["budget"])): float(r["reward"])
+        for r in records
+        if r["controller"] == baseline
+    }
+    order = list(dict.fromkeys(r["controller"] for r in records))
+    rows = []
+    for (name, budget), group in sorted(groups.items(), key=lambda kv: (order.index(kv[0][0]), kv[0][1])):
+        rewards = [float(r["reward"]) for r in group]
+        ci = mean_ci(rewards)
+        row: dict[str, Any] = {
+            "controller": name,
+            "budget": budget,
+            "n": ci.n,
+            "reward": ci.mean,
+            "reward_low": ci.low,
+            "reward_high": ci.high,
+        }
+        pairs = [(float(r["reward"]), base.get((r["prompt_index"], r["seed"], budget))) for r in group]
+        pairs = [(a, b) for a, b in pairs if b is not None]
+        row["win_rate"] = win_rate([a for a, _ in pairs], [b for _, b in pairs]) if pairs else None
+        responses = [r["response"] for r in group if "response" in r]
+        if responses:
+            row["distinct_2"] = distinct_n(responses, 2)
+            row["rep_2"] = sum(rep_n(t, 2) for t in responses) / len(responses)
+        kls = [float(r["kl"]) for r in group if "kl" in r]
+        row["kl"] = sum(kls) / len(kls) if kls else None
+        tokens = [int(r["tokens"]) for r in group if "tokens" in r]
+        row["tokens"] = sum(tokens) / len(tokens) if tokens else None
+        row["seconds"] = sum(float(r["seconds"]) for r in group) / len(group)
+        rows.append(row)
+    return rows
+
+
+def _fmt(value: Any, digits: int = 3) -> str:
+    if value is None:
+        return "–"
+    if isinstance(value, float):
+        return f"{value:.{digits}f}"
+    return str(value)
+
+
+def markdown_table(rows: Sequence[Mapping[str, Any]]) -> str:
+    """The summary rows as a Markdown table."""
+    header = (
+        "| controller | budget | n | mean best reward [95% CI] | win rate vs baseline | distinct-2 | rep-2 "
+        "| KL to base | tokens / prompt | s / prompt |\n|---|---:|---:|---|---:|---:|---:|---:|---:|---:|\n"
+    )
+    lines = [
+        f"| {r['controller']} | {r['budget']} | {r['n']} | {_fmt(r['reward'])} "
+        f"[{_fmt(r['reward_low'])}, {_fmt(r['reward_high'])}] | {_fmt(r['win_rate'], 2)} "
+        f"| {_fmt(r.get('distinct_2'))} | {_fmt(r.get('rep_2'))} | {_fmt(r['kl'], 2)} "
+        f"| {_fmt(r['tokens'], 0)} | {_fmt(r['seconds'], 2)} |"
+        for r in rows
+    ]
+    return header + "\n".join(lines) + "\n"
+
+
+def plot_reward_vs_samples(rows: Sequence[Mapping[str, Any]], path: str | Path) -> Path:
+    """Mean best reward against budget per controller, with 95% confidence bands, as a PNG."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError as err:
+        raise ImportError("plotting needs matplotlib: pip install 'mpc_llm[plot]'") from err
+    fig, ax = plt.subplots(figsize=(6.4, 4.2), dpi=120)
+    for name in dict.fromkeys(r["controller"] for r in rows):
+        mine = sorted((r for r in rows if r["controller"] == name), key=lambda r: r["budget"])
+        x = [r["budget"] for r in mine]
+        ax.plot(x, [r["reward"] for r in mine], marker="o", label=name)
+        ax.fill_between(x, [r["reward_low"] for r in mine], [r["reward_high"] for r in mine], alpha=0.2)
+    ax.set_xscale("log", base=2)
+    ax.set_xlabel("responses scored per prompt (budget)")
+    ax.set_ylabel("mean best reward (95% CI)")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    path = Path(path)
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
+def write_summary(rows: Sequence[Mapping[str, Any]], folder: Path, settings: Mapping[str, Any]) -> None:
+    """Write ``summary.md`` (settings and table), ``summary.json`` and ``reward_vs_samples.png``."""
+    text = "# Comparison\n\n" + markdown_table(rows)
+    text += "\n<details><summary>settings</summary>\n\n```json\n"
+    text += json.dumps(settings, indent=2, sort_keys=True) + "\n```\n</details>\n"
+    (folder / "summary.md").write_text(text, encoding="utf-8")
+    (folder / "summary.json").write_text(json.dumps(list(rows), indent=2), encoding="utf-8")
+    plot_reward_vs_samples(rows, folder / "reward_vs_samples.png")
