@@ -1,0 +1,134 @@
+"""Prompt sets: files (JSONL, CSV, plain text), the bundled set, HH-RLHF and SHP via `datasets`.
+
+- ``.jsonl``: one object per line with ``"prompt"`` (a string) or ``"messages"`` (chat messages);
+- ``.csv``: a header row with a ``prompt`` column;
+- anything else: plain text, one prompt per line (blank lines and ``#`` comments are skipped).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from importlib import resources
+from pathlib import Path
+
+from mpc_llm.dynamics.lm_rollout import Prompt
+
+#: Name of the bundled prompt set (48 open-ended prompts whose tone can be steered).
+BUNDLED = "bundled"
+DATASETS = {"hh-rlhf": "Anthropic/hh-rlhf", "shp": "stanfordnlp/SHP"}
+
+
+class PromptFileError(ValueError):
+    """A prompt file is empty or malformed; the message names the file and line."""
+
+
+def bundled_prompts() -> list[str]:
+    """The bundled prompts written for the embedded default (SmolLM2 + sentiment)."""
+    text = resources.files("mpc_llm.data").joinpath("prompts.txt").read_text(encoding="utf-8")
+    return _parse_text(text)
+
+
+def _parse_text(text: str) -> list[str]:
+    return [line.strip() for line in text.splitlines() if line.strip() and not line.lstrip().startswith("#")]
+
+
+def _parse_jsonl(path: Path) -> list[Prompt]:
+    prompts: list[Prompt] = []
+    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            item = json.loads(line)
+        except json.JSONDecodeError as err:
+            raise PromptFileError(f"{path}:{number}: not valid JSON ({err.msg})") from err
+        if isinstance(item, dict) and isinstance(item.get("prompt"), str) and item["prompt"].strip():
+            prompts.append(item["prompt"])
+        elif isinstance(item, dict) and _is_chat(item.get("messages")):
+            prompts.append(item["messages"])
+        else:
+            raise PromptFileError(
+                f'{path}:{number}: expected {{"prompt": "..."}} or {{"messages": [{{"role": ..., '
+                f'"content": ...}}]}}, got {line.strip()[:80]}'
+            )
+    return prompts
+
+
+def _is_chat(value: object) -> bool:
+    return (
+        isinstance(value, list)
+        and len(value) > 0
+        and all(isinstance(m, dict) and "role" in m and "content" in m for m in value)
+    )
+
+
+def _parse_csv(path: Path) -> list[Prompt]:
+    with path.open(newline="", encoding="utf-8") as handle:
+        reader = csv.DictReader(handle)
+        if reader.fieldnames is None or "prompt" not in reader.fieldnames:
+            header = reader.fieldnames
+            raise PromptFileError(f"{path}:1: the header must have a 'prompt' column, got {header}")
+        prompts: list[Prompt] = []
+        for row in reader:
+            value = (row.get("prompt") or "").strip()
+            if not value:
+                raise PromptFileError(f"{path}:{reader.line_num}: empty prompt")
+            prompts.append(value)
+    return prompts
+
+
+def load_prompts(source: str | Path, limit: int | None = None) -> list[Prompt]:
+    """Load prompts from a file, ``"bundled"``, or ``"hh-rlhf"`` / ``"shp"`` (local `datasets` cache).
+
+    Raises:
+        PromptFileError: the file is missing, empty or malformed (with the line number).
+    """
+    name = str(source)
+    if name == BUNDLED:
+        prompts: list[Prompt] = list(bundled_prompts())
+    elif name in DATASETS:
+        prompts = list(load_dataset_prompts(name))
+    else:
+        path = Path(source)
+        if not path.is_file():
+            raise PromptFileError(
+                f"prompt file {path} does not exist; give a .jsonl, .csv or .txt file, "
+                f"or one of {[BUNDLED, *DATASETS]}"
+            )
+        suffix = path.suffix.lower()
+        if suffix == ".jsonl":
+            prompts = _parse_jsonl(path)
+        elif suffix == ".csv":
+            prompts = _parse_csv(path)
+        else:
+            prompts = list(_parse_text(path.read_text(encoding="utf-8")))
+        if not prompts:
+            raise PromptFileError(f"{path} holds no prompts")
+    return prompts[:limit] if limit is not None else prompts
+
+
+def load_dataset_prompts(name: str, split: str = "test") -> list[str]:
+    """First-turn prompts of HH-RLHF or SHP from the local `datasets` cache (no download).
+
+    Raises:
+        ImportError: `datasets` is not installed.
+        PromptFileError: the data set is not available offline.
+    """
+    try:
+        import datasets
+    except ImportError as err:
+        raise ImportError(f"loading {name} needs the datasets package: pip install datasets") from err
+    try:
+        data = datasets.load_dataset(DATASETS[name], split=split, download_mode="reuse_cache_if_exists")
+    except Exception as err:  # datasets raises many types when offline
+        raise PromptFileError(
+            f"{name} ({DATASETS[name]}) is not available locally and cannot be downloaded here ({err}); "
+            "save its prompts to a .jsonl/.txt file and pass that instead"
+        ) from err
+    if name == "shp":
+        return [row["history"] for row in data]
+    prompts = []
+    for row in data:
+        first = row["chosen"].split("\n\nAssistant:")[0]
+        prompts.append(first.replace("\n\nHuman:", "", 1).strip())
+    return prompts
