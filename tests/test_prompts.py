@@ -50,3 +50,15 @@ def test_a_missing_file_lists_the_alternatives(tmp_path) -> None:
 def test_hh_rlhf_without_local_data_says_what_to_do() -> None:
     with pytest.raises((ImportError, PromptFileError), match=r"datasets|not available locally"):
         load_prompts("hh-rlhf")
+
+
+def test_sweep_builds_named_aisp_candidates() -> None:
+    from mpc_llm.evaluation.sweep import aisp_grid, aisp_random
+
+    grid = aisp_grid([0.5, 2.0], [0.1, 1.0], alpha=0.5, num_samples=4)
+    assert len(grid) == 4 and grid["aisp[sigma=2,lambda=0.1]"].config.alpha == 0.5
+    draws = aisp_random(5, (0.1, 10.0), (0.01, 1.0), seed=3, num_samples=4)
+    assert draws.keys() == aisp_random(5, (0.1, 10.0), (0.01, 1.0), seed=3, num_samples=4).keys()
+    assert all(0.1 <= c.config.sigma <= 10 and 0.01 <= c.config.lambda_ <= 1 for c in draws.values())
+    with pytest.raises(ValueError, match="sigma_range"):
+        aisp_random(2, (0.0, 1.0), (0.1, 1.0))
