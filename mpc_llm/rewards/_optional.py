@@ -1,0 +1,32 @@
+"""Optional dependencies: import them lazily, and say how to install them when they are missing."""
+
+from __future__ import annotations
+
+import importlib
+from types import ModuleType
+
+
+class MissingDependencyError(ImportError):
+    """An optional dependency of a reward is not installed; the message says how to install it."""
+
+
+def require(module: str, *, extra: str, feature: str, package: str | None = None) -> ModuleType:
+    """Import ``module`` or raise a `MissingDependencyError` naming ``feature`` and the pip extra.
+
+    Args:
+        module: the module to import, e.g. ``"sentence_transformers"``.
+        extra: the optional extra of ``mpc_llm`` that installs it, e.g. ``"embed"``.
+        feature: what needs it, for the message, e.g. ``"EmbeddingSimilarityReward"``.
+        package: the PyPI name when it differs from the module name.
+
+    Example:
+        >>> require("math", extra="none", feature="doctest").sqrt(4.0)
+        2.0
+    """
+    try:
+        return importlib.import_module(module)
+    except ImportError as exc:
+        raise MissingDependencyError(
+            f"{feature} needs the optional dependency '{package or module}', which is not installed; "
+            f"install it with: pip install 'mpc_llm[{extra}]'  (or: pip install {package or module})"
+        ) from exc
