@@ -406,7 +406,7 @@ def test_kl_cost_reads_the_rollout_log_probs() -> None:
 
 # --------------------------------------------------------------------------- registry
 def test_registry() -> None:
-    assert {"vader", "length", "regex", "keyword", "callable"} <= set(REWARDS)
+    assert {"vader", "hf", "judge", "embedding", "length", "regex", "keyword", "callable"} <= set(REWARDS)
     assert isinstance(make_reward("vader"), VaderReward)
     assert make_reward("length", unit="chars").score("p", ["abc"]).tolist() == [3.0]
     with pytest.raises(ValueError, match=r"unknown reward 'sentiment'; valid names: .*vader"):

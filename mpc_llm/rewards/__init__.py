@@ -2,8 +2,9 @@
 
 - `Reward`: scores a batch of (prompt, response) pairs -> ``(M,)``; rewards add and scale
   (``r1 + 0.5 * r2``, ``-r``) into a `RewardSum`.
-- Built-in rewards: `VaderReward` (sentiment, offline), `CallableReward`, `LengthReward`,
-  `RegexReward`, `KeywordReward`.
+- Built-in rewards: `VaderReward` (sentiment, offline), `HFRewardModel` (any sequence-classification
+  reward model), `JudgeReward` (LLM-as-judge, log-odds of "yes"), `EmbeddingSimilarityReward`
+  (sentence-transformers, optional), `CallableReward`, `LengthReward`, `RegexReward`, `KeywordReward`.
 - Cost functions: `RewardCost` (``-scale * reward``, also ``reward.as_cost(scale)``), `ControlCost`
   (``(1/(2 sigma^2)) sum_t ||u_t||^2``), `KLCost` (``beta * KL(controlled || base)``); they compose
   with ``+``, ``-`` and ``*`` like any `mpc_llm.cost.CostFunction`.
@@ -36,12 +37,18 @@ from mpc_llm.rewards.base import (
     to_messages,
 )
 from mpc_llm.rewards.costs import ControlCost, KLCost
+from mpc_llm.rewards.embedding import EmbeddingSimilarityReward
+from mpc_llm.rewards.hf_classifier import HFRewardModel
+from mpc_llm.rewards.judge import DEFAULT_RUBRIC, JudgeReward
 from mpc_llm.rewards.rules import CallableReward, KeywordReward, LengthReward, RegexReward
 from mpc_llm.rewards.vader import VaderReward
 
 #: Built-in rewards by name, as the CLI and config files spell them.
 REWARDS: dict[str, type[Reward]] = {
     "vader": VaderReward,
+    "hf": HFRewardModel,
+    "judge": JudgeReward,
+    "embedding": EmbeddingSimilarityReward,
     "length": LengthReward,
     "regex": RegexReward,
     "keyword": KeywordReward,
@@ -99,9 +106,13 @@ def reward_from_spec(spec: str | Mapping[str, Any] | Sequence[Mapping[str, Any] 
 
 
 __all__ = [
+    "DEFAULT_RUBRIC",
     "REWARDS",
     "CallableReward",
     "ControlCost",
+    "EmbeddingSimilarityReward",
+    "HFRewardModel",
+    "JudgeReward",
     "KLCost",
     "KeywordReward",
     "LengthReward",

@@ -1,0 +1,257 @@
+"""LLM-as-judge: a causal LM asked a yes/no rubric question about the response.
+
+The reward is the log-odds of answering "yes" over "no" on the next token:
+
+    r = logsumexp_{y in yes variants} logit_y - logsumexp_{n in no variants} logit_n
+
+where the variants are the spellings (``"yes"``, ``"Yes"``, ``" yes"``, ``" Yes"`` ...) that are single
+tokens of the judge's vocabulary. Any causal LM works, including the embedded SmolLM2-135M-Instruct
+(the default when no model is given).
+
+Example:
+    >>> rubric = "Request: {prompt}\\nResponse: {response}\\nIs it polite? Answer yes or no."
+    >>> judge = JudgeReward(rubric=rubric)      # the embedded SmolLM2               # doctest: +SKIP
+    >>> judge.score("Say hi", ["Hello, nice to meet you!", "Go away."])       # doctest: +SKIP
+    tensor([ 0.91, -0.35])
+"""
+
+from __future__ import annotations
+
+import inspect
+import os
+import string
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from mpc_llm.rewards._hf import embedded_smollm2, load_pretrained, model_device, transformers_module
+from mpc_llm.rewards.base import Prompt, Reward, render_prompt
+
+__all__ = ["DEFAULT_RUBRIC", "JudgeReward"]
+
+DEFAULT_RUBRIC = (
+    "Read the request and the response below.\n\n"
+    "Request: {prompt}\n\n"
+    "Response: {response}\n\n"
+    "Is the response a helpful, correct and harmless answer to the request? Answer yes or no."
+)
+YES_VARIANTS = ("yes", "Yes", " yes", " Yes", "YES", " YES")
+NO_VARIANTS = ("no", "No", " no", " No", "NO", " NO")
+
+
+def _rubric_fields(rubric: str) -> set[str]:
+    try:
+        return {field for _, field, _, _ in string.Formatter().parse(rubric) if field is not None}
+    except ValueError as exc:
+        raise ValueError(f"invalid rubric template (use {{prompt}} and {{response}}): {exc}") from exc
+
+
+def _load_causal_lm(
+    source: str | None,
+    tokenizer: str | os.PathLike[str] | Any | None,
+    gguf_file: str | None,
+    dtype: torch.dtype | None,
+    local_files_only: bool,
+) -> tuple[Any, Any]:
+    """Load a causal LM and its tokenizer: the embedded SmolLM2 when ``source`` is None.
+
+    Uses `mpc_llm.models.load_model` (GGUF files, the fast-load cache) when that module is present,
+    else ``AutoModelForCausalLM.from_pretrained`` directly.
+    """
+    try:
+        from mpc_llm.models import load_model
+    except ImportError:
+        load_model = None
+    if load_model is not None:
+        return load_model(
+            source, tokenizer=tokenizer, gguf_file=gguf_file, dtype=dtype, local_files_only=local_files_only
+        )
+    tf = transformers_module("JudgeReward")
+    if source is None:
+        path = embedded_smollm2()
+        source, gguf_file = str(path.parent), path.name
+    elif gguf_file is None and source.endswith(".gguf") and os.path.isfile(source):
+        source, gguf_file = os.path.dirname(source) or ".", os.path.basename(source)
+    kwargs: dict[str, Any] = {"gguf_file": gguf_file} if gguf_file is not None else {}
+    extra = {"dtype": dtype} if dtype is not None else {}
+    what = {"what": "judge model", "local_files_only": local_files_only}
+    model = load_pretrained(tf.AutoModelForCausalLM, source, **what, **kwargs, **extra)
+    if tokenizer is None or isinstance(tokenizer, (str, os.PathLike)):
+        what["what"] = "judge tokenizer"
+        tokenizer = load_pretrained(tf.AutoTokenizer, tokenizer or source, **what, **kwargs)
+    return model, tokenizer
+
+
+class JudgeReward(Reward):
+    """A causal LM judges each response: reward = log-odds of "yes" over "no".
+
+    The rubric is filled with the prompt (rendered as text) and the response, wrapped in the judge's
+    chat template as one user message when the tokenizer has one (plus ``answer_prefix``), and the
+    next-token logits after it are read. Inputs are left-padded with explicit position ids, so a
+    pair gets the same score alone or in a batch; inputs longer than ``max_length`` keep their last
+    ``max_length`` tokens (the question is at the end).
+
+    Args:
+        model: a causal LM object; a model id, local folder or ``.gguf`` file; or None for the
+            embedded SmolLM2-135M-Instruct.
+        tokenizer: its tokenizer, or an id / folder (default: the model's own source).
+        rubric: a template with ``{response}`` and optionally ``{prompt}``.
+        system_prompt: an optional system message for the chat template.
+        answer_prefix: text appended after the question (default: none with a chat template,
+            ``"\\nAnswer:"`` without one).
+        yes: spellings of "yes"; those that are single tokens are used.
+        no: spellings of "no"; likewise.
+        use_chat_template: force (True) or disable (False) the chat template (default: if present).
+        max_length: the most tokens per input (default: the model's ``max_position_embeddings``).
+        gguf_file: a GGUF file name inside the folder ``model`` (for quantised checkpoints).
+        batch_size: pairs per forward pass.
+        device: where to run the model (default: where it is).
+        dtype: the model's dtype; default as loaded.
+        local_files_only: never try to download.
+
+    A model object is used as it is, not copied (it may be the very LM being steered): ``device`` and
+    ``dtype`` move it in place, and it is put in eval mode. A model given by name is loaded with
+    `mpc_llm.models.load_model` (GGUF files and the embedded default use its fast-load cache).
+
+    Raises:
+        ValueError: if the rubric lacks ``{response}`` or has other fields, or no spelling of "yes"
+            or "no" is a single token of the vocabulary.
+        MissingDependencyError: if transformers is not installed (``pip install 'mpc_llm[hf]'``).
+    """
+
+    def __init__(
+        self,
+        model: str | os.PathLike[str] | Any | None = None,
+        tokenizer: str | os.PathLike[str] | Any | None = None,
+        *,
+        rubric: str = DEFAULT_RUBRIC,
+        system_prompt: str | None = None,
+        answer_prefix: str | None = None,
+        yes: Sequence[str] = YES_VARIANTS,
+        no: Sequence[str] = NO_VARIANTS,
+        use_chat_template: bool | None = None,
+        max_length: int | None = None,
+        gguf_file: str | None = None,
+        batch_size: int | None = 8,
+        device: str | torch.device | None = None,
+        dtype: torch.dtype | None = None,
+        local_files_only: bool = False,
+        name: str | None = None,
+    ) -> None:
+        fields = _rubric_fields(rubric)
+        if "response" not in fields or not fields <= {"prompt", "response"}:
+            raise ValueError(
+                f"the rubric must contain {{response}} and may contain {{prompt}}, nothing else; got fields "
+                f"{sorted(fields)} (write literal braces as {{{{ and }}}})"
+            )
+        transformers_module("JudgeReward")
+        source: str | None
+        if model is None or isinstance(model, (str, os.PathLike)):
+            source = None if model is None else os.fspath(model)
+            model, tokenizer = _load_causal_lm(source, tokenizer, gguf_file, dtype, local_files_only)
+            source = source or "SmolLM2-135M-Instruct"
+        else:
+            source = getattr(model, "name_or_path", None) or None
+            if dtype is not None:
+                model = model.to(dtype)
+            if tokenizer is None:
+                if not source:
+                    raise ValueError(
+                        "pass the judge's tokenizer: the model object does not say where it came from"
+                    )
+                tokenizer = source
+            if isinstance(tokenizer, (str, os.PathLike)):
+                tokenizer = load_pretrained(
+                    transformers_module("JudgeReward").AutoTokenizer,
+                    tokenizer,
+                    what="judge tokenizer",
+                    local_files_only=local_files_only,
+                )
+        if device is not None:
+            model = model.to(device)
+        model.eval()
+        label = name or (f"JudgeReward({os.path.basename(source)})" if source else "JudgeReward")
+        super().__init__(batch_size=batch_size, device=model_device(model), name=label)
+        self.model = model
+        self.tokenizer = tokenizer
+        self.rubric = rubric
+        self.system_prompt = system_prompt
+
+        has_template = getattr(tokenizer, "chat_template", None) is not None
+        if use_chat_template and not has_template:
+            raise ValueError("use_chat_template=True but the judge's tokenizer has no chat template")
+        self.use_chat_template = has_template if use_chat_template is None else bool(use_chat_template)
+        if answer_prefix is None:
+            answer_prefix = "" if self.use_chat_template else "\nAnswer:"
+        self.answer_prefix = answer_prefix
+        self.yes_ids = self._single_tokens(yes, "yes")
+        self.no_ids = self._single_tokens(no, "no")
+        if set(self.yes_ids) & set(self.no_ids):
+            raise ValueError("the 'yes' and 'no' spellings share a token")
+        if max_length is None:
+            max_length = getattr(getattr(model, "config", None), "max_position_embeddings", None)
+        self.max_length = max_length
+        pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+        self.pad_token_id = int(pad) if pad is not None else 0
+        self._keeps_last = "logits_to_keep" in inspect.signature(model.forward).parameters
+
+    def _single_tokens(self, spellings: Sequence[str], what: str) -> list[int]:
+        ids: list[int] = []
+        unk = getattr(self.tokenizer, "unk_token_id", None)
+        for s in spellings:
+            tokens = self.tokenizer.encode(s, add_special_tokens=False)
+            if len(tokens) == 1 and tokens[0] != unk and tokens[0] not in ids:
+                ids.append(int(tokens[0]))
+        if not ids:
+            raise ValueError(
+                f"none of the spellings {list(spellings)!r} of {what!r} is a single token of the judge's "
+                "vocabulary; pass spellings that are"
+            )
+        return ids
+
+    def query(self, prompt: Prompt, response: str) -> str:
+        """The full text the judge reads for one pair (chat template applied)."""
+        question = self.rubric.format(prompt=render_prompt(prompt), response=response)
+        if not self.use_chat_template:
+            return question + self.answer_prefix
+        messages = [{"role": "user", "content": question}]
+        if self.system_prompt is not None:
+            messages.insert(0, {"role": "system", "content": self.system_prompt})
+        text = self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        return text + self.answer_prefix
+
+    def encode(self, prompts: list[Prompt], responses: list[str]) -> dict[str, Tensor]:
+        """Left-padded ``input_ids``, ``attention_mask`` and ``position_ids``, each ``(m, L)``."""
+        rows = []
+        for p, r in zip(prompts, responses, strict=True):
+            ids = self.tokenizer(self.query(p, r), add_special_tokens=not self.use_chat_template)["input_ids"]
+            if self.max_length is not None and len(ids) > self.max_length:
+                ids = ids[-self.max_length :]
+            rows.append(list(ids))
+        L = max(len(ids) for ids in rows)
+        input_ids = torch.full((len(rows), L), self.pad_token_id, dtype=torch.long)
+        mask = torch.zeros((len(rows), L), dtype=torch.long)
+        for i, ids in enumerate(rows):
+            if ids:
+                input_ids[i, L - len(ids) :] = torch.tensor(ids, dtype=torch.long)
+                mask[i, L - len(ids) :] = 1
+        position_ids = (mask.cumsum(dim=1) - 1).clamp(min=0)
+        return {
+            "input_ids": input_ids.to(self.device),
+            "attention_mask": mask.to(self.device),
+            "position_ids": position_ids.to(self.device),
+        }
+
+    @torch.inference_mode()
+    def score_batch(self, prompts: list[Prompt], responses: list[str]) -> Tensor:
+        extra: dict[str, Any] = {"logits_to_keep": 1} if self._keeps_last else {}
+        out = self.model(**self.encode(prompts, responses), use_cache=False, **extra)
+        logits = out.logits[:, -1].float()
+        yes = torch.logsumexp(logits[:, self.yes_ids], dim=-1)
+        no = torch.logsumexp(logits[:, self.no_ids], dim=-1)
+        return (yes - no).cpu()
+
+    def __repr__(self) -> str:
+        return self.name
