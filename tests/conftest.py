@@ -2,9 +2,66 @@
 
 from __future__ import annotations
 
+import pytest
 from hypothesis import settings
 
 # Derandomised: property tests draw the same examples on every run, so CI is never flaky.
 # No deadline: the first call of a torch function can be slow on a loaded 2-core machine.
 settings.register_profile("mpc_llm", derandomize=True, deadline=None, print_blob=True)
 settings.load_profile("mpc_llm")
+
+
+# --------------------------------------------------------------------------- language models
+# Tiny randomly initialised causal LMs (hidden size 64, 2 layers) and a byte-level BPE tokenizer,
+# saved to a temporary folder once per session and loaded back through mpc_llm.models.load_model,
+# so the real loading path is what the tests use.
+
+
+@pytest.fixture(scope="session")
+def tiny_tokenizer():
+    """A 320-token byte-level BPE tokenizer with EOS (id 0), pad (id 1) and a ChatML template."""
+    from mpc_llm.testing import tiny_tokenizer as make
+
+    return make()
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory, tiny_tokenizer):
+    """``tiny_model_dir(arch)`` -> a folder holding a saved tiny ``arch`` model and the tokenizer."""
+    from mpc_llm.testing import random_model, tiny_config
+
+    root = tmp_path_factory.mktemp("tiny_models")
+    made: dict[str, object] = {}
+
+    def folder(arch: str):
+        if arch not in made:
+            path = root / arch
+            random_model(tiny_config(arch, len(tiny_tokenizer))).save_pretrained(path)
+            tiny_tokenizer.save_pretrained(path)
+            made[arch] = path
+        return made[arch]
+
+    return folder
+
+
+@pytest.fixture(scope="session")
+def tiny_lm(tiny_model_dir):
+    """``tiny_lm(arch)`` -> ``(model, tokenizer)`` loaded from disk by `mpc_llm.models.load_model`."""
+    from mpc_llm.models import load_model
+
+    loaded: dict[str, tuple] = {}
+
+    def load(arch: str):
+        if arch not in loaded:
+            loaded[arch] = load_model(tiny_model_dir(arch))
+        return loaded[arch]
+
+    return load
+
+
+@pytest.fixture(scope="session")
+def smollm():
+    """The embedded SmolLM2-135M-Instruct and its tokenizer (the first load fills the fast-load cache)."""
+    from mpc_llm.models import load_default_model
+
+    return load_default_model()
