@@ -401,3 +401,27 @@ def test_a_controller_runs_on_the_lm(tiny_lm):
     result = AISP(sigma=2.0, lambda_=0.5, num_samples=4, num_iterations=2).optimize(lm, TokenCount(), seed=0)
     assert result.best_rollout.tokens.shape[:2] == (2, 1)
     assert result.budget.samples == 8 and result.budget.tokens > 0
+
+
+def test_expanded_cache_grows_in_place_and_leaves_the_prompt_cache_alone():
+    from transformers import DynamicCache
+
+    from mpc_llm.dynamics.lm_cache import expand_cache
+
+    g = torch.Generator().manual_seed(0)
+    prompt = DynamicCache()
+    prompt.update(torch.randn(2, 3, 5, 4, generator=g), torch.randn(2, 3, 5, 4, generator=g), 0)
+    keys0 = prompt.layers[0].keys.clone()
+    reference = DynamicCache()
+    reference.update(keys0.repeat_interleave(3, 0), prompt.layers[0].values.repeat_interleave(3, 0), 0)
+    grown = expand_cache(prompt, 3, extra=2)
+    for step in range(4):  # two past the preallocated room: the buffer is rebuilt
+        k, v = torch.randn(6, 3, 1, 4, generator=g), torch.randn(6, 3, 1, 4, generator=g)
+        got, want = grown.update(k, v, 0), reference.update(k, v, 0)
+        assert torch.equal(got[0], want[0]) and torch.equal(got[1], want[1])
+        assert grown.get_seq_length() == 6 + step
+    grown.crop(-2)
+    reference.crop(-2)
+    k, v = torch.randn(6, 3, 1, 4, generator=g), torch.randn(6, 3, 1, 4, generator=g)
+    assert torch.equal(grown.update(k, v, 0)[0], reference.update(k, v, 0)[0])
+    assert torch.equal(prompt.layers[0].keys, keys0) and prompt.get_seq_length() == 5

@@ -25,7 +25,6 @@ How a rollout runs:
 from __future__ import annotations
 
 import copy
-import functools
 import inspect
 import os
 from collections.abc import Mapping, Sequence
@@ -37,6 +36,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from torch import Tensor
 
 from mpc_llm.dynamics.base import Dynamics
+from mpc_llm.dynamics.lm_cache import expand_cache
 from mpc_llm.dynamics.lm_rollout import LMRollout, Prompt
 from mpc_llm.dynamics.lm_sampling import StopStrings, choose_tokens, token_logprobs
 
@@ -125,60 +125,6 @@ class _PreLogitControl:
         if self.with_base:
             zv = torch.cat([zv, z], dim=0)
         return (zv, *args[1:])
-
-
-@functools.cache
-def _growing_layer_class() -> Any:
-    """The growing cache layer class (defined lazily: importing this module must not import transformers)."""
-    from transformers.cache_utils import DynamicLayer
-
-    class GrowingLayer(DynamicLayer):
-        """A `DynamicLayer` whose keys / values are views of a preallocated buffer.
-
-        ``update`` copies the new tokens into the buffer (``O(new tokens)``) instead of concatenating
-        the whole cache (``O(length)`` per step, ``O(T^2)`` per rollout); ``self.keys`` stays a view
-        of the first ``length`` positions, so every inherited method (mask sizes, sequence length)
-        works unchanged. If the keys were replaced by another method, the buffer is rebuilt.
-        """
-
-        @classmethod
-        def from_prefix(cls, layer: Any, n: int, extra: int) -> Any:
-            """``layer`` (``B`` rows) repeated to ``B * n`` rows, with room for ``extra`` more tokens."""
-            new = cls.__new__(cls)
-            new.__dict__.update(layer.__dict__)
-            B, H, L, _ = layer.keys.shape
-            new._kbuf = layer.keys.new_empty((B * n, H, L + extra, layer.keys.shape[-1]))
-            new._vbuf = layer.values.new_empty((B * n, H, L + extra, layer.values.shape[-1]))
-            for buf, src in ((new._kbuf, layer.keys), (new._vbuf, layer.values)):
-                buf[:, :, :L].view(B, n, H, L, -1).copy_(src.unsqueeze(1))
-            new.keys, new.values = new._kbuf[:, :, :L], new._vbuf[:, :, :L]
-            return new
-
-        def _is_view(self) -> bool:
-            return (
-                self.keys.data_ptr() == self._kbuf.data_ptr()
-                and self.values.data_ptr() == self._vbuf.data_ptr()
-                and self.keys.shape[:2] == self._kbuf.shape[:2]
-            )
-
-        def update(
-            self, key_states: Tensor, value_states: Tensor, *args: Any, **kwargs: Any
-        ) -> tuple[Tensor, Tensor]:
-            length, new = self.keys.shape[-2], key_states.shape[-2]
-            if not self._is_view() or length + new > self._kbuf.shape[-2]:
-                capacity = max(2 * (length + new), self._kbuf.shape[-2])
-                shape = (*self.keys.shape[:2], capacity)
-                self._kbuf = self.keys.new_empty((*shape, self.keys.shape[-1]))
-                self._vbuf = self.values.new_empty((*shape, self.values.shape[-1]))
-                self._kbuf[:, :, :length].copy_(self.keys)
-                self._vbuf[:, :, :length].copy_(self.values)
-            self._kbuf[:, :, length : length + new].copy_(key_states)
-            self._vbuf[:, :, length : length + new].copy_(value_states)
-            self.keys = self._kbuf[:, :, : length + new]
-            self.values = self._vbuf[:, :, : length + new]
-            return self.keys, self.values
-
-    return GrowingLayer
 
 
 class LMDynamics(Dynamics):
@@ -472,34 +418,6 @@ class LMDynamics(Dynamics):
         cache = getattr(out, "cache", None)
         return cache if cache is not None else out.past_key_values
 
-    @staticmethod
-    def _expand_cache(cache: Any, n: int, extra: int) -> Any:
-        """A ``B * n``-row copy of a ``B``-row cache with room for ``extra`` more tokens.
-
-        The cached prefix is left untouched. Plain (full-attention) dynamic layers become
-        growing layers that write new tokens into a preallocated buffer instead of concatenating
-        the whole cache at every step; other layer kinds (sliding windows...) are repeated as they are.
-        """
-        if cache is None:
-            return None
-        if not hasattr(cache, "layers"):
-            new = copy.deepcopy(cache)
-            new.batch_repeat_interleave(n)
-            return new
-        from transformers.cache_utils import DynamicLayer
-
-        new = copy.copy(cache)
-        layers = []
-        for layer in cache.layers:
-            if type(layer) is DynamicLayer and layer.get_seq_length() > 0:
-                layers.append(_growing_layer_class().from_prefix(layer, n, extra))
-            else:
-                layer = copy.copy(layer)
-                layer.batch_repeat_interleave(n)  # rebinds the layer's tensors to new, repeated ones
-                layers.append(layer)
-        new.layers = layers
-        return new
-
     def _check_generators(self, generators: Sequence[torch.Generator], check_device: bool) -> None:
         if len(generators) != self.batch_size:
             raise ValueError(f"expected {self.batch_size} generators (one per prompt), got {len(generators)}")
@@ -525,7 +443,7 @@ class LMDynamics(Dynamics):
         if controls is not None:
             flat = controls.to(device=device, dtype=self.model_dtype).reshape(R, tau, self.control_dim)
 
-        cache = self._expand_cache(prefix.cache, N, T)
+        cache = expand_cache(prefix.cache, N, T)
         mask = torch.ones((R, P + T), dtype=torch.long, device=device)
         mask[:, :P] = prefix.mask.repeat_interleave(N, dim=0)
         input_ids = prefix.last_tokens.repeat_interleave(N).unsqueeze(1)  # (R, 1)

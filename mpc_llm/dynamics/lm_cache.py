@@ -1,0 +1,103 @@
+"""Key/value caches for `LMDynamics`: expand a prompt cache to ``N`` samples, and grow it in place.
+
+The prompts' cache is computed once (``B`` rows) and kept; each rollout works on an expanded
+``B * N``-row copy (row ``b * N + n``), so the kept one is never modified. Full-attention layers
+of the copy are preallocated for the whole response: a decoding step then writes one position
+instead of concatenating the whole cache (``O(T^2)`` copying per rollout with `DynamicLayer`).
+"""
+
+from __future__ import annotations
+
+import copy
+import functools
+from typing import Any
+
+from torch import Tensor
+
+
+def expand_cache(cache: Any, n: int, extra: int) -> Any:
+    """A ``B * n``-row copy of a ``B``-row cache, with room for ``extra`` more tokens.
+
+    Args:
+        cache: a `transformers` cache of ``B`` rows (or None).
+        n: copies of each row (consecutive: row ``b`` becomes rows ``b * n .. b * n + n - 1``).
+        extra: tokens the copy will receive (its full-attention layers are preallocated for them).
+
+    Returns:
+        The new cache (None if ``cache`` is None); ``cache`` itself is left untouched. Plain dynamic
+        layers become growing layers (see `growing_layer_class`); other kinds (sliding windows...)
+        are repeated as they are.
+    """
+    if cache is None:
+        return None
+    if not hasattr(cache, "layers"):
+        new = copy.deepcopy(cache)
+        new.batch_repeat_interleave(n)
+        return new
+    from transformers.cache_utils import DynamicLayer
+
+    new = copy.copy(cache)
+    layers = []
+    for layer in cache.layers:
+        if type(layer) is DynamicLayer and layer.get_seq_length() > 0:
+            layers.append(growing_layer_class().from_prefix(layer, n, extra))
+        else:
+            layer = copy.copy(layer)
+            layer.batch_repeat_interleave(n)  # rebinds the copy's tensors to new, repeated ones
+            layers.append(layer)
+    new.layers = layers
+    return new
+
+
+@functools.cache
+def growing_layer_class() -> Any:
+    """The growing cache layer class (defined lazily: importing this module must not import transformers)."""
+    from transformers.cache_utils import DynamicLayer
+
+    class GrowingLayer(DynamicLayer):
+        """A `DynamicLayer` whose keys / values ``(R, H, length, hd)`` are views of a preallocated buffer.
+
+        ``update`` copies the new tokens into the buffer (``O(new tokens)``) instead of concatenating
+        the whole cache (``O(length)`` per step); ``self.keys`` stays a view of the first ``length``
+        positions, so every inherited method (mask sizes, sequence length, crop) works unchanged. If
+        another method replaced the keys, or the buffer is full, the buffer is rebuilt.
+        """
+
+        @classmethod
+        def from_prefix(cls, layer: Any, n: int, extra: int) -> Any:
+            """``layer`` (``B`` rows) repeated to ``B * n`` rows, with room for ``extra`` more tokens."""
+            new = cls.__new__(cls)
+            new.__dict__.update(layer.__dict__)
+            B, H, L, _ = layer.keys.shape
+            new._kbuf = layer.keys.new_empty((B * n, H, L + extra, layer.keys.shape[-1]))
+            new._vbuf = layer.values.new_empty((B * n, H, L + extra, layer.values.shape[-1]))
+            for buf, src in ((new._kbuf, layer.keys), (new._vbuf, layer.values)):
+                buf[:, :, :L].view(B, n, H, L, -1).copy_(src.unsqueeze(1))
+            new.keys, new.values = new._kbuf[:, :, :L], new._vbuf[:, :, :L]
+            return new
+
+        def _is_view(self) -> bool:
+            return (
+                self.keys.data_ptr() == self._kbuf.data_ptr()
+                and self.values.data_ptr() == self._vbuf.data_ptr()
+                and self.keys.shape[:2] == self._kbuf.shape[:2]
+            )
+
+        def update(
+            self, key_states: Tensor, value_states: Tensor, *args: Any, **kwargs: Any
+        ) -> tuple[Tensor, Tensor]:
+            length, new = self.keys.shape[-2], key_states.shape[-2]
+            if not self._is_view() or length + new > self._kbuf.shape[-2]:
+                capacity = max(2 * (length + new), self._kbuf.shape[-2])
+                shape = (*self.keys.shape[:2], capacity)
+                self._kbuf = self.keys.new_empty((*shape, self.keys.shape[-1]))
+                self._vbuf = self.values.new_empty((*shape, self.values.shape[-1]))
+                self._kbuf[:, :, :length].copy_(self.keys)
+                self._vbuf[:, :, :length].copy_(self.values)
+            self._kbuf[:, :, length : length + new].copy_(key_states)
+            self._vbuf[:, :, length : length + new].copy_(value_states)
+            self.keys = self._kbuf[:, :, : length + new]
+            self.values = self._vbuf[:, :, : length + new]
+            return self.keys, self.values
+
+    return GrowingLayer
