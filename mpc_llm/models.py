@@ -148,6 +148,11 @@ def load_model(
         model, tok = _load_gguf(path / gguf_file, torch_dtype, use_cache, device_map)
     else:
         source = str(path) if path.exists() else str(name_or_path)
+        if not path.exists() and _looks_like_a_path(str(name_or_path)):
+            raise FileNotFoundError(
+                f"no such folder: {path}; pass an existing local folder (with config.json and weights, as "
+                "save_pretrained writes) or a .gguf file, or a hub id such as 'org/name'"
+            )
         if path.exists() and not path.is_dir():
             raise ValueError(f"{path} is a file; pass a folder with config.json and weights, or a .gguf file")
         model = _from_pretrained(
@@ -197,6 +202,16 @@ def _require(package: str, purpose: str, extra: str = "hf") -> None:
             f"the optional dependency '{package}' is needed {purpose}; install it with "
             f"`pip install {package}` or `pip install 'mpc_llm[{extra}]'`"
         ) from exc
+
+
+def _looks_like_a_path(name: str) -> bool:
+    """A hub id is ``name`` or ``org/name``; anything else with a slash or a leading ``.``/``~`` is a path."""
+    return (
+        name.startswith(("/", ".", "~"))
+        or name.count("/") > 1
+        or "\\" in name
+        or (os.sep != "/" and os.sep in name)
+    )
 
 
 def _hub_error(name: str, exc: BaseException) -> OSError:

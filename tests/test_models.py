@@ -51,6 +51,13 @@ def test_unknown_model_id_without_a_hub_says_to_pass_a_local_path():
     assert "no-such-org/no-such-model" in str(info.value)
 
 
+def test_a_missing_local_folder_is_named_without_asking_the_hub(tmp_path):
+    with pytest.raises(FileNotFoundError, match="no such folder"):
+        load_model(tmp_path / "missing")
+    with pytest.raises(FileNotFoundError, match="no such folder"):
+        load_model("./models/missing")
+
+
 def test_a_missing_gguf_file_is_named(tmp_path):
     with pytest.raises(FileNotFoundError, match="does not exist"):
         load_model(tmp_path / "missing.gguf")

@@ -136,13 +136,16 @@ class LMDynamics(Dynamics):
         tokenizer: the model's tokenizer (optional when ``model`` is loaded from a name or path).
         prompts: the ``B`` prompts (plain strings or chat messages); one prompt is a batch of one.
             Bind them later with `with_prompts` if not given here.
-        device: where to run (default: where the model is; a loaded model is moved there).
-        dtype: the model's dtype (a loaded model is converted). Controls are float32 for half /
-            bfloat16 models (the controller's arithmetic stays accurate) and cast at the head.
+        device: where to run (default: where the model is; a loaded model is moved there, in place).
+        dtype: the model's dtype (a loaded model is converted in place). Controls are float32 for
+            half / bfloat16 models (the controller's arithmetic stays accurate) and cast at the head.
         config: an `LMConfig` or a mapping; keyword ``options`` override its fields.
 
     Shapes: controls are ``(B, N, tau, d)`` with ``d`` the head's input size; rollouts carry
     ``tokens (B, N, T)`` with ``T <= max_new_tokens`` the steps actually run.
+
+    The model is put in eval mode. A rollout briefly registers a forward pre-hook on the model's
+    head, so two rollouts must not run on the same model object at the same time (threads).
 
     Example:
         >>> import torch
