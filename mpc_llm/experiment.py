@@ -1,0 +1,195 @@
+"""One validated description of an alignment run (model, decoding, reward, controller, seed).
+
+The same pydantic model backs the Python API, YAML / JSON config files and the CLI flags, so a
+config file and a command line mean the same thing.
+
+Example (YAML):
+
+    model: SmolLM2-135M-Instruct      # or an HF id, a local folder, a .gguf file
+    device: cpu
+    lm: {max_new_tokens: 48, tau: 48, temperature: 0.7}
+    reward: vader                     # or {name: hf, model: path/to/reward-model}, or a list to sum
+    controller: {name: aisp, sigma: 2.0, lambda: 0.1, num_samples: 8, num_iterations: 4, num_knots: 1}
+    seed: 0
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+from typing_extensions import Self
+
+from mpc_llm.config import read_mapping
+from mpc_llm.controllers import CONTROLLERS, Controller
+from mpc_llm.dynamics.base import make_generators
+from mpc_llm.dynamics.lm import LMConfig, LMDynamics
+from mpc_llm.dynamics.lm_rollout import Prompt
+from mpc_llm.models import DEFAULT_MODEL
+from mpc_llm.result import IterationRecord, OptimizeResult
+from mpc_llm.rewards import Reward, reward_from_spec
+
+#: AISP settings that work on the embedded default (see README, "Choosing sigma and lambda").
+DEFAULT_CONTROLLER: dict[str, Any] = {
+    "name": "aisp",
+    "sigma": 2.0,
+    "lambda": 0.1,
+    "alpha": 0.0,
+    "num_samples": 8,
+    "num_iterations": 4,
+    "num_knots": 1,
+}
+DEFAULT_LM: dict[str, Any] = {"max_new_tokens": 48, "temperature": 0.7}
+
+
+def build_controller(spec: Mapping[str, Any]) -> Controller:
+    """A controller from ``{"name": "aisp", **settings}``; unknown names list the valid ones."""
+    options = dict(spec)
+    name = options.pop("name", "aisp")
+    if name not in CONTROLLERS:
+        raise ValueError(f"unknown controller {name!r}; valid names: {', '.join(sorted(CONTROLLERS))}")
+    return CONTROLLERS[name](options)
+
+
+def check_device(device: str) -> str:
+    """Refuse a device this machine does not have, saying what to use instead."""
+    kind = torch.device(device).type
+    if kind == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {device!r} requested but torch sees no CUDA GPU here; use --device cpu")
+    if kind == "mps" and not torch.backends.mps.is_available():
+        raise ValueError(f"device {device!r} requested but MPS is not available here; use --device cpu")
+    return device
+
+
+class ExperimentConfig(BaseModel):
+    """Everything one alignment run needs (see the module docstring for a YAML example)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    model: str = DEFAULT_MODEL
+    device: str = "cpu"
+    dtype: str | None = None
+    lm: LMConfig = Field(default_factory=lambda: LMConfig(**DEFAULT_LM))
+    reward: str | dict[str, Any] | list[str | dict[str, Any]] = "vader"
+    controller: dict[str, Any] = Field(default_factory=lambda: dict(DEFAULT_CONTROLLER))
+    seed: int = 0
+
+    @field_validator("controller")
+    @classmethod
+    def _valid_controller(cls, value: dict[str, Any]) -> dict[str, Any]:
+        build_controller(value)  # raises with the field's pydantic message
+        return value
+
+    @field_validator("device")
+    @classmethod
+    def _known_device(cls, value: str) -> str:
+        try:
+            torch.device(value)
+        except RuntimeError as err:
+            raise ValueError(f"unknown device {value!r} (use cpu, cuda, cuda:1, mps)") from err
+        return value
+
+    @classmethod
+    def from_file(cls, path: str | Path, **overrides: Any) -> Self:
+        """Load a YAML / JSON file; ``overrides`` (nested mappings merge) win over the file."""
+        return cls.model_validate(merge(read_mapping(path), overrides))
+
+
+def merge(base: Mapping[str, Any], overrides: Mapping[str, Any]) -> dict[str, Any]:
+    """Recursive dict merge: mappings merge, other values in ``overrides`` replace."""
+    out = dict(base)
+    for key, value in overrides.items():
+        if isinstance(value, Mapping) and isinstance(out.get(key), Mapping):
+            out[key] = merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+@dataclass(frozen=True)
+class AlignOutcome:
+    """The steered response beside an unsteered sample of the same model.
+
+    Attributes:
+        prompt: the prompt.
+        response / reward: the best response the controller found and its reward.
+        baseline_response / baseline_reward: one sample of the model with zero control.
+        result: the controller's full `OptimizeResult` (history, budget, state).
+    """
+
+    prompt: Prompt
+    response: str
+    reward: float
+    baseline_response: str
+    baseline_reward: float
+    result: OptimizeResult
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready summary (the fields the CLI's ``--json`` prints)."""
+        budget = self.result.budget
+        return {
+            "prompt": self.prompt,
+            "response": self.response,
+            "reward": self.reward,
+            "baseline_response": self.baseline_response,
+            "baseline_reward": self.baseline_reward,
+            "budget": {
+                "samples": budget.samples,
+                "iterations": budget.iterations,
+                "tokens": budget.tokens,
+                "seconds": round(budget.seconds, 3),
+            },
+            "history": [
+                {
+                    "iteration": r.iteration,
+                    "best_reward": -float(r.best_cost[0]),
+                    "mean_reward": -float(r.costs[0][torch.isfinite(r.costs[0])].mean()),
+                }
+                for r in self.result.history
+            ],
+        }
+
+
+class Experiment:
+    """A loaded model, reward and controller, ready to align prompts.
+
+    Example:
+        >>> exp = Experiment(ExperimentConfig())                           # doctest: +SKIP
+        >>> outcome = exp.align("Describe your Monday morning.")           # doctest: +SKIP
+        >>> outcome.reward, outcome.baseline_reward                        # doctest: +SKIP
+    """
+
+    def __init__(self, config: ExperimentConfig) -> None:
+        self.config = config
+        check_device(config.device)
+        self.controller = build_controller(config.controller)
+        self.reward: Reward = reward_from_spec(config.reward)
+        self.lm = LMDynamics(config.model, device=config.device, dtype=config.dtype, config=config.lm)
+
+    def dynamics(self, prompts: Sequence[Prompt]) -> LMDynamics:
+        """The model bound to ``prompts`` (shares the loaded weights)."""
+        return self.lm.with_prompts(list(prompts))
+
+    def align(
+        self, prompt: Prompt, callback: Callable[[IterationRecord], None] | None = None
+    ) -> AlignOutcome:
+        """Steer one response to ``prompt``; also draw one unsteered sample for comparison."""
+        if isinstance(prompt, str) and not prompt.strip():
+            raise ValueError("the prompt is empty; give the text to respond to")
+        system = self.dynamics([prompt])
+        cost = self.reward.as_cost()
+        result = self.controller.optimize(system, cost, seed=self.config.seed, callback=callback)
+        baseline = system.sample(1, make_generators(self.config.seed + 1, 1, system.device))
+        baseline_reward = float(self.reward.score([prompt], [baseline.texts[0][0]])[0])
+        return AlignOutcome(
+            prompt=prompt,
+            response=result.best_rollout.texts[0][0],  # type: ignore[attr-defined]
+            reward=-float(result.best_cost[0]),
+            baseline_response=baseline.texts[0][0],
+            baseline_reward=baseline_reward,
+            result=result,
+        )

@@ -1,0 +1,184 @@
+"""The mpc-llm command: end to end on a tiny model, and one clear line for every bad input."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from mpc_llm.cli import main
+from mpc_llm.testing import random_model, tiny_config, tiny_tokenizer
+
+JSON_FIELDS = {
+    "prompt",
+    "response",
+    "reward",
+    "baseline_response",
+    "baseline_reward",
+    "budget",
+    "history",
+    "model",
+    "controller",
+    "seed",
+}
+
+
+@pytest.fixture(scope="module")
+def tiny_model_dir(tmp_path_factory) -> str:
+    folder = tmp_path_factory.mktemp("tiny-llama")
+    tok = tiny_tokenizer()
+    random_model(tiny_config("llama", len(tok))).save_pretrained(folder)
+    tok.save_pretrained(folder)
+    return str(folder)
+
+
+def run_cli(*args: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    return subprocess.run(
+        [sys.executable, "-m", "mpc_llm.cli", *args], capture_output=True, text=True, env=env, timeout=300
+    )
+
+
+def test_align_end_to_end_prints_the_documented_json(tiny_model_dir: str) -> None:
+    proc = run_cli(
+        "align",
+        "Hello there",
+        "--model",
+        tiny_model_dir,
+        "--reward",
+        "length",
+        "--max-new-tokens",
+        "8",
+        "-n",
+        "4",
+        "--iterations",
+        "2",
+        "--seed",
+        "3",
+        "--json",
+        "--quiet",
+    )
+    assert proc.returncode == 0, proc.stderr
+    out = json.loads(proc.stdout)
+    assert set(out) == JSON_FIELDS
+    assert out["budget"]["samples"] == 8 and out["budget"]["iterations"] == 2
+    assert len(out["history"]) == 2 and out["controller"]["name"] == "aisp"
+    assert out["reward"] == max(h["best_reward"] for h in out["history"])
+    assert isinstance(out["response"], str) and isinstance(out["baseline_response"], str)
+    again = run_cli(
+        "align",
+        "Hello there",
+        "--model",
+        tiny_model_dir,
+        "--reward",
+        "length",
+        "--max-new-tokens",
+        "8",
+        "-n",
+        "4",
+        "--iterations",
+        "2",
+        "--seed",
+        "3",
+        "--json",
+        "--quiet",
+    )
+    assert {k: v for k, v in json.loads(again.stdout).items() if k != "budget"} == {
+        k: v for k, v in out.items() if k != "budget"
+    }  # same seed, same answer
+
+
+def test_align_reads_a_config_file_and_flags_override_it(tiny_model_dir: str, tmp_path, capsys) -> None:
+    config = tmp_path / "run.yaml"
+    config.write_text(
+        f"model: {tiny_model_dir}\nlm: {{max_new_tokens: 6}}\nreward: length\n"
+        "controller: {name: cem, sigma: 1.0, elite_fraction: 0.5, num_samples: 4, num_iterations: 3}\n"
+    )
+    assert main(["align", "Hi", "--config", str(config), "--iterations", "1", "--json", "--quiet"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["controller"] == {
+        "name": "cem",
+        "sigma": 1.0,
+        "elite_fraction": 0.5,
+        "num_samples": 4,
+        "num_iterations": 1,
+    }
+    assert out["budget"]["samples"] == 4
+
+
+def test_compare_end_to_end(tiny_model_dir: str, tmp_path, capsys) -> None:
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("Hello\nHow are you?\nTell me a story.\n")
+    args = [
+        "compare",
+        "--model",
+        tiny_model_dir,
+        "--reward",
+        "length",
+        "--prompts",
+        str(prompts),
+        "--controllers",
+        "aisp,best_of_n",
+        "--budgets",
+        "4,8",
+        "-n",
+        "4",
+        "--max-new-tokens",
+        "6",
+        "--out",
+        str(tmp_path / "run"),
+        "--quiet",
+    ]
+    assert main(args) == 0
+    assert "| aisp | 8 |" in capsys.readouterr().out
+    records = (tmp_path / "run" / "records.jsonl").read_text().splitlines()
+    assert len(records) == 3 * 2 * 2
+    assert main(args) == 2  # the folder holds this run: refuse without --resume
+    assert "pass resume" in capsys.readouterr().err
+    assert main([*args, "--resume"]) == 0
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["align", "   "], "the prompt is empty"),
+        (
+            ["align", "Hi", "--controller", "nope"],
+            "unknown controller 'nope'; valid names: aisp, best_of_n, cem",
+        ),
+        (["align", "Hi", "--reward", "nope"], "unknown reward 'nope'; valid names:"),
+        (["align", "Hi", "--sigma", "-1"], "controller"),
+        (["align", "Hi", "--lambda", "0"], "lambda"),
+        (["align", "Hi", "--max-new-tokens", "0"], "lm.max_new_tokens"),
+        (["align", "Hi", "--config", "/nonexistent/run.yaml"], "cannot read config file"),
+        (
+            ["compare", "--out", "x", "--controllers", "aisp", "--budgets", "2", "-n", "8"],
+            "smaller than one iteration",
+        ),
+    ],
+)
+def test_bad_input_gives_one_line_and_exit_2(
+    argv: list[str], message: str, capsys, tiny_model_dir: str
+) -> None:
+    if argv[0] == "compare":
+        argv = [*argv, "--model", tiny_model_dir, "--reward", "length"]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("mpc-llm: error: ") and err.count("\n") == 1
+    assert message in err
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a GPU")
+def test_a_cuda_device_without_a_gpu_is_refused(capsys) -> None:
+    assert main(["align", "Hi", "--device", "cuda"]) == 2
+    assert "no CUDA GPU" in capsys.readouterr().err
+
+
+def test_info_runs(capsys) -> None:
+    assert main(["info"]) == 0
+    out = capsys.readouterr().out
+    assert "torch" in out and "embedded model" in out
