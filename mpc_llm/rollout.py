@@ -11,7 +11,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, ClassVar, TypeVar
+from typing import Any, TypeVar
 
 import torch
 from torch import Tensor
@@ -29,8 +29,9 @@ class Rollout:
 
     controls: Tensor
 
-    #: Value used to pad a tensor field when rollouts of different lengths are concatenated.
-    pad_values: ClassVar[dict[str, float]] = {}
+    def pad_value(self, name: str) -> float:
+        """Value that right-pads tensor field ``name`` when rollouts of different lengths are concatenated."""
+        return 0.0
 
     @property
     def batch_size(self) -> int:
@@ -86,7 +87,7 @@ class Rollout:
         """Concatenate rollouts of the same problems along the sample dimension ``N``.
 
         Tensor fields whose trailing sizes differ (e.g. token sequences of different length ``T``)
-        are right-padded with ``pad_values[name]`` (default 0).
+        are right-padded with the first rollout's `pad_value` of the field (default 0).
         """
         if not rollouts:
             raise ValueError("cat needs at least one rollout")
@@ -97,7 +98,7 @@ class Rollout:
             if not all(r._is_per_sample(v) for r, v in zip(rollouts, values, strict=True)):
                 continue
             if isinstance(values[0], Tensor):
-                changes[field.name] = _cat_padded(values, cls.pad_values.get(field.name, 0.0))
+                changes[field.name] = _cat_padded(values, first.pad_value(field.name))
             else:
                 changes[field.name] = [[x for v in values for x in v[b]] for b in range(first.batch_size)]
         return dataclasses.replace(first, **changes)

@@ -2,17 +2,13 @@
 
 from __future__ import annotations
 
-import dataclasses
-from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, ClassVar, TypeVar
+from typing import Any
 
 import torch
 from torch import Tensor
 
-from mpc_llm.rollout import Rollout, _cat_padded
-
-L = TypeVar("L", bound="LMRollout")
+from mpc_llm.rollout import Rollout
 
 #: A prompt as the user gives it: a plain string, or chat messages ``[{"role", "content"}, ...]``.
 Prompt = str | list[dict[str, Any]]
@@ -41,26 +37,13 @@ class LMRollout(Rollout):
     base_logprobs: Tensor | None = None
     pad_token_id: int = 0
 
-    pad_values: ClassVar[dict[str, float]] = {}
-
     @property
     def tokens_generated(self) -> int:
         return int(self.lengths.sum())
 
-    @classmethod
-    def cat(cls: type[L], rollouts: Sequence[L]) -> L:
-        """Concatenate along ``N``; shorter ``tokens`` are right-padded with ``pad_token_id``.
-
-        Log-probs are padded with 0 (as past the end of a response).
-        """
-        out = super().cat(rollouts)
-        pads = {r.pad_token_id for r in rollouts}
-        if len(pads) > 1:
-            raise ValueError(f"cannot concatenate rollouts with different pad_token_id values {sorted(pads)}")
-        if len({r.tokens.shape[-1] for r in rollouts}) == 1 or out.pad_token_id == 0:
-            return out
-        tokens = _cat_padded([r.tokens for r in rollouts], float(out.pad_token_id))
-        return dataclasses.replace(out, tokens=tokens)
+    def pad_value(self, name: str) -> float:
+        """``tokens`` pad with ``pad_token_id``; log-probs with 0 (as past the end of a response)."""
+        return float(self.pad_token_id) if name == "tokens" else 0.0
 
     def kl_to_base(self) -> Tensor:
         """``(B, N)`` single-sample estimate of ``KL(controlled || base)``: ``sum_t log p_u - log p_0``.
