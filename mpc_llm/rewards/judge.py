@@ -26,7 +26,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from mpc_llm.rewards._hf import embedded_smollm2, load_pretrained, model_device, transformers_module
+from mpc_llm.rewards._hf import load_pretrained, model_device, transformers_module
 from mpc_llm.rewards.base import Prompt, Reward, render_prompt
 
 __all__ = ["DEFAULT_RUBRIC", "JudgeReward"]
@@ -46,42 +46,6 @@ def _rubric_fields(rubric: str) -> set[str]:
         return {field for _, field, _, _ in string.Formatter().parse(rubric) if field is not None}
     except ValueError as exc:
         raise ValueError(f"invalid rubric template (use {{prompt}} and {{response}}): {exc}") from exc
-
-
-def _load_causal_lm(
-    source: str | None,
-    tokenizer: str | os.PathLike[str] | Any | None,
-    gguf_file: str | None,
-    dtype: torch.dtype | None,
-    local_files_only: bool,
-) -> tuple[Any, Any]:
-    """Load a causal LM and its tokenizer: the embedded SmolLM2 when ``source`` is None.
-
-    Uses `mpc_llm.models.load_model` (GGUF files, the fast-load cache) when that module is present,
-    else ``AutoModelForCausalLM.from_pretrained`` directly.
-    """
-    try:
-        from mpc_llm.models import load_model
-    except ImportError:
-        load_model = None
-    if load_model is not None:
-        return load_model(
-            source, tokenizer=tokenizer, gguf_file=gguf_file, dtype=dtype, local_files_only=local_files_only
-        )
-    tf = transformers_module("JudgeReward")
-    if source is None:
-        path = embedded_smollm2()
-        source, gguf_file = str(path.parent), path.name
-    elif gguf_file is None and source.endswith(".gguf") and os.path.isfile(source):
-        source, gguf_file = os.path.dirname(source) or ".", os.path.basename(source)
-    kwargs: dict[str, Any] = {"gguf_file": gguf_file} if gguf_file is not None else {}
-    extra = {"dtype": dtype} if dtype is not None else {}
-    what = {"what": "judge model", "local_files_only": local_files_only}
-    model = load_pretrained(tf.AutoModelForCausalLM, source, **what, **kwargs, **extra)
-    if tokenizer is None or isinstance(tokenizer, (str, os.PathLike)):
-        what["what"] = "judge tokenizer"
-        tokenizer = load_pretrained(tf.AutoTokenizer, tokenizer or source, **what, **kwargs)
-    return model, tokenizer
 
 
 class JudgeReward(Reward):
@@ -150,7 +114,15 @@ class JudgeReward(Reward):
         source: str | None
         if model is None or isinstance(model, (str, os.PathLike)):
             source = None if model is None else os.fspath(model)
-            model, tokenizer = _load_causal_lm(source, tokenizer, gguf_file, dtype, local_files_only)
+            from mpc_llm.models import load_model
+
+            model, tokenizer = load_model(
+                source,
+                tokenizer=tokenizer,
+                gguf_file=gguf_file,
+                dtype=dtype,
+                local_files_only=local_files_only,
+            )
             source = source or "SmolLM2-135M-Instruct"
         else:
             source = getattr(model, "name_or_path", None) or None
