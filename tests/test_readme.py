@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+import pytest
 import torch
 
 from mpc_llm import Controller
@@ -22,7 +23,7 @@ def run_block(name: str, namespace: dict[str, object]) -> None:
 
 
 def test_readme_has_the_promised_examples() -> None:
-    assert {"python-api", "custom-controller"} <= set(readme_blocks())
+    assert {"llm-api", "python-api", "custom-controller"} <= set(readme_blocks())
 
 
 def test_python_api_and_custom_controller_run() -> None:
@@ -36,3 +37,13 @@ def test_python_api_and_custom_controller_run() -> None:
     assert issubclass(ns["TopKMean"], Controller)
     assert ns["result"].best_cost.item() < 0.3 * zero_control
     assert ns["result"].budget.samples == 15 * 128
+
+
+@pytest.mark.smollm
+def test_llm_api_runs_on_the_embedded_model() -> None:
+    ns: dict[str, object] = {}
+    run_block("llm-api", ns)
+    result, baseline = ns["result"], ns["baseline"]
+    assert result.budget.samples == 16 and baseline.budget.samples == 16
+    assert isinstance(result.best_rollout.texts[0][0], str)
+    assert -1.0 <= -result.best_cost.item() <= 1.0  # VADER compound score

@@ -1,0 +1,60 @@
+"""Sweep AISP's sigma and lambda on the embedded default against best-of-N at one budget.
+
+    python benchmarks/sweep_aisp.py --out runs/sweep --prompts 8 --budget 32 \
+        --sigmas 0.5,1,2,4 --lambdas 0.05,0.2 --knots 1
+
+Prints the summary table (mean best reward with 95% CI, win rate against best-of-N). The run folder
+is resumable (same command again continues).
+"""
+
+from __future__ import annotations
+
+import argparse
+
+from mpc_llm.controllers import BestOfN
+from mpc_llm.dynamics import LMDynamics
+from mpc_llm.evaluation.compare import compare
+from mpc_llm.evaluation.prompts import load_prompts
+from mpc_llm.evaluation.summary import markdown_table
+from mpc_llm.evaluation.sweep import aisp_grid
+from mpc_llm.rewards import reward_from_spec
+
+
+def floats(text: str) -> list[float]:
+    return [float(x) for x in text.split(",")]
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--out", required=True)
+    p.add_argument("--prompts", type=int, default=8, help="first N bundled prompts")
+    p.add_argument("--budget", type=int, default=32)
+    p.add_argument("--samples", type=int, default=8, help="AISP samples per iteration")
+    p.add_argument("--sigmas", type=floats, default=[0.5, 1.0, 2.0, 4.0])
+    p.add_argument("--lambdas", type=floats, default=[0.05, 0.2])
+    p.add_argument("--alpha", type=float, default=0.0)
+    p.add_argument("--knots", type=int, default=1)
+    p.add_argument("--tau", type=int, default=None)
+    p.add_argument("--max-new-tokens", type=int, default=48)
+    p.add_argument("--temperature", type=float, default=0.7)
+    p.add_argument("--reward", default="vader")
+    p.add_argument("--seeds", type=lambda t: [int(x) for x in t.split(",")], default=[0])
+    args = p.parse_args()
+
+    lm = LMDynamics("SmolLM2-135M-Instruct", max_new_tokens=args.max_new_tokens, tau=args.tau,
+                    temperature=args.temperature)  # fmt: skip
+    controllers = {"best_of_n": BestOfN(num_samples=args.samples)}
+    controllers.update(
+        aisp_grid(args.sigmas, args.lambdas, alpha=args.alpha, num_samples=args.samples, num_knots=args.knots)
+    )
+    rows = compare(
+        load_prompts("bundled", limit=args.prompts), controllers, lm.with_prompts,
+        reward_from_spec(args.reward).as_cost(), budgets=[args.budget], seeds=args.seeds, out_dir=args.out,
+        resume=True, prompts_per_batch=args.prompts,
+        settings={"model": "SmolLM2", "reward": args.reward, "lm": lm.config.model_dump(mode="json")},
+    )  # fmt: skip
+    print(markdown_table(rows))
+
+
+if __name__ == "__main__":
+    main()
