@@ -102,8 +102,8 @@ def build_parser() -> argparse.ArgumentParser:
     compare.add_argument("--num-prompts", type=int, help="use the first N prompts")
     compare.add_argument(
         "--controllers",
-        default="aisp,best_of_n",
-        help="comma-separated names; each uses its defaults plus the shared flags",
+        help="comma-separated names, each with its defaults plus the shared flags (default: the config "
+        "file's `controllers` mapping of label -> settings, else aisp,best_of_n)",
     )
     compare.add_argument("--budgets", type=_int_list, default=[8, 16, 32], help="e.g. 8,16,32,64")
     compare.add_argument("--seeds", type=_int_list, default=[0])
@@ -118,13 +118,19 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 # ---------------------------------------------------------------------------------------- config
-def _controller_overrides(args: argparse.Namespace) -> dict[str, Any]:
+def _controller_overrides(args: argparse.Namespace, name: str) -> dict[str, Any]:
+    """Controller settings from the flags; shared flags apply only where controller ``name`` has them."""
+    from mpc_llm.controllers import CONTROLLERS
+
+    fields = set()
+    if name in CONTROLLERS:
+        for field_name, info in CONTROLLERS[name].config_class.model_fields.items():
+            fields |= {field_name, info.alias or field_name}
     out: dict[str, Any] = {}
-    flags = ("sigma", "lambda_", "alpha", "num_knots", "num_samples", "num_iterations")
-    for flag in flags:
+    for flag in ("sigma", "lambda_", "alpha", "num_knots", "num_samples", "num_iterations"):
         key = "lambda" if flag == "lambda_" else flag
         value = getattr(args, flag, None)
-        if value is not None:
+        if value is not None and key in fields:
             out[key] = value
     out.update(dict(args.set))
     return out
@@ -141,8 +147,12 @@ def _reward_spec(args: argparse.Namespace) -> Any:
     return args.reward
 
 
-def experiment_config(args: argparse.Namespace, controller: str | None) -> Any:
-    """Merge defaults, the config file and the flags into a validated `ExperimentConfig`."""
+def experiment_config(args: argparse.Namespace, controller: str | dict[str, Any] | None) -> Any:
+    """Merge defaults, the config file and the flags into a validated `ExperimentConfig`.
+
+    ``controller``: a name (its defaults, unless the config file's controller has that name), or a
+    full spec ``{"name": ..., **settings}``; flags override either.
+    """
     from mpc_llm.config import read_mapping
     from mpc_llm.experiment import DEFAULT_CONTROLLER, ExperimentConfig, merge
 
@@ -157,9 +167,11 @@ def experiment_config(args: argparse.Namespace, controller: str | None) -> Any:
     if (reward := _reward_spec(args)) is not None:
         data["reward"] = reward
     base = dict(data.get("controller", DEFAULT_CONTROLLER))
-    if controller is not None and controller != base.get("name", "aisp"):
+    if isinstance(controller, dict):
+        base = dict(controller)
+    elif controller is not None and controller != base.get("name", "aisp"):
         base = {"name": controller, **_defaults_for(controller)}
-    data["controller"] = {**base, **_controller_overrides(args)}
+    data["controller"] = {**base, **_controller_overrides(args, base.get("name", "aisp"))}
     return ExperimentConfig.model_validate(data)
 
 
@@ -226,14 +238,18 @@ def cmd_compare(args: argparse.Namespace) -> int:
     from mpc_llm.evaluation.prompts import load_prompts
     from mpc_llm.experiment import Experiment, build_controller
 
-    names = [n.strip() for n in args.controllers.split(",") if n.strip()]
-    if not names:
-        raise CLIError("--controllers needs at least one name")
-    config = experiment_config(args, names[0])
-    controllers = {}
-    for name in names:
-        spec = experiment_config(args, name).controller
-        controllers[name] = build_controller(spec)
+    config = experiment_config(args, None)
+    specs: dict[str, Any]
+    if args.controllers is None and config.controllers:
+        specs = dict(config.controllers)
+    else:
+        names = [n.strip() for n in (args.controllers or "aisp,best_of_n").split(",") if n.strip()]
+        if not names:
+            raise CLIError("--controllers needs at least one name")
+        specs = {name: name for name in names}
+    controllers = {
+        label: build_controller(experiment_config(args, spec).controller) for label, spec in specs.items()
+    }
     check_budgets(controllers, args.budgets)
     prompts = load_prompts(args.prompts, limit=args.num_prompts)
     experiment = Experiment(config)

@@ -9,7 +9,10 @@ Example (YAML):
     device: cpu
     lm: {max_new_tokens: 48, tau: 48, temperature: 0.7}
     reward: vader                     # or {name: hf, model: path/to/reward-model}, or a list to sum
-    controller: {name: aisp, sigma: 2.0, lambda: 0.1, num_samples: 8, num_iterations: 4, num_knots: 1}
+    controller: {name: aisp, sigma: 0.5, lambda: 0.1, num_samples: 8, num_iterations: 4, num_knots: 1}
+    controllers:                      # for `mpc-llm compare`: label -> settings
+      best_of_n: {name: best_of_n, num_samples: 16}
+      aisp: {name: aisp, sigma: 0.5, lambda: 0.1, num_samples: 8, num_knots: 1}
     seed: 0
 """
 
@@ -36,7 +39,7 @@ from mpc_llm.rewards import Reward, reward_from_spec
 #: AISP settings that work on the embedded default (see README, "Choosing sigma and lambda").
 DEFAULT_CONTROLLER: dict[str, Any] = {
     "name": "aisp",
-    "sigma": 2.0,
+    "sigma": 0.5,
     "lambda": 0.1,
     "alpha": 0.0,
     "num_samples": 8,
@@ -76,12 +79,20 @@ class ExperimentConfig(BaseModel):
     lm: LMConfig = Field(default_factory=lambda: LMConfig(**DEFAULT_LM))
     reward: str | dict[str, Any] | list[str | dict[str, Any]] = "vader"
     controller: dict[str, Any] = Field(default_factory=lambda: dict(DEFAULT_CONTROLLER))
+    controllers: dict[str, dict[str, Any]] = Field(default_factory=dict)
     seed: int = 0
 
     @field_validator("controller")
     @classmethod
     def _valid_controller(cls, value: dict[str, Any]) -> dict[str, Any]:
         build_controller(value)  # raises with the field's pydantic message
+        return value
+
+    @field_validator("controllers")
+    @classmethod
+    def _valid_controllers(cls, value: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+        for spec in value.values():
+            build_controller(spec)
         return value
 
     @field_validator("device")

@@ -175,3 +175,19 @@ def test_info_runs(capsys) -> None:
     assert main(["info"]) == 0
     out = capsys.readouterr().out
     assert "torch" in out and "embedded model" in out
+
+
+def test_compare_takes_labelled_controllers_from_the_config_file(llama_dir: str, tmp_path, capsys) -> None:
+    config = tmp_path / "compare.yaml"
+    config.write_text(
+        f"model: {llama_dir}\nlm: {{max_new_tokens: 4}}\nreward: length\ncontrollers:\n"
+        "  bon: {name: best_of_n, num_samples: 4}\n"
+        "  cem-wide: {name: cem, sigma: 2.0, elite_fraction: 0.5, num_samples: 4}\n"
+    )
+    args = ["compare", "--config", str(config), "--prompts", "bundled", "--num-prompts", "2",
+            "--budgets", "4", "--sigma", "0.5", "--out", str(tmp_path / "run"), "--quiet"]  # fmt: skip
+    assert main(args) == 0  # --sigma applies to cem only: best_of_n has no sigma
+    settings = json.loads((tmp_path / "run" / "settings.json").read_text())
+    assert settings["controllers"]["cem-wide"]["config"]["sigma"] == 0.5
+    assert settings["controllers"]["bon"]["class"] == "BestOfN"
+    assert "| cem-wide | 4 |" in capsys.readouterr().out
