@@ -15,7 +15,7 @@ prompt = sys.argv[1] if len(sys.argv) > 1 else "Describe your Monday morning."
 lm = LMDynamics("SmolLM2-135M-Instruct", prompts=[prompt], max_new_tokens=48, temperature=0.7)
 reward = VaderReward()
 
-aisp = AISP(sigma=2.0, lambda_=0.1, num_samples=8, num_iterations=4, num_knots=1)
+aisp = AISP(sigma=0.5, lambda_=0.1, num_samples=8, num_iterations=4, num_knots=1)
 result = aisp.optimize(lm, reward.as_cost(), seed=0)
 
 unsteered = lm.sample(1, make_generators(1, 1))

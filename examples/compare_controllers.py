@@ -22,9 +22,9 @@ prompts = load_prompts("bundled", limit=4)
 lm = LMDynamics("SmolLM2-135M-Instruct", max_new_tokens=32, temperature=0.7)
 controllers = {
     "best_of_n": BestOfN(num_samples=8),
-    "aisp": AISP(sigma=2.0, lambda_=0.1, num_samples=8, num_knots=1),
-    "cem": CEM(sigma=2.0, elite_fraction=0.25, num_samples=8, num_knots=1),
-    "random_shooting": RandomShooting(sigma=2.0, num_samples=8, num_knots=1),
+    "aisp": AISP(sigma=0.5, lambda_=0.1, num_samples=8, num_knots=1),
+    "cem": CEM(sigma=0.5, elite_fraction=0.25, num_samples=8, num_knots=1),
+    "random_shooting": RandomShooting(sigma=0.5, num_samples=8, num_knots=1),
 }
 rows = compare(
     prompts, controllers, lm.with_prompts, VaderReward().as_cost(), budgets=[8, 16], seeds=[0],

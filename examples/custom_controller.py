@@ -34,6 +34,6 @@ class TopKMean(Controller[TopKConfig]):
 
 if __name__ == "__main__":
     lm = LMDynamics("SmolLM2-135M-Instruct", prompts=["Describe a rainy afternoon."], max_new_tokens=32)
-    controller = TopKMean(sigma=2.0, k=2, num_samples=8, num_iterations=3, num_knots=1)
+    controller = TopKMean(sigma=0.5, k=2, num_samples=8, num_iterations=3, num_knots=1)
     result = controller.optimize(lm, VaderReward().as_cost(), seed=0)
     print(f"reward {-result.best_cost.item():+.3f}: {result.best_rollout.texts[0][0]}")
