@@ -62,6 +62,31 @@ def load_pretrained(
         ) from exc
 
 
+def resolve_tokenizer(
+    tokenizer: str | os.PathLike[str] | Any | None,
+    source: str | None,
+    *,
+    what: str,
+    local_files_only: bool = False,
+    **kwargs: Any,
+) -> Any:
+    """A tokenizer object: the one given, or loaded from a path / id, or from the model's ``source``.
+
+    Raises:
+        ValueError: if no tokenizer is given and the model object does not say where it came from.
+    """
+    if tokenizer is None:
+        if not source:
+            raise ValueError(f"pass the {what}'s tokenizer: the model object does not say where it came from")
+        tokenizer = source
+    if isinstance(tokenizer, (str, os.PathLike)):
+        tf = transformers_module(what)
+        return load_pretrained(
+            tf.AutoTokenizer, tokenizer, what=f"{what} tokenizer", local_files_only=local_files_only, **kwargs
+        )
+    return tokenizer
+
+
 def model_device(model: torch.nn.Module) -> torch.device:
     """The device of a model's first parameter (CPU for a model without parameters)."""
     for p in model.parameters():

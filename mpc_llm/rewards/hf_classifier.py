@@ -20,7 +20,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from mpc_llm.rewards._hf import load_pretrained, model_device, transformers_module
+from mpc_llm.rewards._hf import load_pretrained, model_device, resolve_tokenizer, transformers_module
 from mpc_llm.rewards.base import Prompt, Reward, render_prompt, to_messages
 
 __all__ = ["HFRewardModel"]
@@ -99,20 +99,9 @@ class HFRewardModel(Reward):
             source = getattr(model, "name_or_path", None) or None
             if dtype is not None:
                 model = model.to(dtype)
-        if tokenizer is None:
-            if not source:
-                raise ValueError(
-                    "pass the reward model's tokenizer: the model object does not say where it came from"
-                )
-            tokenizer = source
-        if isinstance(tokenizer, (str, os.PathLike)):
-            tokenizer = load_pretrained(
-                tf.AutoTokenizer,
-                tokenizer,
-                what="reward model tokenizer",
-                local_files_only=local_files_only,
-                **load_kwargs,
-            )
+        tokenizer = resolve_tokenizer(
+            tokenizer, source, what="reward model", local_files_only=local_files_only, **load_kwargs
+        )
         if device is not None:
             model = model.to(device)
         model.eval()

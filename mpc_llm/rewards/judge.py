@@ -26,7 +26,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from mpc_llm.rewards._hf import load_pretrained, model_device, transformers_module
+from mpc_llm.rewards._hf import model_device, resolve_tokenizer, transformers_module
 from mpc_llm.rewards.base import Prompt, Reward, render_prompt
 
 __all__ = ["DEFAULT_RUBRIC", "JudgeReward"]
@@ -128,19 +128,7 @@ class JudgeReward(Reward):
             source = getattr(model, "name_or_path", None) or None
             if dtype is not None:
                 model = model.to(dtype)
-            if tokenizer is None:
-                if not source:
-                    raise ValueError(
-                        "pass the judge's tokenizer: the model object does not say where it came from"
-                    )
-                tokenizer = source
-            if isinstance(tokenizer, (str, os.PathLike)):
-                tokenizer = load_pretrained(
-                    transformers_module("JudgeReward").AutoTokenizer,
-                    tokenizer,
-                    what="judge tokenizer",
-                    local_files_only=local_files_only,
-                )
+            tokenizer = resolve_tokenizer(tokenizer, source, what="judge", local_files_only=local_files_only)
         if device is not None:
             model = model.to(device)
         model.eval()
