@@ -158,3 +158,15 @@ def test_compare_takes_labelled_controllers_from_the_config_file(llama_dir: str,
     assert settings["controllers"]["cem-wide"]["config"]["sigma"] == 0.5
     assert settings["controllers"]["bon"]["class"] == "BestOfN"
     assert "| cem-wide | 4 |" in capsys.readouterr().out
+
+
+@pytest.mark.smollm
+def test_align_on_the_embedded_default() -> None:
+    """The README's first command, shortened: SmolLM2 + VADER + AISP with the default settings."""
+    proc = run_cli("align", "Describe your Monday morning.", "--max-new-tokens", "12", "--iterations", "1",
+                   "--json", "--quiet")  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    out = json.loads(proc.stdout)
+    assert out["model"] == "SmolLM2-135M-Instruct" and out["controller"]["name"] == "aisp"
+    assert out["budget"]["samples"] == 8 and -1.0 <= out["reward"] <= 1.0
+    assert out["reward"] >= max(h["best_reward"] for h in out["history"])
