@@ -274,8 +274,7 @@ def _load_gguf(
     cached = _gguf_cache_dir(file)
     if use_cache and (cached / _COMPLETE).is_file():
         try:
-            model = _from_pretrained(str(cached), dtype=dtype, device_map=device_map, local_files_only=True)
-            return model, _tokenizer_from(str(cached), True, False)
+            return _load_cached(cached, dtype, device_map)
         except Exception as exc:  # a corrupt cache must never block loading: rebuild it
             warnings.warn(
                 f"ignoring unreadable fast-load cache {cached} ({exc}); rebuilding it", stacklevel=3
@@ -298,10 +297,17 @@ def _load_gguf(
             )
         else:
             del model
-            return _load_gguf(file, dtype, use_cache, device_map)
+            return _load_cached(cached, dtype, device_map)  # a fresh cache that fails to load: raise
     if dtype not in (None, "auto"):
         model = model.to(dtype)  # type: ignore[arg-type]
     return model, tokenizer
+
+
+def _load_cached(
+    cached: Path, dtype: torch.dtype | str | None, device_map: str | dict[str, Any] | None
+) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    model = _from_pretrained(str(cached), dtype=dtype, device_map=device_map, local_files_only=True)
+    return model, _tokenizer_from(str(cached), True, False)
 
 
 def _write_cache(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, target: Path) -> None:

@@ -43,7 +43,7 @@ def test_every_controller_gets_exactly_the_budget(tmp_path) -> None:
     for name, controller in controllers().items():
         make.current = name
         compare(PROMPTS[:2], {name: controller}, make, COST, budgets=[4, 12], out_dir=tmp_path / name,
-                progress=False, prompts_per_batch=2)  # fmt: skip
+                progress=False, prompts_per_batch=2, baseline=None)  # fmt: skip
         assert sum(spent[name]) == 12, name
     assert spent == {"best_of_n": [8, 4], "random_shooting": [4, 4, 4], "aisp": [4, 4, 4]}
 
@@ -119,6 +119,43 @@ def test_another_run_in_the_same_folder_is_refused(tmp_path) -> None:
         compare(PROMPTS, controllers(), FakeText, COST, budgets=[4, 8], seeds=[0, 1],
                 out_dir=tmp_path / "run", resume=True, settings={"system": "fake"},
                 progress=False)  # fmt: skip
+
+
+def test_a_missing_baseline_is_reported(tmp_path) -> None:
+    with pytest.warns(UserWarning, match="no controller is labelled 'best_of_n'"):
+        compare(PROMPTS[:1], {"aisp": controllers()["aisp"]}, FakeText, COST, budgets=[4], out_dir=tmp_path,
+                progress=False)  # fmt: skip
+
+
+def test_seconds_are_prorated_within_a_partly_used_iteration(tmp_path) -> None:
+    run(str(tmp_path / "run"))
+    records = [json.loads(x) for x in (tmp_path / "run" / "records.jsonl").read_text().splitlines()]
+    first = [r for r in records if (r["controller"], r["prompt_index"], r["seed"]) == ("best_of_n", 0, 0)]
+    bon = {r["budget"]: r["seconds"] for r in first}
+    assert bon[4] < bon[8] <= bon[12]  # 8 samples per iteration: budget 4 uses half of the first
+
+
+def test_overwrite_deletes_only_a_run(tmp_path) -> None:
+    (tmp_path / "mine.txt").write_text("keep me")
+    with pytest.raises(RunFolderError, match="not empty"):
+        compare(PROMPTS[:1], controllers(), FakeText, COST, budgets=[4], out_dir=tmp_path, overwrite=True,
+                progress=False)  # fmt: skip
+    assert (tmp_path / "mine.txt").read_text() == "keep me"
+
+
+def test_a_torn_chunk_is_redone_on_resume_without_duplicates(tmp_path) -> None:
+    run(str(tmp_path / "run"))
+    path = tmp_path / "run" / "records.jsonl"
+    text = path.read_text()
+    path.write_text(text[: len(text) - len(text.splitlines()[-1]) // 2 - 1])  # tear the last line
+    with pytest.warns(RuntimeWarning, match="torn"):
+        run(str(tmp_path / "run"), resume=True)
+    run(str(tmp_path / "fresh"))
+    after = without_time([json.loads(x) for x in path.read_text().splitlines()])
+    fresh = without_time(
+        [json.loads(x) for x in (tmp_path / "fresh" / "records.jsonl").read_text().splitlines()]
+    )
+    assert after == fresh  # the partly written job was redone once, its old records replaced
 
 
 def test_a_budget_smaller_than_one_iteration_is_refused() -> None:

@@ -30,6 +30,29 @@ def test_a_torn_last_line_is_dropped(tmp_path) -> None:
     assert [r["prompt"] for r in RunStore(tmp_path / "run", SETTINGS, resume=True).records] == [0, 1, 2]
 
 
+def test_a_complete_last_line_without_newline_is_kept(tmp_path) -> None:
+    store = RunStore(tmp_path / "run", SETTINGS)
+    store.records_path.write_text('{"prompt": 0}')
+    again = RunStore(tmp_path / "run", SETTINGS, resume=True)
+    again.append([{"prompt": 1}])
+    assert [r["prompt"] for r in RunStore(tmp_path / "run", SETTINGS, resume=True).records] == [0, 1]
+
+
+def test_done_needs_every_record_of_a_key_and_discard_removes_partial_ones(tmp_path) -> None:
+    store = RunStore(tmp_path / "run", SETTINGS)
+    store.append([{"p": 0, "budget": 4}, {"p": 0, "budget": 8}, {"p": 1, "budget": 4}])
+    assert store.done(["p"], per_key=2) == {(0,)}
+    store.discard(["p"], {(1,)})
+    assert (
+        RunStore(tmp_path / "run", SETTINGS, resume=True).records
+        == store.records
+        == [
+            {"p": 0, "budget": 4},
+            {"p": 0, "budget": 8},
+        ]
+    )
+
+
 def test_a_folder_with_another_run_is_refused(tmp_path) -> None:
     RunStore(tmp_path / "run", SETTINGS)
     with pytest.raises(RunFolderError, match="differs in: budgets"):

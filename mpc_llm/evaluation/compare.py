@@ -3,20 +3,23 @@
 Budget accounting: each (prompt chunk, controller, seed) is one run of ``optimize`` with
 ``max_samples = max(budgets)``; the record for budget ``k`` is read off the anytime curve, i.e. the
 best of the first ``k`` samples that run scored. For a non-adaptive controller (best-of-N, random
-shooting) that is exactly what a budget-``k`` run returns; for an adaptive one (AISP, CEM) it is the
-state of the run after ``k`` samples, which is why every budget must be at least one iteration
+shooting) that is distributed exactly as a budget-``k`` run's answer (not bit for bit: a run with
+another ``N`` uses the random stream differently); for an adaptive one (AISP, CEM) it is the state of
+the run after ``k`` samples, which is why every budget must be at least one iteration
 (``num_samples``) of each adaptive controller: ``iterations = ceil(k / num_samples)``, the last
 iteration possibly partial. Every controller scores exactly ``k`` responses per prompt at budget
 ``k``.
 
 Problem ``p`` under run seed ``s`` draws from seed ``s * 1_000_003 + p``, whatever chunk it is in,
-so results do not depend on ``prompts_per_batch`` and a resumed run equals an uninterrupted one.
+so results do not depend on ``prompts_per_batch`` (up to floating-point effects of batch shapes) and
+a resumed run equals an uninterrupted one.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import warnings
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -109,11 +112,17 @@ def _records_for_chunk(
     """One record per (prompt of the chunk, budget), read off the run's first ``k`` samples."""
     sizes = [r.num_samples for r in tape.rollouts]
     ends = torch.tensor(sizes).cumsum(0).tolist()
+    kls = [
+        r.kl_to_base() if isinstance(r, LMRollout) and r.logprobs is not None and r.base_logprobs is not None
+        else None
+        for r in tape.rollouts
+    ]  # fmt: skip
     records = []
     for k in budgets:
         best = costs[:, :k].argmin(dim=1)  # (B,) index into the run's samples
-        last_iteration = next(i for i, end in enumerate(ends) if end >= k)
-        seconds = sum(iteration_seconds[: last_iteration + 1]) / len(indices)
+        last = next(i for i, end in enumerate(ends) if end >= k)
+        used_of_last = (k - (ends[last] - sizes[last])) / sizes[last]  # prorate a partly used iteration
+        seconds = (sum(iteration_seconds[:last]) + used_of_last * iteration_seconds[last]) / len(indices)
         for b, prompt_index in enumerate(indices):
             j = int(best[b])
             it = next(i for i, end in enumerate(ends) if end > j)
@@ -127,8 +136,8 @@ def _records_for_chunk(
             }
             if isinstance(rollout, LMRollout):
                 record["response"] = rollout.texts[b][n]
-                if rollout.logprobs is not None and rollout.base_logprobs is not None:
-                    record["kl"] = float(rollout.kl_to_base()[b, n])
+                if (kl := kls[it]) is not None:
+                    record["kl"] = float(kl[b, n])
                 record["tokens"] = _tokens_in_first(tape.rollouts, sizes, b, k)
             record["seconds"] = seconds
             records.append(record)
@@ -188,6 +197,9 @@ def compare(
     if not controllers:
         raise ValueError("compare needs at least one controller")
     if baseline is not None and baseline not in controllers:
+        warnings.warn(
+            f"no controller is labelled {baseline!r}: the summary has no win rates", UserWarning, stacklevel=2
+        )
         baseline = None
     budgets = check_budgets(controllers, budgets)
     store = RunStore(
@@ -196,7 +208,8 @@ def compare(
         resume=resume,
         overwrite=overwrite,
     )
-    done = store.done(KEY)
+    done = store.done(KEY, per_key=len(budgets))
+    store.discard(KEY, store.done(KEY) - done)  # jobs torn mid-write are redone from scratch
     jobs = [
         (start, name, seed)
         for seed in seeds

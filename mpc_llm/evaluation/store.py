@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import warnings
+from collections import Counter
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
@@ -28,11 +28,13 @@ class RunStore:
         settings: a JSON-serialisable description of the run; a folder holding a run with other
             settings is refused unless ``overwrite``.
         resume: continue a run with the same settings (finished records are kept and skipped).
-        overwrite: delete whatever the folder holds first.
+        overwrite: replace the run the folder holds (only the files a run writes are deleted; a
+            folder holding other files is still refused).
     """
 
     SETTINGS = "settings.json"
     RECORDS = "records.jsonl"
+    OUTPUTS = ("summary.md", "summary.json", "reward_vs_samples.png")
 
     def __init__(
         self,
@@ -45,8 +47,9 @@ class RunStore:
         self.folder = Path(folder)
         self.settings = json.loads(json.dumps(settings))  # normalise (tuples -> lists, ...)
         settings_path = self.folder / self.SETTINGS
-        if overwrite and self.folder.exists():
-            shutil.rmtree(self.folder)
+        if overwrite and settings_path.exists():  # only ever delete what a run wrote
+            for name in (self.SETTINGS, self.RECORDS, *self.OUTPUTS):
+                (self.folder / name).unlink(missing_ok=True)
         if settings_path.exists():
             try:
                 existing = json.loads(settings_path.read_text(encoding="utf-8"))
@@ -101,13 +104,37 @@ class RunStore:
         """Append records durably (one write, flushed and fsynced)."""
         batch = [dict(r) for r in records]
         payload = "".join(json.dumps(r, sort_keys=True) + "\n" for r in batch)
+        if self.records_path.exists() and self.records_path.stat().st_size > 0:
+            with self.records_path.open("rb") as handle:
+                handle.seek(-1, os.SEEK_END)
+                if handle.read(1) != b"\n":  # a complete last line cut before its newline
+                    payload = "\n" + payload
         with self.records_path.open("a", encoding="utf-8") as handle:
             handle.write(payload)
             handle.flush()
             os.fsync(handle.fileno())
         self.records.extend(batch)
 
-    def done(self, key_fields: Iterable[str]) -> set[tuple[Any, ...]]:
-        """The keys (tuples of ``key_fields``) of the records already written."""
+    def discard(self, key_fields: Iterable[str], keys: set[tuple[Any, ...]]) -> None:
+        """Remove the records of ``keys`` (e.g. a job only partly written before a crash), atomically."""
         fields = tuple(key_fields)
-        return {tuple(r[f] for f in fields) for r in self.records}
+        kept = [r for r in self.records if tuple(r[f] for f in fields) not in keys]
+        if len(kept) == len(self.records):
+            return
+        tmp = self.records_path.with_name(self.records_path.name + ".tmp")
+        with tmp.open("w", encoding="utf-8") as handle:
+            handle.write("".join(json.dumps(r, sort_keys=True) + "\n" for r in kept))
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, self.records_path)
+        self.records = kept
+
+    def done(self, key_fields: Iterable[str], per_key: int = 1) -> set[tuple[Any, ...]]:
+        """The keys (tuples of ``key_fields``) with at least ``per_key`` records written.
+
+        A job that writes several records (one per budget) counts as done only when all of them
+        made it to disk; a torn write leaves it to be redone.
+        """
+        fields = tuple(key_fields)
+        counts = Counter(tuple(r[f] for f in fields) for r in self.records)
+        return {key for key, count in counts.items() if count >= per_key}

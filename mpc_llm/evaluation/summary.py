@@ -16,8 +16,9 @@ def summarize(
 ) -> list[dict[str, Any]]:
     """Aggregate records over prompts and seeds.
 
-    Each row: ``controller``, ``budget``, ``n`` (prompt x seed pairs), ``reward`` mean with its 95%
-    Student-t interval ``reward_low`` / ``reward_high``, ``win_rate`` against ``baseline`` at the
+    Each row: ``controller``, ``budget``, ``n`` (prompts), ``reward`` mean with its 95% Student-t
+    interval ``reward_low`` / ``reward_high`` over prompts (seeds of a prompt are averaged first:
+    they are not independent of each other), ``win_rate`` against ``baseline`` at the
     same budget (paired by prompt and seed, ties count one half), ``distinct_2`` over the returned
     responses, mean ``rep_2``, mean ``kl`` (when log-probs were recorded), mean ``tokens`` and
     ``seconds`` per prompt.
@@ -33,8 +34,10 @@ def summarize(
     order = list(dict.fromkeys(r["controller"] for r in records))
     rows = []
     for (name, budget), group in sorted(groups.items(), key=lambda kv: (order.index(kv[0][0]), kv[0][1])):
-        rewards = [float(r["reward"]) for r in group]
-        ci = mean_ci(rewards)
+        per_prompt: dict[Any, list[float]] = defaultdict(list)
+        for r in group:
+            per_prompt[r["prompt_index"]].append(float(r["reward"]))
+        ci = mean_ci([sum(v) / len(v) for v in per_prompt.values()])
         row: dict[str, Any] = {
             "controller": name,
             "budget": budget,
@@ -70,8 +73,9 @@ def _fmt(value: Any, digits: int = 3) -> str:
 def markdown_table(rows: Sequence[Mapping[str, Any]]) -> str:
     """The summary rows as a Markdown table."""
     header = (
-        "| controller | budget | n | mean best reward [95% CI] | win rate vs baseline | distinct-2 | rep-2 "
-        "| KL to base | tokens / prompt | s / prompt |\n|---|---:|---:|---|---:|---:|---:|---:|---:|---:|\n"
+        "| controller | budget | prompts | mean best reward [95% CI] | win rate vs baseline | distinct-2 "
+        "| rep-2 | KL to base | tokens / prompt | s / prompt |\n"
+        "|---|---:|---:|---|---:|---:|---:|---:|---:|---:|\n"
     )
     lines = [
         f"| {r['controller']} | {r['budget']} | {r['n']} | {_fmt(r['reward'])} "
