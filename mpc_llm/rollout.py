@@ -2,7 +2,8 @@
 
 A rollout is a dataclass whose per-sample fields are indexed by ``(B, N, ...)``: ``B`` problems
 (prompts, initial states) and ``N`` samples per problem. Tensors with that leading shape and nested
-lists ``list[B][N]`` (e.g. decoded texts) are per-sample fields; anything else is shared metadata.
+lists ``list[B][N]`` (e.g. decoded texts) are per-sample fields; anything else, and any field declared
+with ``field(metadata={"shared": True})``, is shared metadata.
 Subclasses add fields and get `take` / `cat` for free.
 """
 
@@ -48,7 +49,11 @@ class Rollout:
         """Tokens generated to produce this rollout (0 for systems that are not language models)."""
         return 0
 
-    def _is_per_sample(self, value: Any) -> bool:
+    def _is_per_sample(self, value: Any, field: dataclasses.Field | None = None) -> bool:
+        """Whether a field's value is indexed ``(B, N, ...)`` (fields marked ``metadata={"shared": True}``
+        never are, whatever their shape)."""
+        if field is not None and field.metadata.get("shared", False):
+            return False
         B, N = self.batch_size, self.num_samples
         if isinstance(value, Tensor):
             return value.dim() >= 2 and tuple(value.shape[:2]) == (B, N)
@@ -73,7 +78,7 @@ class Rollout:
         rows = index.tolist()
         for field in dataclasses.fields(self):
             value = getattr(self, field.name)
-            if not self._is_per_sample(value):
+            if not self._is_per_sample(value, field):
                 continue
             if isinstance(value, Tensor):
                 idx = index.to(value.device).view(*index.shape, *([1] * (value.dim() - 2)))
@@ -95,7 +100,7 @@ class Rollout:
         changes: dict[str, Any] = {}
         for field in dataclasses.fields(first):
             values = [getattr(r, field.name) for r in rollouts]
-            if not all(r._is_per_sample(v) for r, v in zip(rollouts, values, strict=True)):
+            if not all(r._is_per_sample(v, field) for r, v in zip(rollouts, values, strict=True)):
                 continue
             if isinstance(values[0], Tensor):
                 changes[field.name] = _cat_padded(values, first.pad_value(field.name))

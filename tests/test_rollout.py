@@ -40,3 +40,14 @@ def test_cat_pads_shorter_sequences() -> None:
     assert both.texts[1] == ["b1n0", "b1n100", "b1n101"]
     picked = both.take(torch.tensor([[1], [2]])).tokens[:, 0]
     assert torch.equal(picked, torch.stack([b.tokens[0, 0], b.tokens[1, 1]]))
+
+
+def test_chat_prompts_shaped_like_b_by_n_stay_shared() -> None:
+    from mpc_llm.dynamics.lm_rollout import LMRollout
+
+    chat = [{"role": "system", "content": "Be kind."}, {"role": "user", "content": "Hi"}]  # 2 messages, N = 2
+    r = LMRollout(controls=torch.zeros(1, 2, 1, 1), tokens=torch.zeros(1, 2, 3, dtype=torch.long),
+                  lengths=torch.ones(1, 2, dtype=torch.long), texts=[["a", "b"]], prompts=[chat])  # fmt: skip
+    picked = r.take(torch.tensor([[1]]))
+    assert picked.prompts == [chat] and picked.texts == [["b"]]
+    assert LMRollout.cat([r, picked]).prompts == [chat]

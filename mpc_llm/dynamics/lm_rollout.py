@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -32,7 +32,7 @@ class LMRollout(Rollout):
     tokens: Tensor
     lengths: Tensor
     texts: list[list[str]]
-    prompts: list[Prompt]
+    prompts: list[Prompt] = field(metadata={"shared": True})  # chat prompts may look [B][N]-shaped
     logprobs: Tensor | None = None
     base_logprobs: Tensor | None = None
     pad_token_id: int = 0
