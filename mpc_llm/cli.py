@@ -118,21 +118,28 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 # ---------------------------------------------------------------------------------------- config
-def _controller_overrides(args: argparse.Namespace, name: str) -> dict[str, Any]:
-    """Controller settings from the flags; shared flags apply only where controller ``name`` has them."""
+def _controller_fields(name: str) -> set[str]:
+    """The settings (names and aliases) controller ``name`` accepts."""
     from mpc_llm.controllers import CONTROLLERS
 
-    fields = set()
-    if name in CONTROLLERS:
-        for field_name, info in CONTROLLERS[name].config_class.model_fields.items():
-            fields |= {field_name, info.alias or field_name}
+    if name not in CONTROLLERS:
+        return set()
+    return {key for field, info in CONTROLLERS[name].config_class.model_fields.items()
+            for key in (field, info.alias or field)}  # fmt: skip
+
+
+def _controller_overrides(args: argparse.Namespace, name: str, strict: bool) -> dict[str, Any]:
+    """Controller settings from the flags. Shared flags (``--sigma``, ``-n``, ...) apply only where
+    controller ``name`` has the setting; ``--set`` keys too unless ``strict`` (then pydantic names
+    an unknown key)."""
+    fields = _controller_fields(name)
     out: dict[str, Any] = {}
     for flag in ("sigma", "lambda_", "alpha", "num_knots", "num_samples", "num_iterations"):
         key = "lambda" if flag == "lambda_" else flag
         value = getattr(args, flag, None)
         if value is not None and key in fields:
             out[key] = value
-    out.update(dict(args.set))
+    out.update({k: v for k, v in args.set if strict or k in fields})
     return out
 
 
@@ -147,47 +154,34 @@ def _reward_spec(args: argparse.Namespace) -> Any:
     return args.reward
 
 
-def experiment_config(args: argparse.Namespace, controller: str | dict[str, Any] | None) -> Any:
-    """Merge defaults, the config file and the flags into a validated `ExperimentConfig`.
+def experiment_config(
+    args: argparse.Namespace, controller: str | dict[str, Any] | None = None, strict: bool = True
+) -> Any:
+    """The config file, then the flags (each overriding only its own setting), validated.
 
-    ``controller``: a name (its defaults, unless the config file's controller has that name), or a
-    full spec ``{"name": ..., **settings}``; flags override either.
+    Settings given nowhere take the project's defaults (`ExperimentConfig`'s validators).
+    ``controller``: a name (the config file's controller if it has that name, else that controller's
+    defaults) or a full spec ``{"name": ..., **settings}``.
     """
     from mpc_llm.config import read_mapping
-    from mpc_llm.experiment import DEFAULT_CONTROLLER, ExperimentConfig, merge
+    from mpc_llm.experiment import ExperimentConfig
 
     data: dict[str, Any] = read_mapping(args.config) if args.config else {}
     for key in ("model", "device", "dtype", "seed"):
         if getattr(args, key, None) is not None:
             data[key] = getattr(args, key)
     lm = {k: getattr(args, k) for k in ("max_new_tokens", "tau", "temperature", "top_p", "greedy")}
-    lm = {k: v for k, v in lm.items() if v is not None}
-    if lm:
-        data["lm"] = merge(ExperimentConfig().lm.model_dump(), merge(data.get("lm", {}), lm))
+    data["lm"] = {**data.get("lm", {}), **{k: v for k, v in lm.items() if v is not None}}
     if (reward := _reward_spec(args)) is not None:
         data["reward"] = reward
-    base = dict(data.get("controller", DEFAULT_CONTROLLER))
+    base = dict(data.get("controller", {}))
     if isinstance(controller, dict):
         base = dict(controller)
     elif controller is not None and controller != base.get("name", "aisp"):
-        base = {"name": controller, **_defaults_for(controller)}
-    data["controller"] = {**base, **_controller_overrides(args, base.get("name", "aisp"))}
+        base = {"name": controller}
+    name = base.get("name", "aisp")
+    data["controller"] = {**base, **_controller_overrides(args, name, strict)}
     return ExperimentConfig.model_validate(data)
-
-
-def _defaults_for(name: str) -> dict[str, Any]:
-    """Defaults for a controller named on the command line (AISP keeps its tuned defaults)."""
-    from mpc_llm.experiment import DEFAULT_CONTROLLER
-
-    if name == "aisp":
-        return {k: v for k, v in DEFAULT_CONTROLLER.items() if k != "name"}
-    common = {
-        "num_samples": DEFAULT_CONTROLLER["num_samples"],
-        "num_iterations": DEFAULT_CONTROLLER["num_iterations"],
-    }
-    if name in ("cem", "random_shooting"):
-        common.update(sigma=DEFAULT_CONTROLLER["sigma"], num_knots=DEFAULT_CONTROLLER["num_knots"])
-    return common
 
 
 # ---------------------------------------------------------------------------------------- commands
@@ -238,7 +232,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
     from mpc_llm.evaluation.prompts import load_prompts
     from mpc_llm.experiment import Experiment, build_controller
 
-    config = experiment_config(args, None)
+    config = experiment_config(args, strict=False)
     specs: dict[str, Any]
     if args.controllers is None and config.controllers:
         specs = dict(config.controllers)
@@ -246,10 +240,14 @@ def cmd_compare(args: argparse.Namespace) -> int:
         names = [n.strip() for n in (args.controllers or "aisp,best_of_n").split(",") if n.strip()]
         if not names:
             raise CLIError("--controllers needs at least one name")
-        specs = {name: name for name in names}
-    controllers = {
-        label: build_controller(experiment_config(args, spec).controller) for label, spec in specs.items()
+        specs = {name: config.controllers.get(name, name) for name in names}  # labels from the file first
+    resolved = {
+        label: experiment_config(args, spec, strict=False).controller for label, spec in specs.items()
     }
+    controllers = {label: build_controller(spec) for label, spec in resolved.items()}
+    accepted = set().union(*(_controller_fields(spec["name"]) for spec in resolved.values()))
+    if unknown := sorted({k for k, _ in args.set} - accepted):
+        raise CLIError(f"--set {', '.join(unknown)}: no selected controller has this setting")
     check_budgets(controllers, args.budgets)
     prompts = load_prompts(args.prompts, limit=args.num_prompts)
     experiment = Experiment(config)

@@ -49,6 +49,23 @@ DEFAULT_CONTROLLER: dict[str, Any] = {
 DEFAULT_LM: dict[str, Any] = {"max_new_tokens": 48, "temperature": 0.7}
 
 
+def controller_defaults(name: str) -> dict[str, Any]:
+    """The project's defaults for controller ``name`` (AISP's tuned settings; the same sigma, knots
+    and samples for CEM and random shooting; samples and iterations for best-of-N)."""
+    keys = {
+        "aisp": [k for k in DEFAULT_CONTROLLER if k != "name"],
+        "cem": ["sigma", "num_knots", "num_samples", "num_iterations"],
+        "random_shooting": ["sigma", "num_knots", "num_samples", "num_iterations"],
+    }.get(name, ["num_samples", "num_iterations"])
+    return {k: DEFAULT_CONTROLLER[k] for k in keys}
+
+
+def with_defaults(spec: Mapping[str, Any]) -> dict[str, Any]:
+    """``spec`` over `controller_defaults` of its ``name`` (default ``"aisp"``)."""
+    name = spec.get("name", "aisp")
+    return {"name": name, **controller_defaults(name), **spec}
+
+
 def build_controller(spec: Mapping[str, Any]) -> Controller:
     """A controller from ``{"name": "aisp", **settings}``; unknown names list the valid ones."""
     options = dict(spec)
@@ -81,6 +98,26 @@ class ExperimentConfig(BaseModel):
     controller: dict[str, Any] = Field(default_factory=lambda: dict(DEFAULT_CONTROLLER))
     controllers: dict[str, dict[str, Any]] = Field(default_factory=dict)
     seed: int = 0
+
+    @field_validator("lm", mode="before")
+    @classmethod
+    def _lm_defaults(cls, value: Any) -> Any:
+        """Settings not given take the project's defaults (`DEFAULT_LM`), not `LMConfig`'s."""
+        return {**DEFAULT_LM, **value} if isinstance(value, Mapping) else value
+
+    @field_validator("controller", mode="before")
+    @classmethod
+    def _controller_defaults(cls, value: Any) -> Any:
+        return with_defaults(value) if isinstance(value, Mapping) else value
+
+    @field_validator("controllers", mode="before")
+    @classmethod
+    def _controllers_defaults(cls, value: Any) -> Any:
+        if not isinstance(value, Mapping):
+            return value
+        return {
+            label: with_defaults(spec) if isinstance(spec, Mapping) else spec for label, spec in value.items()
+        }
 
     @field_validator("controller")
     @classmethod

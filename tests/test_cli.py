@@ -68,6 +68,7 @@ def test_align_reads_a_config_file_and_flags_override_it(llama_dir: str, tmp_pat
         "elite_fraction": 0.5,
         "num_samples": 4,
         "num_iterations": 1,
+        "num_knots": 1,  # the project default, which the file did not override
     }
     assert out["budget"]["samples"] == 4
 
@@ -153,7 +154,8 @@ def test_compare_takes_labelled_controllers_from_the_config_file(llama_dir: str,
     )
     args = ["compare", "--config", str(config), "--prompts", "bundled", "--num-prompts", "2",
             "--budgets", "4", "--sigma", "0.5", "--out", str(tmp_path / "run"), "--quiet"]  # fmt: skip
-    assert main(args) == 0  # --sigma applies to cem only: best_of_n has no sigma
+    with pytest.warns(UserWarning, match="no controller is labelled 'best_of_n'"):  # it is labelled "bon"
+        assert main(args) == 0  # --sigma applies to cem only: best_of_n has no sigma
     settings = json.loads((tmp_path / "run" / "settings.json").read_text())
     assert settings["controllers"]["cem-wide"]["config"]["sigma"] == 0.5
     assert settings["controllers"]["bon"]["class"] == "BestOfN"
@@ -170,3 +172,50 @@ def test_align_on_the_embedded_default() -> None:
     assert out["model"] == "SmolLM2-135M-Instruct" and out["controller"]["name"] == "aisp"
     assert out["budget"]["samples"] == 8 and -1.0 <= out["reward"] <= 1.0
     assert out["reward"] >= max(h["best_reward"] for h in out["history"])
+
+
+def test_flags_override_only_their_own_settings(tmp_path) -> None:
+    from mpc_llm.cli import build_parser, experiment_config
+
+    config = tmp_path / "run.yaml"
+    config.write_text("lm: {max_new_tokens: 6}\ncontroller: {name: aisp, sigma: 1.0}\n")
+    plain = experiment_config(build_parser().parse_args(["align", "Hi", "--config", str(config)]))
+    with_tau = experiment_config(
+        build_parser().parse_args(["align", "Hi", "--config", str(config), "--tau", "3"])
+    )
+    for cfg in (plain, with_tau):
+        assert (cfg.lm.max_new_tokens, cfg.lm.temperature) == (6, 0.7)  # project defaults fill the rest
+        assert cfg.controller == {"name": "aisp", "sigma": 1.0, "lambda": 0.1, "alpha": 0.0, "num_samples": 8,
+                                  "num_iterations": 4, "num_knots": 1}  # fmt: skip
+    assert (plain.lm.tau, with_tau.lm.tau) == (None, 3)
+    args = build_parser().parse_args(["align", "Hi", "--controller", "cem", "--lambda", "2"])
+    cem = experiment_config(args, args.controller)
+    assert cem.controller == {
+        "name": "cem",
+        "sigma": 0.5,
+        "num_knots": 1,
+        "num_samples": 8,
+        "num_iterations": 4,
+    }
+
+
+def test_compare_set_applies_where_a_controller_has_the_setting(llama_dir: str, tmp_path, capsys) -> None:
+    base = ["compare", "--model", llama_dir, "--reward", "length", "--num-prompts", "1", "--budgets", "8",
+            "--max-new-tokens", "3", "--quiet", "--controllers", "cem,best_of_n"]  # fmt: skip
+    assert main([*base, "--set", "elite_fraction=0.5", "--out", str(tmp_path / "a")]) == 0
+    settings = json.loads((tmp_path / "a" / "settings.json").read_text())["controllers"]
+    assert settings["cem"]["config"]["elite_fraction"] == 0.5
+    capsys.readouterr()
+    assert main([*base, "--set", "bogus=1", "--out", str(tmp_path / "b")]) == 2
+    assert "--set bogus: no selected controller has this setting" in capsys.readouterr().err
+
+
+def test_compare_names_look_up_the_config_files_controllers_first(llama_dir: str, tmp_path) -> None:
+    config = tmp_path / "c.yaml"
+    config.write_text(f"model: {llama_dir}\nreward: length\nlm: {{max_new_tokens: 3}}\n"
+                      "controllers:\n  best_of_n: {name: best_of_n, num_samples: 16}\n")  # fmt: skip
+    args = ["compare", "--config", str(config), "--controllers", "best_of_n", "--num-prompts", "1",
+            "--budgets", "16", "--out", str(tmp_path / "run"), "--quiet"]  # fmt: skip
+    assert main(args) == 0
+    settings = json.loads((tmp_path / "run" / "settings.json").read_text())["controllers"]
+    assert settings["best_of_n"]["config"]["num_samples"] == 16
