@@ -343,7 +343,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("mpc-llm: interrupted", file=sys.stderr)
         return 130
-    except (CLIError, ValidationError, ValueError, OSError, ImportError, TypeError) as err:
+    except (CLIError, ValidationError, ValueError, OSError, ImportError, TypeError, RuntimeError) as err:
+        # RuntimeError: a user reward that raised (RewardError), an unsupported model, CUDA out of memory
         print(f"mpc-llm: error: {_one_line(err)}", file=sys.stderr)
         return EXIT_USAGE
 

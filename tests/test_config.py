@@ -99,3 +99,11 @@ def test_zero_order_hold_chunks() -> None:
     assert hold.knot_of_step.tolist() == [0, 0, 0, 1, 1]
     out = hold.expand(torch.tensor([[1.0], [2.0]]))
     assert out.flatten().tolist() == [1.0, 1.0, 1.0, 2.0, 2.0, 0.0, 0.0]
+
+
+def test_logprobs_with_truncated_sampling_warn_that_kl_is_not_the_policies() -> None:
+    from mpc_llm.dynamics.lm import LMConfig
+
+    for options in ({"top_k": 5}, {"top_p": 0.9}, {"greedy": True}):
+        with pytest.warns(UserWarning, match="unfiltered"):
+            LMConfig(return_logprobs=True, **options)

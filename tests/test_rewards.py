@@ -419,3 +419,9 @@ def test_registry() -> None:
         reward_from_spec({"pattern": "a"})
     with pytest.raises(ValueError):
         reward_from_spec([])
+
+
+@pytest.mark.parametrize("scale", [0.0, -1.0])
+def test_reward_cost_refuses_a_non_positive_scale(scale: float) -> None:
+    with pytest.raises(ValueError, match="scale must be > 0"):
+        RewardCost(LengthReward(), scale)

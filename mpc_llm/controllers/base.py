@@ -191,7 +191,8 @@ class Controller(ABC, Generic[C]):
             num_iterations: iterations to run (default: ``config.num_iterations``, or as many as
                 ``max_samples`` allows when that is given).
             max_samples: budget of scored samples per problem; the last iteration draws fewer
-                samples if needed so that exactly this many are scored.
+                samples if needed so that no more than this many are scored (exactly this many unless
+                ``num_iterations`` runs out first).
             state: a previous state to warm-start from (default: `init_state`).
             callback: called with each iteration's record (progress bars, logging).
         """

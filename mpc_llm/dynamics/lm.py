@@ -27,6 +27,7 @@ from __future__ import annotations
 import copy
 import inspect
 import os
+import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -76,6 +77,18 @@ class LMConfig(BaseModel):
     return_logprobs: bool = False
     eos_token_id: int | tuple[int, ...] | None = None
     sync_every: int | None = Field(None, ge=1)
+
+    @model_validator(mode="after")
+    def _logprobs_of_the_sampling_policy(self) -> LMConfig:
+        if self.return_logprobs and (self.greedy or self.top_k is not None or self.top_p is not None):
+            warnings.warn(
+                "return_logprobs with greedy / top_k / top_p: the log-probs are those of the unfiltered "
+                "softmax(logits / temperature), not of the truncated distribution tokens are drawn from, "
+                "so kl_to_base() is not the KL between the two sampling policies",
+                UserWarning,
+                stacklevel=2,
+            )
+        return self
 
     @model_validator(mode="after")
     def _tau_within_response(self) -> LMConfig:

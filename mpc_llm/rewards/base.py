@@ -343,6 +343,11 @@ class RewardCost(CostFunction):
             raise TypeError(f"RewardCost needs a Reward, got {type(reward).__name__}")
         self.reward = reward
         self.scale = _check_weight(scale)
+        if self.scale <= 0:
+            raise ValueError(
+                f"RewardCost scale must be > 0, got {scale}: a non-positive scale would minimise the reward; "
+                "to penalise a quantity, build a reward with a negative weight (e.g. -0.1 * LengthReward())"
+            )
 
     def __call__(self, rollout: Rollout) -> Tensor:
         rewards = self.reward.score_rollout(rollout)

@@ -1,8 +1,13 @@
 """Cost terms that read the controls and the log-probs of a rollout rather than its text.
 
-The full objective of DESIGN.md §1 in cost form (lower is better) composes these with a reward:
+They are *extra* per-sample regularisers, composed with a reward as
 
     cost = -reward + (1 / (2 sigma^2)) sum_t ||u_t||^2 + beta * KL(controlled || base)
+
+They are not the ``lambda * KL(q || p)`` term of DESIGN.md §1: AISP already accounts for that prior
+through its likelihood ratio (``alpha < 1``), so adding `ControlCost` to an AISP cost penalises the
+controls a second time. `ControlCost` sums over the expanded control steps (a knot held over ``c``
+tokens counts ``c`` times).
 
 Example:
     >>> import torch
