@@ -25,6 +25,7 @@ How a rollout runs:
 from __future__ import annotations
 
 import copy
+import dataclasses
 import inspect
 import os
 import warnings
@@ -303,6 +304,8 @@ class LMDynamics(Dynamics):
             An `LMRollout` with ``tokens (B, N, T)``, ``lengths (B, N)``, texts, and log-probs if asked.
         """
         self.check_controls(controls)
+        if not bool(controls.any()):  # e.g. best-of-N: skip the hook's work (and the doubled head for KL)
+            return dataclasses.replace(self._generate(None, controls.shape[1], generators), controls=controls)
         return self._generate(controls, controls.shape[1], generators)
 
     def sample(self, num_samples: int, generators: Sequence[torch.Generator]) -> LMRollout:
