@@ -110,7 +110,7 @@ class Controller(ABC, Generic[C]):
 
     config_class: ClassVar[type[ControllerConfig]] = ControllerConfig
     #: False for controllers whose iterations are independent batches (they never adapt), so
-    #: that the best of the first ``k`` samples of a run is exactly a budget-``k`` run's answer.
+    #: that the best of the first ``k`` samples of a run is distributed as a budget-``k`` run's answer.
     adaptive: ClassVar[bool] = True
 
     def __init__(self, config: C | Mapping[str, object] | None = None, **overrides: object) -> None:
