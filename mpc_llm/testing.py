@@ -82,54 +82,35 @@ def tiny_config(
         cfg = transformers.GPT2Config(
             n_embd=hidden_size, n_layer=num_layers, n_head=4, n_positions=256, **common
         )
-    elif arch == "llama":
-        cfg = transformers.LlamaConfig(
-            hidden_size=hidden_size,
-            intermediate_size=2 * hidden_size,
-            num_hidden_layers=num_layers,
-            num_attention_heads=4,
-            num_key_value_heads=2,
-            max_position_embeddings=256,
-            tie_word_embeddings=True,
-            **common,
-        )
-    elif arch == "qwen2":
-        cfg = transformers.Qwen2Config(
-            hidden_size=hidden_size,
-            intermediate_size=2 * hidden_size,
-            num_hidden_layers=num_layers,
-            num_attention_heads=4,
-            num_key_value_heads=2,
-            max_position_embeddings=256,
-            tie_word_embeddings=False,
-            **common,
-        )
-    elif arch == "gemma2":
-        cfg = transformers.Gemma2Config(
-            hidden_size=hidden_size,
-            intermediate_size=2 * hidden_size,
-            num_hidden_layers=num_layers,
-            num_attention_heads=4,
-            num_key_value_heads=2,
-            head_dim=hidden_size // 4,
-            max_position_embeddings=256,
-            sliding_window=16,
-            final_logit_softcapping=3.0,
-            attn_logit_softcapping=50.0,
-            tie_word_embeddings=False,
-            **common,
-        )
-    elif arch == "phi":
-        cfg = transformers.PhiConfig(
-            hidden_size=hidden_size,
-            intermediate_size=2 * hidden_size,
-            num_hidden_layers=num_layers,
-            num_attention_heads=4,
-            max_position_embeddings=256,
-            **common,
-        )
     else:
-        raise ValueError(f"unknown tiny architecture {arch!r}; choose one of {TINY_ARCHITECTURES}")
+        decoders: dict[str, tuple[Any, dict[str, Any]]] = {
+            "llama": (transformers.LlamaConfig, {"num_key_value_heads": 2, "tie_word_embeddings": True}),
+            "qwen2": (transformers.Qwen2Config, {"num_key_value_heads": 2, "tie_word_embeddings": False}),
+            "gemma2": (
+                transformers.Gemma2Config,
+                {
+                    "num_key_value_heads": 2,
+                    "head_dim": hidden_size // 4,
+                    "sliding_window": 16,
+                    "final_logit_softcapping": 3.0,
+                    "attn_logit_softcapping": 50.0,
+                    "tie_word_embeddings": False,
+                },
+            ),
+            "phi": (transformers.PhiConfig, {}),
+        }
+        if arch not in decoders:
+            raise ValueError(f"unknown tiny architecture {arch!r}; choose one of {TINY_ARCHITECTURES}")
+        config_class, specific = decoders[arch]
+        cfg = config_class(
+            hidden_size=hidden_size,
+            intermediate_size=2 * hidden_size,
+            num_hidden_layers=num_layers,
+            num_attention_heads=4,
+            max_position_embeddings=256,
+            **specific,
+            **common,
+        )
     for key, value in overrides.items():
         setattr(cfg, key, value)
     return cfg
