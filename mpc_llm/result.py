@@ -70,6 +70,10 @@ class OptimizeResult:
     budget: Budget
     state: object
 
+    def all_costs(self) -> Tensor:
+        """``(B, M)`` the cost of every scored sample, in the order they were drawn (CPU, float64)."""
+        return torch.cat([record.costs for record in self.history], dim=1)
+
     def best_cost_curve(self) -> tuple[Tensor, Tensor]:
         """The anytime curve: best cost after each scored sample.
 
@@ -77,6 +81,6 @@ class OptimizeResult:
             ``samples`` ``(M,)`` = 1..M and ``best`` ``(B, M)`` = min cost over the first m samples,
             with ``M`` the total samples per problem, in the order they were drawn.
         """
-        costs = torch.cat([record.costs for record in self.history], dim=1)
+        costs = self.all_costs()
         best = torch.cummin(costs, dim=1).values
         return torch.arange(1, costs.shape[1] + 1), best

@@ -183,7 +183,7 @@ def compare(
         out_dir: the run folder (see `RunStore`); ``records.jsonl`` is appended as each chunk ends.
         seeds: run seeds.
         resume: continue an interrupted run with the same settings, redoing nothing.
-        overwrite: replace whatever ``out_dir`` holds.
+        overwrite: replace the run ``out_dir`` holds (only a run's own files are deleted).
         prompts_per_batch: prompts optimised together in one batch (does not change results).
         settings: extra JSON-serialisable settings to record (model, reward, dynamics options).
         baseline: controller name for win rates (None: no win rates).
@@ -227,9 +227,8 @@ def compare(
         result = controllers[name].optimize(
             tape, cost, seed=[seed * SEED_STRIDE + i for i in indices], max_samples=budgets[-1]
         )
-        costs = torch.cat([r.costs for r in result.history], dim=1)
         seconds = [r.seconds for r in result.history]
-        store.append(_records_for_chunk(tape, costs, seconds, indices, name, seed, budgets))
+        store.append(_records_for_chunk(tape, result.all_costs(), seconds, indices, name, seed, budgets))
     rows = summarize(store.records, baseline=baseline)
     write_summary(rows, Path(out_dir), store.settings)
     return rows
