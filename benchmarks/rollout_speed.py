@@ -26,8 +26,8 @@ from typing import Any
 import torch
 
 from mpc_llm.dynamics import LMDynamics, make_generators
-from mpc_llm.models import DEFAULT_MODEL, load_default_tokenizer, load_model, resolve_dtype
-from mpc_llm.testing import random_llama_1b_config, random_model, tiny_tokenizer
+from mpc_llm.lm.loading import DEFAULT_MODEL, load_default_tokenizer, load_model, resolve_dtype
+from mpc_llm.lm.testing import random_llama_1b_config, random_model, tiny_tokenizer
 
 RANDOM_LLAMA_1B = "random-llama-1b"
 PROMPT = "Write a short, cheerful story about a robot who learns to paint."

@@ -52,7 +52,6 @@ def _add_shared(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--device", help="cpu, cuda, cuda:1, mps (default: cpu)")
     g.add_argument("--dtype", help="float32, bfloat16, float16 (default: the model's)")
     g.add_argument("--max-new-tokens", type=int, dest="max_new_tokens")
-    g.add_argument("--tau", type=int, help="controlled tokens (default: all)")
     g.add_argument("--temperature", type=float)
     g.add_argument("--top-p", type=float, dest="top_p")
     g.add_argument("--greedy", action="store_true", default=None, help="argmax decoding")
@@ -70,7 +69,8 @@ def _add_shared(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--sigma", type=float)
     g.add_argument("--lambda", type=float, dest="lambda_")
     g.add_argument("--alpha", type=float)
-    g.add_argument("--num-knots", type=int, dest="num_knots", help="control knots held over the window")
+    g.add_argument("--tau", type=int, help="controlled tokens (default: all max_new_tokens)")
+    g.add_argument("--num-knots", type=int, dest="num_knots", help="control knots held over the tau tokens")
     g.add_argument(
         "--set",
         type=_key_value,
@@ -134,7 +134,7 @@ def _controller_overrides(args: argparse.Namespace, name: str, strict: bool) -> 
     an unknown key)."""
     fields = _controller_fields(name)
     out: dict[str, Any] = {}
-    for flag in ("sigma", "lambda_", "alpha", "num_knots", "num_samples", "num_iterations"):
+    for flag in ("sigma", "lambda_", "alpha", "tau", "num_knots", "num_samples", "num_iterations"):
         key = "lambda" if flag == "lambda_" else flag
         value = getattr(args, flag, None)
         if value is not None and key in fields:
@@ -163,14 +163,14 @@ def experiment_config(
     ``controller``: a name (the config file's controller if it has that name, else that controller's
     defaults) or a full spec ``{"name": ..., **settings}``.
     """
-    from mpc_llm.config import read_mapping
+    from mpc_llm.core import read_mapping
     from mpc_llm.experiment import ExperimentConfig
 
     data: dict[str, Any] = read_mapping(args.config) if args.config else {}
     for key in ("model", "device", "dtype", "seed"):
         if getattr(args, key, None) is not None:
             data[key] = getattr(args, key)
-    lm = {k: getattr(args, k) for k in ("max_new_tokens", "tau", "temperature", "top_p", "greedy")}
+    lm = {k: getattr(args, k) for k in ("max_new_tokens", "temperature", "top_p", "greedy")}
     data["lm"] = {**data.get("lm", {}), **{k: v for k, v in lm.items() if v is not None}}
     if (reward := _reward_spec(args)) is not None:
         data["reward"] = reward
@@ -204,7 +204,7 @@ def cmd_align(args: argparse.Namespace) -> int:
 
     def progress(record: Any) -> None:
         bar.update(1)
-        bar.set_postfix(best_reward=f"{-float(record.best_cost[0]):.3f}")
+        bar.set_postfix(best_reward=f"{float(record.best_metrics['reward'][0]):.3f}")
 
     outcome = experiment.align(args.prompt, callback=progress)
     bar.close()
@@ -285,7 +285,7 @@ def cmd_info(args: argparse.Namespace) -> int:
     import torch
 
     import mpc_llm
-    from mpc_llm import models
+    from mpc_llm.lm import gguf, loading
 
     def version(dist: str) -> str:
         try:
@@ -302,9 +302,9 @@ def cmd_info(args: argparse.Namespace) -> int:
         + "".join(f", cuda:{i} {n}" for i, n in enumerate(gpus))
     )
     try:
-        path = models.default_model_path()
-        print(f"embedded model: {models.DEFAULT_MODEL} at {path}")
-        print(f"fast-load cache: {models.cache_root()} ({'warm' if models.is_cache_warm(path) else 'cold'})")
+        path = loading.default_model_path()
+        print(f"embedded model: {loading.DEFAULT_MODEL} at {path}")
+        print(f"fast-load cache: {gguf.cache_root()} ({'warm' if gguf.is_cached(path) else 'cold'})")
     except FileNotFoundError as err:
         print(f"embedded model: missing ({err})")
     return 0

@@ -27,13 +27,10 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 from typing_extensions import Self
 
-from mpc_llm.config import read_mapping
 from mpc_llm.controllers import CONTROLLERS, Controller
-from mpc_llm.dynamics.base import make_generators
-from mpc_llm.dynamics.lm import LMConfig, LMDynamics
-from mpc_llm.dynamics.lm_rollout import Prompt
-from mpc_llm.models import DEFAULT_MODEL
-from mpc_llm.result import IterationRecord, OptimizeResult
+from mpc_llm.core import IterationRecord, OptimizeResult, make_generators, read_mapping
+from mpc_llm.dynamics import LMDynamics
+from mpc_llm.lm import DEFAULT_MODEL, LMConfig, Prompt
 from mpc_llm.rewards import Reward, reward_from_spec
 
 #: AISP settings that work on the embedded default (chosen with `benchmarks/sweep_aisp.py`: with one
@@ -195,8 +192,11 @@ class AlignOutcome:
             "history": [
                 {
                     "iteration": r.iteration,
-                    "best_reward": -float(r.best_cost[0]),
-                    "mean_reward": -float(r.costs[0][torch.isfinite(r.costs[0])].mean()),
+                    "best_cost": float(r.best_cost[0]),
+                    "best_reward": float(r.best_metrics["reward"][0]),
+                    "mean_reward": float(
+                        r.metrics["reward"][0][torch.isfinite(r.metrics["reward"][0])].mean()
+                    ),
                 }
                 for r in self.result.history
             ],
@@ -237,7 +237,7 @@ class Experiment:
         return AlignOutcome(
             prompt=prompt,
             response=result.best_rollout.texts[0][0],  # type: ignore[attr-defined]
-            reward=-float(result.best_cost[0]),
+            reward=float(result.best_metrics["reward"][0]),
             baseline_response=baseline.texts[0][0],
             baseline_reward=baseline_reward,
             result=result,

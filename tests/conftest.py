@@ -13,14 +13,14 @@ settings.load_profile("mpc_llm")
 
 # --------------------------------------------------------------------------- language models
 # Tiny randomly initialised causal LMs (hidden size 64, 2 layers) and a byte-level BPE tokenizer,
-# saved to a temporary folder once per session and loaded back through mpc_llm.models.load_model,
+# saved to a temporary folder once per session and loaded back through mpc_llm.lm.load_model,
 # so the real loading path is what the tests use.
 
 
 @pytest.fixture(scope="session")
 def tiny_tokenizer():
     """A 320-token byte-level BPE tokenizer with EOS (id 0), pad (id 1) and a ChatML template."""
-    from mpc_llm.testing import tiny_tokenizer as make
+    from mpc_llm.lm.testing import tiny_tokenizer as make
 
     return make()
 
@@ -28,7 +28,7 @@ def tiny_tokenizer():
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory, tiny_tokenizer):
     """``tiny_model_dir(arch)`` -> a folder holding a saved tiny ``arch`` model and the tokenizer."""
-    from mpc_llm.testing import random_model, tiny_config
+    from mpc_llm.lm.testing import random_model, tiny_config
 
     root = tmp_path_factory.mktemp("tiny_models")
     made: dict[str, object] = {}
@@ -46,8 +46,8 @@ def tiny_model_dir(tmp_path_factory, tiny_tokenizer):
 
 @pytest.fixture(scope="session")
 def tiny_lm(tiny_model_dir):
-    """``tiny_lm(arch)`` -> ``(model, tokenizer)`` loaded from disk by `mpc_llm.models.load_model`."""
-    from mpc_llm.models import load_model
+    """``tiny_lm(arch)`` -> ``(model, tokenizer)`` loaded from disk by `mpc_llm.lm.load_model`."""
+    from mpc_llm.lm.loading import load_model
 
     loaded: dict[str, tuple] = {}
 
@@ -62,6 +62,6 @@ def tiny_lm(tiny_model_dir):
 @pytest.fixture(scope="session")
 def smollm():
     """The embedded SmolLM2-135M-Instruct and its tokenizer (the first load fills the fast-load cache)."""
-    from mpc_llm.models import load_default_model
+    from mpc_llm.lm.loading import load_default_model
 
     return load_default_model()

@@ -15,8 +15,8 @@ import torch
 
 from mpc_llm import CostFunction, Dynamics
 from mpc_llm.controllers import AISP, BestOfN, RandomShooting
-from mpc_llm.dynamics.lm_rollout import LMRollout
 from mpc_llm.evaluation.compare import compare
+from mpc_llm.lm import LMRollout
 
 WORDS = ["good", "bad", "fine", "meh"]
 PROMPTS = [f"prompt {i}" for i in range(5)]

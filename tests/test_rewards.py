@@ -12,9 +12,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from mpc_llm.controllers import AISP, BestOfN
-from mpc_llm.cost import CostFunction
-from mpc_llm.dynamics.base import Dynamics
-from mpc_llm.dynamics.lm_rollout import LMRollout
+from mpc_llm.core import CostFunction, Dynamics, Rollout
+from mpc_llm.lm import LMRollout
 from mpc_llm.rewards import (
     REWARDS,
     CallableReward,
@@ -34,7 +33,6 @@ from mpc_llm.rewards import (
     reward_from_spec,
     to_messages,
 )
-from mpc_llm.rollout import Rollout
 
 
 def lm_rollout(texts: list[list[str]], prompts: list, d: int = 3, tau: int = 2) -> LMRollout:

@@ -43,7 +43,7 @@ def test_cat_pads_shorter_sequences() -> None:
 
 
 def test_chat_prompts_shaped_like_b_by_n_stay_shared() -> None:
-    from mpc_llm.dynamics.lm_rollout import LMRollout
+    from mpc_llm.lm import LMRollout
 
     chat = [{"role": "system", "content": "Be kind."}, {"role": "user", "content": "Hi"}]  # 2 messages, N = 2
     r = LMRollout(controls=torch.zeros(1, 2, 1, 1), tokens=torch.zeros(1, 2, 3, dtype=torch.long),

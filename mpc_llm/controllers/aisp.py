@@ -18,7 +18,7 @@ from pydantic import Field
 from torch import Tensor
 
 from mpc_llm.controllers.base import Controller, ControllerState, GaussianConfig
-from mpc_llm.importance import effective_sample_size, importance_weights, likelihood_log_ratio
+from mpc_llm.core import effective_sample_size, importance_weights, likelihood_log_ratio
 
 
 class AISPConfig(GaussianConfig):

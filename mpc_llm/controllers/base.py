@@ -3,10 +3,11 @@
 A new controller is a config (a pydantic model) and two methods:
 
 - ``sample(state, num_samples, generators) -> (B, N, K, d)`` knots to try;
-- ``update(state, knots, costs) -> ControllerState`` the next mean / sigma.
+- ``update(state, knots, costs) -> ControllerState`` the next mean / sigma (a controller that
+  does not implement it never adapts, like random shooting and best-of-N).
 
 The base class owns the loop, the budget, the best-so-far bookkeeping, invalid costs, and the
-expansion of ``K`` knots to the dynamics' ``(tau, d)`` control window (`ZeroOrderHold`).
+expansion of ``K`` knots to ``(tau, d)`` controls (`ZeroOrderHold`). It knows only `mpc_llm.core`.
 """
 
 from __future__ import annotations
@@ -26,12 +27,19 @@ from pydantic import BaseModel, ConfigDict, Field
 from torch import Tensor
 from typing_extensions import Self
 
-from mpc_llm.config import read_mapping
-from mpc_llm.cost import CostFunction
-from mpc_llm.dynamics.base import Dynamics, make_generators
-from mpc_llm.parameterization import ZeroOrderHold
-from mpc_llm.result import Budget, IterationRecord, OptimizeResult
-from mpc_llm.rollout import Rollout
+from mpc_llm.core import (
+    Budget,
+    CostFunction,
+    Dynamics,
+    IterationRecord,
+    Metrics,
+    OptimizeResult,
+    Rollout,
+    ZeroOrderHold,
+    draw_seeds,
+    make_generators,
+    read_mapping,
+)
 
 
 class ControllerConfig(BaseModel):
@@ -41,6 +49,7 @@ class ControllerConfig(BaseModel):
         num_samples: samples per iteration and problem.
         num_iterations: iterations when `Controller.optimize` is given no budget.
         tau: controlled steps (default: the dynamics' whole horizon); later steps get no control.
+            For a language model, the first ``tau`` response tokens.
         num_knots: knots ``K`` held over equal chunks of ``tau`` (default: one per step).
     """
 
@@ -56,11 +65,18 @@ class ControllerConfig(BaseModel):
         """Load and validate settings from a YAML or JSON file (e.g. ``{sigma: 0.5, lambda: 0.1}``)."""
         return cls.model_validate(read_mapping(path))
 
+    def initial_sigma(self) -> float:
+        """The proposal's standard deviation in the initial state (0: no perturbation)."""
+        return 0.0
+
 
 class GaussianConfig(ControllerConfig):
     """A controller that samples ``V = U + sigma * eps``, ``eps ~ N(0, I)``."""
 
     sigma: float = Field(1.0, ge=0.0, allow_inf_nan=False)
+
+    def initial_sigma(self) -> float:
+        return self.sigma
 
 
 @dataclass(frozen=True)
@@ -72,8 +88,9 @@ class ControllerState:
         sigma: ``(B, K, d)`` standard deviation of the proposal.
         iteration: iterations done.
         best_cost: ``(B,)`` lowest cost seen (``+inf`` before the first sample).
-        best_controls: ``(B, horizon, d)`` controls of the best sample.
+        best_controls: ``(B, tau, d)`` controls of the best sample.
         best_rollout: the best sample per problem (``N = 1``), or None before the first.
+        best_metrics: what the cost function scored for the best sample (e.g. ``"reward"``), ``(B,)``.
         stats: diagnostics of the last update, e.g. ``{"ess": (B,)}``.
     """
 
@@ -83,6 +100,7 @@ class ControllerState:
     best_cost: Tensor | None = None
     best_controls: Tensor | None = None
     best_rollout: Rollout | None = None
+    best_metrics: Mapping[str, Tensor] = field(default_factory=dict)
     stats: Mapping[str, Tensor] = field(default_factory=dict)
 
     def replace(self, **changes: object) -> ControllerState:
@@ -96,7 +114,7 @@ C = TypeVar("C", bound=ControllerConfig)
 class Controller(ABC, Generic[C]):
     """Base class of sampling-based controllers.
 
-    Subclasses set ``config_class`` and implement `sample` and `update`.
+    Subclasses set ``config_class`` and implement `sample` and, if they adapt, `update`.
 
     Example:
         >>> from mpc_llm.controllers import AISP
@@ -109,9 +127,14 @@ class Controller(ABC, Generic[C]):
     """
 
     config_class: ClassVar[type[ControllerConfig]] = ControllerConfig
-    #: False for controllers whose iterations are independent batches (they never adapt), so
-    #: that the best of the first ``k`` samples of a run is distributed as a budget-``k`` run's answer.
-    adaptive: ClassVar[bool] = True
+    #: Whether the proposal changes between iterations: true exactly when the class implements
+    #: `update`. A non-adaptive controller's iterations are independent batches, so the best of the
+    #: first ``k`` samples of a run is distributed as a budget-``k`` run's answer.
+    adaptive: ClassVar[bool] = False
+
+    def __init_subclass__(cls, **kwargs: object) -> None:
+        super().__init_subclass__(**kwargs)
+        cls.adaptive = cls.update is not Controller.update
 
     def __init__(self, config: C | Mapping[str, object] | None = None, **overrides: object) -> None:
         if isinstance(config, ControllerConfig):
@@ -127,12 +150,13 @@ class Controller(ABC, Generic[C]):
     ) -> Tensor:
         """Draw ``(B, num_samples, K, d)`` knots; draw for problem ``b`` only from ``generators[b]``."""
 
-    @abstractmethod
     def update(self, state: ControllerState, knots: Tensor, costs: Tensor) -> ControllerState:
         """Return the state after seeing ``(B, N, K, d)`` knots and their ``(B, N)`` costs.
 
         Invalid costs arrive as ``+inf``. The base class updates ``iteration`` and the best so far.
+        The default keeps the proposal unchanged (a non-adaptive controller).
         """
+        return state
 
     # ----------------------------------------------------------------- helpers
     def parameterization(self, dynamics: Dynamics) -> ZeroOrderHold:
@@ -140,10 +164,10 @@ class Controller(ABC, Generic[C]):
         tau = self.config.tau or dynamics.horizon
         if tau > dynamics.horizon:
             raise ValueError(
-                f"tau={tau} exceeds the dynamics' control horizon {dynamics.horizon}; "
-                f"lower tau or raise the dynamics' horizon"
+                f"tau={tau} exceeds the dynamics' horizon {dynamics.horizon}; "
+                f"lower tau or raise the dynamics' horizon (for a language model, max_new_tokens)"
             )
-        return ZeroOrderHold(tau, self.config.num_knots or tau, dynamics.horizon)
+        return ZeroOrderHold(tau, self.config.num_knots or tau)
 
     def init_state(self, dynamics: Dynamics, mean: Tensor | None = None) -> ControllerState:
         """The initial state: mean ``U`` (zeros unless given, ``(B, K, d)``) and ``sigma``."""
@@ -152,7 +176,7 @@ class Controller(ABC, Generic[C]):
             mean = torch.zeros(shape, device=dynamics.device, dtype=dynamics.dtype)
         elif tuple(mean.shape) != shape:
             raise ValueError(f"initial mean must have shape (B, K, d) = {shape}, got {tuple(mean.shape)}")
-        sigma = float(getattr(self.config, "sigma", 0.0))
+        sigma = self.config.initial_sigma()
         return ControllerState(mean=mean, sigma=torch.full_like(mean, sigma))
 
     @staticmethod
@@ -180,6 +204,7 @@ class Controller(ABC, Generic[C]):
         max_samples: int | None = None,
         state: ControllerState | None = None,
         callback: Callable[[IterationRecord], None] | None = None,
+        keep_rollouts: bool = False,
     ) -> OptimizeResult:
         """Run ``sample -> rollout -> cost -> update`` and return the best sample seen.
 
@@ -195,6 +220,8 @@ class Controller(ABC, Generic[C]):
                 ``num_iterations`` runs out first).
             state: a previous state to warm-start from (default: `init_state`).
             callback: called with each iteration's record (progress bars, logging).
+            keep_rollouts: keep each iteration's rollout in its record (``record.rollout``), e.g. to
+                read the best response after the first ``k`` samples (memory grows with the run).
         """
         if max_samples is not None and max_samples < 1:
             raise ValueError(f"max_samples must be >= 1, got {max_samples}")
@@ -220,19 +247,25 @@ class Controller(ABC, Generic[C]):
             knots = self.sample(state, n, generators)
             controls = hold.expand(knots)
             dynamics.check_controls(controls)
-            sub_seeds = [int(torch.randint(0, 2**62, (1,), generator=g, device=g.device)) for g in generators]
+            sub_seeds = draw_seeds(generators)
             rollout = dynamics.rollout(controls, make_generators(sub_seeds, len(sub_seeds), dynamics.device))
-            costs = self._checked_costs(cost(rollout), n, state.iteration)
-            state = self._track_best(self.update(state, knots, costs), rollout, controls, costs)
+            raw_costs, metrics = cost.evaluate(rollout)
+            costs = self._checked_costs(raw_costs, n, state.iteration)
+            state = self._track_best(self.update(state, knots, costs), rollout, controls, costs, metrics)
             used += n
-            tokens += rollout.tokens_generated
+            counts = rollout.token_counts()
+            tokens += int(counts.sum())
             record = IterationRecord(
                 iteration=state.iteration - 1,
                 costs=costs.detach().to("cpu", torch.float64),
                 best_cost=state.best_cost.detach().cpu(),  # type: ignore[union-attr]
                 seconds=time.perf_counter() - tic,
-                tokens=rollout.tokens_generated,
+                tokens=int(counts.sum()),
                 stats={k: v.detach().cpu() for k, v in state.stats.items()},
+                metrics={k: v.detach().to("cpu", torch.float64) for k, v in metrics.items()},
+                best_metrics={k: v.detach().to("cpu", torch.float64) for k, v in state.best_metrics.items()},
+                token_counts=counts.detach().cpu(),
+                rollout=rollout if keep_rollouts else None,
             )
             history.append(record)
             if callback is not None:
@@ -247,6 +280,7 @@ class Controller(ABC, Generic[C]):
             history=history,
             budget=Budget(used, len(history), time.perf_counter() - start, tokens),
             state=state,
+            best_metrics=dict(state.best_metrics),
         )
 
     @staticmethod
@@ -273,7 +307,7 @@ class Controller(ABC, Generic[C]):
 
     @staticmethod
     def _track_best(
-        state: ControllerState, rollout: Rollout, controls: Tensor, costs: Tensor
+        state: ControllerState, rollout: Rollout, controls: Tensor, costs: Tensor, metrics: Metrics
     ) -> ControllerState:
         """Advance ``iteration`` and merge this iteration's best sample into the best so far."""
         cand_cost, idx = costs.min(dim=1)
@@ -281,8 +315,10 @@ class Controller(ABC, Generic[C]):
         cand_controls = controls[
             torch.arange(controls.shape[0], device=controls.device), idx.to(controls.device)
         ]
+        cand_metrics = {k: v.gather(1, idx.to(v.device).unsqueeze(1)).squeeze(1) for k, v in metrics.items()}
         if state.best_rollout is None or state.best_cost is None or state.best_controls is None:
             best_rollout, best_cost, best_controls = candidate, cand_cost, cand_controls
+            best_metrics = cand_metrics
         else:
             improved = cand_cost < state.best_cost
             pick = improved.long().unsqueeze(1)
@@ -290,9 +326,14 @@ class Controller(ABC, Generic[C]):
             best_cost = torch.where(improved, cand_cost, state.best_cost)
             mask = improved.to(controls.device).view(-1, 1, 1)
             best_controls = torch.where(mask, cand_controls, state.best_controls)
+            best_metrics = {
+                k: torch.where(improved.to(v.device), v, state.best_metrics.get(k, v))
+                for k, v in cand_metrics.items()
+            }
         return state.replace(
             iteration=state.iteration + 1,
             best_cost=best_cost,
             best_controls=best_controls,
             best_rollout=best_rollout,
+            best_metrics=best_metrics,
         )

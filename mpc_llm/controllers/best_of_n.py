@@ -17,13 +17,9 @@ class BestOfN(Controller[ControllerConfig]):
     """
 
     config_class = ControllerConfig
-    adaptive = False
 
     def sample(
         self, state: ControllerState, num_samples: int, generators: Sequence[torch.Generator]
     ) -> Tensor:
         B, K, d = state.mean.shape
         return state.mean.new_zeros((B, num_samples, K, d))
-
-    def update(self, state: ControllerState, knots: Tensor, costs: Tensor) -> ControllerState:
-        return state

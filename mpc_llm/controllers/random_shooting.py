@@ -14,12 +14,8 @@ class RandomShooting(Controller[GaussianConfig]):
     """Best of ``V ~ N(U_0, sigma^2 I)`` samples around the initial mean ``U_0`` (zero by default)."""
 
     config_class = GaussianConfig
-    adaptive = False
 
     def sample(
         self, state: ControllerState, num_samples: int, generators: Sequence[torch.Generator]
     ) -> Tensor:
         return self.gaussian(state, num_samples, generators)
-
-    def update(self, state: ControllerState, knots: Tensor, costs: Tensor) -> ControllerState:
-        return state

@@ -1,10 +1,14 @@
-"""Dynamics: systems that turn ``(B, N, tau, d)`` control sequences into rollouts."""
+"""Dynamics: systems that turn ``(B, N, tau, d)`` control sequences into rollouts.
 
-from mpc_llm.dynamics.base import Dynamics, make_generators
+The language model (`LMDynamics`, on `mpc_llm.lm`) and systems with closed forms or classic control
+problems (`IdentityDynamics`, `PointMass`).
+"""
+
+from mpc_llm.core import Dynamics, make_generators
 from mpc_llm.dynamics.identity import IdentityDynamics, LinearCost, QuadraticCost
-from mpc_llm.dynamics.lm import LMConfig, LMDynamics
-from mpc_llm.dynamics.lm_rollout import LMRollout
+from mpc_llm.dynamics.lm import LMDynamics
 from mpc_llm.dynamics.point_mass import GoalCost, PointMass, PointMassRollout
+from mpc_llm.lm import LMConfig, LMRollout
 
 __all__ = [
     "Dynamics",

@@ -13,16 +13,14 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
-from mpc_llm.cost import CostFunction
-from mpc_llm.dynamics.base import Dynamics
-from mpc_llm.rollout import Rollout
+from mpc_llm.core import CostFunction, Dynamics, Rollout
 
 
 class IdentityDynamics(Dynamics):
     """``B`` copies of the system whose outcome is the control sequence ``V`` itself.
 
     Args:
-        horizon: ``tau``.
+        horizon: steps; controls of ``tau < horizon`` steps are padded with zeros.
         control_dim: ``d``.
         batch_size: ``B``.
     """
@@ -50,7 +48,8 @@ class IdentityDynamics(Dynamics):
         return self._dtype
 
     def rollout(self, controls: Tensor, generators: Sequence[torch.Generator]) -> Rollout:
-        return Rollout(controls=controls)
+        """The outcome is ``V`` itself, ``(B, N, horizon, d)`` (zero past the controlled ``tau`` steps)."""
+        return Rollout(controls=self.pad_controls(controls))
 
 
 def _per_problem(value: Tensor | Sequence[float] | float, like: Tensor) -> Tensor:

@@ -8,9 +8,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from mpc_llm.cost import CostFunction
-from mpc_llm.dynamics.base import Dynamics
-from mpc_llm.rollout import Rollout
+from mpc_llm.core import CostFunction, Dynamics, Rollout
 
 
 @dataclass(frozen=True)
@@ -26,7 +24,7 @@ class PointMass(Dynamics):
     """``p' = p + dt v``, ``v' = v + dt u`` for ``horizon`` steps; control ``u`` is a 2-d force.
 
     Args:
-        horizon: steps ``T`` (all controlled).
+        horizon: steps ``T`` (the first ``tau`` controlled; the rollout's controls are padded to ``T``).
         dt: time step.
         x0: ``(4,)`` or ``(B, 4)`` initial states ``[x, y, vx, vy]`` (default: at rest at the origin).
 
@@ -56,6 +54,7 @@ class PointMass(Dynamics):
         return 2
 
     def rollout(self, controls: Tensor, generators: Sequence[torch.Generator]) -> PointMassRollout:
+        controls = self.pad_controls(controls)  # steps t >= tau get no force
         B, N = controls.shape[:2]
         x = self.x0.to(controls).unsqueeze(1).expand(B, N, 4)
         states = [x]

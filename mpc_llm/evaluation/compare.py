@@ -25,38 +25,16 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torch import Tensor
 from tqdm.auto import tqdm
 
-from mpc_llm.controllers.base import Controller
-from mpc_llm.cost import CostFunction
-from mpc_llm.dynamics.base import Dynamics
-from mpc_llm.dynamics.lm_rollout import LMRollout, Prompt
+from mpc_llm.controllers import Controller
+from mpc_llm.core import CostFunction, Dynamics, OptimizeResult
 from mpc_llm.evaluation.store import RunStore
 from mpc_llm.evaluation.summary import summarize, write_summary
-from mpc_llm.rollout import Rollout
+from mpc_llm.lm import Prompt
 
 SEED_STRIDE = 1_000_003
 KEY = ("prompt_index", "controller", "seed")
-
-
-class _Tape(Dynamics):
-    """A dynamics that keeps every rollout it produces (to read the best response at each budget)."""
-
-    def __init__(self, inner: Dynamics) -> None:
-        self.inner = inner
-        self.rollouts: list[Rollout] = []
-
-    batch_size = property(lambda self: self.inner.batch_size)
-    horizon = property(lambda self: self.inner.horizon)
-    control_dim = property(lambda self: self.inner.control_dim)
-    device = property(lambda self: self.inner.device)
-    dtype = property(lambda self: self.inner.dtype)
-
-    def rollout(self, controls: Tensor, generators: Sequence[torch.Generator]) -> Rollout:
-        rollout = self.inner.rollout(controls, generators)
-        self.rollouts.append(rollout)
-        return rollout
 
 
 def check_budgets(controllers: Mapping[str, Controller], budgets: Sequence[int]) -> list[int]:
@@ -101,59 +79,45 @@ def run_settings(
 
 
 def _records_for_chunk(
-    tape: _Tape,
-    costs: Tensor,
-    iteration_seconds: list[float],
-    indices: list[int],
-    name: str,
-    seed: int,
-    budgets: list[int],
+    result: OptimizeResult, indices: list[int], name: str, seed: int, budgets: list[int]
 ) -> list[dict[str, Any]]:
-    """One record per (prompt of the chunk, budget), read off the run's first ``k`` samples."""
-    sizes = [r.num_samples for r in tape.rollouts]
+    """One record per (prompt of the chunk, budget), read off the run's first ``k`` samples.
+
+    The best of the first ``k`` samples is the one of lowest cost (the objective); its record holds
+    that ``cost``, its ``reward`` as the reward term scored it (the negated cost when the objective
+    reports no reward), the fields its rollout describes (response, length, KL estimate), the
+    ``tokens`` generated for the first ``k`` samples and the ``seconds`` they took.
+    """
+    history = result.history
+    costs = result.all_costs()
+    rewards = result.all_metric("reward") if "reward" in history[0].metrics else -costs
+    counts = torch.cat([r.token_counts for r in history], dim=1).cumsum(dim=1)  # type: ignore[misc]
+    sizes = [r.costs.shape[1] for r in history]
     ends = torch.tensor(sizes).cumsum(0).tolist()
-    kls = [
-        r.kl_to_base() if isinstance(r, LMRollout) and r.logprobs is not None and r.base_logprobs is not None
-        else None
-        for r in tape.rollouts
-    ]  # fmt: skip
     records = []
     for k in budgets:
         best = costs[:, :k].argmin(dim=1)  # (B,) index into the run's samples
         last = next(i for i, end in enumerate(ends) if end >= k)
         used_of_last = (k - (ends[last] - sizes[last])) / sizes[last]  # prorate a partly used iteration
-        seconds = (sum(iteration_seconds[:last]) + used_of_last * iteration_seconds[last]) / len(indices)
+        seconds = sum(r.seconds for r in history[:last]) + used_of_last * history[last].seconds
         for b, prompt_index in enumerate(indices):
             j = int(best[b])
             it = next(i for i, end in enumerate(ends) if end > j)
-            rollout, n = tape.rollouts[it], j - (ends[it] - sizes[it])
+            rollout = history[it].rollout
+            assert rollout is not None, "compare runs optimize with keep_rollouts=True"
             record: dict[str, Any] = {
                 "prompt_index": prompt_index,
                 "controller": name,
                 "seed": seed,
                 "budget": k,
-                "reward": -float(costs[b, j]),
+                "reward": float(rewards[b, j]),
+                "cost": float(costs[b, j]),
+                **rollout.describe(b, j - (ends[it] - sizes[it])),
+                "tokens": int(counts[b, k - 1]),
+                "seconds": seconds / len(indices),
             }
-            if isinstance(rollout, LMRollout):
-                record["response"] = rollout.texts[b][n]
-                if (kl := kls[it]) is not None:
-                    record["kl"] = float(kl[b, n])
-                record["tokens"] = _tokens_in_first(tape.rollouts, sizes, b, k)
-            record["seconds"] = seconds
             records.append(record)
     return records
-
-
-def _tokens_in_first(rollouts: list[Rollout], sizes: list[int], b: int, k: int) -> int:
-    """Tokens generated for problem ``b`` by its first ``k`` samples."""
-    total, left = 0, k
-    for rollout, size in zip(rollouts, sizes, strict=True):
-        take = min(size, left)
-        total += int(rollout.lengths[b, :take].sum())  # type: ignore[attr-defined]
-        left -= take
-        if left == 0:
-            break
-    return total
 
 
 def compare(
@@ -178,7 +142,8 @@ def compare(
         prompts: the prompts (strings or chat messages).
         controllers: name -> controller; ``baseline`` names the one win rates are measured against.
         make_dynamics: builds the dynamics for a list of prompts (e.g. ``lm.with_prompts``).
-        cost: a negated reward (``reward.as_cost()``); records store ``reward = -cost``.
+        cost: the objective, e.g. ``reward.as_cost()`` (plus penalties); records store its ``cost`` and,
+            separately, the ``reward`` its reward term scored (the negated cost if it has none).
         budgets: responses scored per prompt at which to read the results.
         out_dir: the run folder (see `RunStore`); ``records.jsonl`` is appended as each chunk ends.
         seeds: run seeds.
@@ -223,12 +188,14 @@ def compare(
         if not indices:
             continue
         bar.set_postfix_str(f"{name} seed={seed} prompts {indices[0]}..{indices[-1]}")
-        tape = _Tape(make_dynamics([prompts[i] for i in indices]))
         result = controllers[name].optimize(
-            tape, cost, seed=[seed * SEED_STRIDE + i for i in indices], max_samples=budgets[-1]
+            make_dynamics([prompts[i] for i in indices]),
+            cost,
+            seed=[seed * SEED_STRIDE + i for i in indices],
+            max_samples=budgets[-1],
+            keep_rollouts=True,
         )
-        seconds = [r.seconds for r in result.history]
-        store.append(_records_for_chunk(tape, result.all_costs(), seconds, indices, name, seed, budgets))
+        store.append(_records_for_chunk(result, indices, name, seed, budgets))
     rows = summarize(store.records, baseline=baseline)
     write_summary(rows, Path(out_dir), store.settings)
     return rows

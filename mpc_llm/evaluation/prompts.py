@@ -12,7 +12,7 @@ import json
 from importlib import resources
 from pathlib import Path
 
-from mpc_llm.dynamics.lm_rollout import Prompt
+from mpc_llm.lm import Prompt, is_messages
 
 #: Name of the bundled prompt set (48 open-ended prompts whose tone can be steered).
 BUNDLED = "bundled"
@@ -44,7 +44,7 @@ def _parse_jsonl(path: Path) -> list[Prompt]:
             raise PromptFileError(f"{path}:{number}: not valid JSON ({err.msg})") from err
         if isinstance(item, dict) and isinstance(item.get("prompt"), str) and item["prompt"].strip():
             prompts.append(item["prompt"])
-        elif isinstance(item, dict) and _is_chat(item.get("messages")):
+        elif isinstance(item, dict) and is_messages(item.get("messages")):
             prompts.append(item["messages"])
         else:
             raise PromptFileError(
@@ -52,14 +52,6 @@ def _parse_jsonl(path: Path) -> list[Prompt]:
                 f'"content": ...}}]}}, got {line.strip()[:80]}'
             )
     return prompts
-
-
-def _is_chat(value: object) -> bool:
-    return (
-        isinstance(value, list)
-        and len(value) > 0
-        and all(isinstance(m, dict) and "role" in m and "content" in m for m in value)
-    )
 
 
 def _parse_csv(path: Path) -> list[Prompt]:

@@ -7,7 +7,7 @@
   (sentence-transformers, optional), `CallableReward`, `LengthReward`, `RegexReward`, `KeywordReward`.
 - Cost functions: `RewardCost` (``-scale * reward``, also ``reward.as_cost(scale)``), `ControlCost`
   (``(1/(2 sigma^2)) sum_t ||u_t||^2``), `KLCost` (``beta * KL(controlled || base)``); they compose
-  with ``+``, ``-`` and ``*`` like any `mpc_llm.cost.CostFunction`.
+  with ``+``, ``-`` and ``*`` like any `mpc_llm.core.CostFunction`.
 - `REWARDS` and `make_reward` / `reward_from_spec`: built-in rewards by name (for the CLI and config
   files).
 
@@ -25,17 +25,9 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from mpc_llm.rewards._optional import MissingDependencyError
-from mpc_llm.rewards.base import (
-    Prompt,
-    Reward,
-    RewardCost,
-    RewardError,
-    RewardSum,
-    is_messages,
-    render_prompt,
-    to_messages,
-)
+from mpc_llm.core import MissingDependencyError
+from mpc_llm.lm.prompts import Prompt, is_messages, render_prompt, to_messages
+from mpc_llm.rewards.base import Reward, RewardCost, RewardError, RewardSum
 from mpc_llm.rewards.costs import ControlCost, KLCost
 from mpc_llm.rewards.embedding import EmbeddingSimilarityReward
 from mpc_llm.rewards.hf_classifier import HFRewardModel

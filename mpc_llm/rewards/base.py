@@ -27,78 +27,21 @@ Example:
 
 from __future__ import annotations
 
-import math
 import numbers
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
-from typing import Any
 
 import torch
 from torch import Tensor
 
-from mpc_llm.cost import CostFunction
-from mpc_llm.dynamics.lm_rollout import Prompt
-from mpc_llm.rollout import Rollout
+from mpc_llm.core import CostFunction, Metrics, Rollout, WeightedTerms, check_weight
+from mpc_llm.lm.prompts import Prompt, is_messages
 
-__all__ = [
-    "Prompt",
-    "Reward",
-    "RewardCost",
-    "RewardError",
-    "RewardSum",
-    "is_messages",
-    "render_prompt",
-    "to_messages",
-]
+__all__ = ["Reward", "RewardCost", "RewardError", "RewardSum"]
 
 
 class RewardError(RuntimeError):
     """A reward failed on a given input; the message names the reward and the input's index."""
-
-
-# --------------------------------------------------------------------------- prompts
-def is_messages(prompt: object) -> bool:
-    """Whether ``prompt`` is a chat conversation: a list of ``{"role": ..., "content": ...}`` dicts."""
-    return isinstance(prompt, list) and all(isinstance(m, dict) for m in prompt)
-
-
-def render_prompt(prompt: Prompt) -> str:
-    """A prompt as plain text, for rewards that read text rather than messages.
-
-    A string is returned as is. A conversation with a single user message (and any system messages)
-    gives that message's content; any other conversation gives ``"role: content"`` lines separated
-    by blank lines.
-
-    Example:
-        >>> render_prompt([{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"}])
-        'Hi'
-    """
-    if isinstance(prompt, str):
-        return prompt
-    if not is_messages(prompt):
-        raise TypeError(f"a prompt must be a string or a list of chat messages (dicts), got {type(prompt)}")
-    turns = [m for m in prompt if m.get("role") != "system"]
-    if len(turns) == 1 and turns[0].get("role") == "user":
-        return str(turns[0].get("content", ""))
-    return "\n\n".join(f"{m.get('role', 'user')}: {m.get('content', '')}" for m in prompt)
-
-
-def to_messages(prompt: Prompt, response: str | None = None) -> list[dict[str, Any]]:
-    """The conversation ``prompt`` (a string becomes one user message) followed by the response.
-
-    Example:
-        >>> to_messages("Hi", "Hello!")
-        [{'role': 'user', 'content': 'Hi'}, {'role': 'assistant', 'content': 'Hello!'}]
-    """
-    if isinstance(prompt, str):
-        messages: list[dict[str, Any]] = [{"role": "user", "content": prompt}]
-    elif is_messages(prompt):
-        messages = [dict(m) for m in prompt]
-    else:
-        raise TypeError(f"a prompt must be a string or a list of chat messages (dicts), got {type(prompt)}")
-    if response is not None:
-        messages.append({"role": "assistant", "content": response})
-    return messages
 
 
 def _as_scores(value: object, expected: int, reward: Reward) -> Tensor:
@@ -115,14 +58,6 @@ def _as_scores(value: object, expected: int, reward: Reward) -> Tensor:
             f"inputs; expected ({expected},): one score per (prompt, response)"
         )
     return scores.to(device="cpu", dtype=torch.float32)
-
-
-def _check_weight(weight: object) -> float:
-    if isinstance(weight, bool) or not isinstance(weight, numbers.Real):
-        raise TypeError(f"a reward can only be scaled by a real number, got {type(weight).__name__}")
-    if not math.isfinite(float(weight)):
-        raise ValueError(f"a reward's weight must be finite, got {weight}")
-    return float(weight)
 
 
 _NOT_A_COST = (
@@ -182,7 +117,7 @@ class Reward(ABC):
         if not all(isinstance(r, str) for r in responses):
             bad = next(type(r).__name__ for r in responses if not isinstance(r, str))
             raise TypeError(f"responses must be strings, got a {bad}")
-        if isinstance(prompts, str) or (is_messages(prompts) and len(prompts) > 0):
+        if isinstance(prompts, str) or is_messages(prompts):
             prompts = [prompts] * len(responses)  # type: ignore[list-item]
         prompts = list(prompts)  # type: ignore[arg-type]
         if len(prompts) != len(responses):
@@ -275,12 +210,12 @@ class Reward(ABC):
     def __mul__(self, weight: object) -> Reward:
         if isinstance(weight, (Reward, CostFunction)):
             return NotImplemented
-        return RewardSum([(_check_weight(weight), self)])
+        return RewardSum([(check_weight(weight), self)])
 
     __rmul__ = __mul__
 
     def __truediv__(self, divisor: object) -> Reward:
-        d = _check_weight(divisor)
+        d = check_weight(divisor)
         if d == 0:
             raise ZeroDivisionError("cannot divide a reward by zero")
         return RewardSum([(1.0 / d, self)])
@@ -292,38 +227,24 @@ class Reward(ABC):
         return self.name if self.name != type(self).__name__ else f"{type(self).__name__}()"
 
 
-class RewardSum(Reward):
+class RewardSum(WeightedTerms[Reward], Reward):
     """A weighted sum ``sum_k w_k r_k`` of rewards (nested sums are flattened).
 
-    Each term scores the pairs with its own batch size and device.
+    Each term scores the pairs with its own batch size and device; the sum is taken in float64.
 
     Args:
         terms: ``(weight, reward)`` pairs.
     """
 
     def __init__(self, terms: Sequence[tuple[float, Reward]], name: str | None = None) -> None:
-        flat: list[tuple[float, Reward]] = []
-        for weight, term in terms:
-            w = _check_weight(weight)
-            if not isinstance(term, Reward):
-                raise TypeError(f"a sum of rewards takes Reward terms, got {type(term).__name__}")
-            if isinstance(term, RewardSum):
-                flat.extend((w * tw, t) for tw, t in term.terms)
-            else:
-                flat.append((w, term))
-        if not flat:
-            raise ValueError("a sum of rewards needs at least one term")
-        super().__init__(batch_size=None, name=name)
-        self.terms = flat
+        WeightedTerms.__init__(self, terms, Reward)
+        Reward.__init__(self, batch_size=None, name=name)
 
     def score_batch(self, prompts: list[Prompt], responses: list[str]) -> Tensor:
-        total = torch.zeros(len(responses), dtype=torch.float64)
-        for weight, term in self.terms:
-            total += weight * term.score(prompts, responses).to(torch.float64)
+        total = self.weighted_sum(lambda term: term.score(prompts, responses).to(torch.float64))
         return total.to(torch.float32)
 
-    def __repr__(self) -> str:
-        return " + ".join(f"{w:g}*{t!r}" for w, t in self.terms)
+    __repr__ = WeightedTerms.__repr__
 
 
 class RewardCost(CostFunction):
@@ -335,14 +256,15 @@ class RewardCost(CostFunction):
 
     Returns (when called on a rollout):
         ``(B, N)`` float32 costs on the device of ``rollout.controls``; NaN where the reward is NaN
-        (the controller gives those samples zero weight, with a warning).
+        (the controller gives those samples zero weight, with a warning). `evaluate` also reports
+        the reward itself as ``"reward"``, so that results record it beside the cost.
     """
 
     def __init__(self, reward: Reward, scale: float = 1.0) -> None:
         if not isinstance(reward, Reward):
             raise TypeError(f"RewardCost needs a Reward, got {type(reward).__name__}")
         self.reward = reward
-        self.scale = _check_weight(scale)
+        self.scale = check_weight(scale)
         if self.scale <= 0:
             raise ValueError(
                 f"RewardCost scale must be > 0, got {scale}: a non-positive scale would minimise the reward; "
@@ -350,8 +272,11 @@ class RewardCost(CostFunction):
             )
 
     def __call__(self, rollout: Rollout) -> Tensor:
-        rewards = self.reward.score_rollout(rollout)
-        return (-self.scale * rewards).to(rollout.controls.device)
+        return self.evaluate(rollout)[0]
+
+    def evaluate(self, rollout: Rollout) -> tuple[Tensor, Metrics]:
+        rewards = self.reward.score_rollout(rollout).to(rollout.controls.device)
+        return -self.scale * rewards, {"reward": rewards}
 
     def __repr__(self) -> str:
         scale = "" if self.scale == 1.0 else f"{self.scale:g}*"

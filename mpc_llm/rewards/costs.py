@@ -4,14 +4,14 @@ They are *extra* per-sample regularisers, composed with a reward as
 
     cost = -reward + (1 / (2 sigma^2)) sum_t ||u_t||^2 + beta * KL(controlled || base)
 
-They are not the ``lambda * KL(q || p)`` term of DESIGN.md §1: AISP already accounts for that prior
-through its likelihood ratio (``alpha < 1``), so adding `ControlCost` to an AISP cost penalises the
-controls a second time. `ControlCost` sums over the expanded control steps (a knot held over ``c``
-tokens counts ``c`` times).
+They are not the ``lambda * KL(q || p)`` term of the control objective (docs/architecture.md): AISP
+already accounts for that prior through its likelihood ratio (``alpha < 1``), so adding `ControlCost`
+to an AISP cost penalises the controls a second time. `ControlCost` sums over the expanded control
+steps (a knot held over ``c`` tokens counts ``c`` times).
 
 Example:
     >>> import torch
-    >>> from mpc_llm.rollout import Rollout
+    >>> from mpc_llm.core import Rollout
     >>> cost = ControlCost(sigma=2.0) + 0.5 * ControlCost(sigma=1.0)
     >>> cost(Rollout(controls=torch.ones(1, 2, 3, 4))).tolist()    # sum_t ||u_t||^2 = 12
     [[4.5, 4.5]]
@@ -24,8 +24,7 @@ import math
 import torch
 from torch import Tensor
 
-from mpc_llm.cost import CostFunction
-from mpc_llm.rollout import Rollout
+from mpc_llm.core import CostFunction, Metrics, Rollout
 
 __all__ = ["ControlCost", "KLCost"]
 
@@ -74,20 +73,25 @@ class KLCost(CostFunction):
         beta: the weight ``beta > 0``.
 
     Returns (when called on an `LMRollout`):
-        ``(B, N)`` costs on the device of the rollout's log-probs.
+        ``(B, N)`` costs on the device of the rollout's log-probs; `evaluate` also reports the
+        unweighted estimate as ``"kl"``.
     """
 
     def __init__(self, beta: float = 1.0) -> None:
         self.beta = _positive(beta, "beta")
 
     def __call__(self, rollout: Rollout) -> Tensor:
+        return self.evaluate(rollout)[0]
+
+    def evaluate(self, rollout: Rollout) -> tuple[Tensor, Metrics]:
         kl_to_base = getattr(rollout, "kl_to_base", None)
         if kl_to_base is None:
             raise TypeError(
                 f"KLCost needs an LMRollout with log-probs, got {type(rollout).__name__}; "
                 "it applies to language-model dynamics only"
             )
-        return self.beta * kl_to_base()
+        kl = kl_to_base()
+        return self.beta * kl, {"kl": kl}
 
     def __repr__(self) -> str:
         return f"KLCost(beta={self.beta:g})"

@@ -18,7 +18,7 @@ from typing import Any, Literal
 import torch
 from torch import Tensor
 
-from mpc_llm.rewards._optional import require
+from mpc_llm.core import require
 from mpc_llm.rewards.base import Prompt, Reward
 
 __all__ = ["EmbeddingSimilarityReward"]
@@ -59,7 +59,7 @@ class EmbeddingSimilarityReward(Reward):
         st = require(
             "sentence_transformers",
             extra="embed",
-            feature="EmbeddingSimilarityReward",
+            feature="by EmbeddingSimilarityReward",
             package="sentence-transformers",
         )
         targets = [targets] if isinstance(targets, str) else list(targets)

@@ -20,8 +20,9 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from mpc_llm.rewards._hf import load_pretrained, model_device, resolve_tokenizer, transformers_module
-from mpc_llm.rewards.base import Prompt, Reward, render_prompt, to_messages
+from mpc_llm.lm.hub import load_pretrained, model_device, resolve_tokenizer, transformers_module
+from mpc_llm.lm.prompts import Prompt, render_prompt, to_messages, uses_chat_template
+from mpc_llm.rewards.base import Reward
 
 __all__ = ["HFRewardModel"]
 
@@ -82,7 +83,7 @@ class HFRewardModel(Reward):
         trust_remote_code: bool = False,
         name: str | None = None,
     ) -> None:
-        tf = transformers_module("HFRewardModel")
+        tf = transformers_module("by HFRewardModel")
         load_kwargs: dict[str, Any] = {"trust_remote_code": trust_remote_code}
         if isinstance(model, (str, os.PathLike)):
             source: str | None = os.fspath(model)
@@ -135,12 +136,9 @@ class HFRewardModel(Reward):
                 limits.append(int(model.config.max_position_embeddings))
             max_length = min(limits) if limits else None
         self.max_length = max_length
-        has_template = getattr(tokenizer, "chat_template", None) is not None
-        if use_chat_template and not has_template:
-            raise ValueError(
-                f"use_chat_template=True but the tokenizer of {self.name!r} has no chat template"
-            )
-        self.use_chat_template = has_template if use_chat_template is None else bool(use_chat_template)
+        self.use_chat_template = uses_chat_template(
+            tokenizer, use_chat_template, who=f"the tokenizer of {self.name!r}"
+        )
 
     def encode(self, prompts: list[Prompt], responses: list[str]) -> dict[str, Tensor]:
         """Tokenize ``m`` pairs: ``input_ids`` and ``attention_mask`` ``(m, L)``, right-padded."""

@@ -17,7 +17,6 @@ Example:
 
 from __future__ import annotations
 
-import inspect
 import os
 import string
 from collections.abc import Sequence
@@ -26,8 +25,11 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from mpc_llm.rewards._hf import model_device, resolve_tokenizer, transformers_module
-from mpc_llm.rewards.base import Prompt, Reward, render_prompt
+from mpc_llm.lm.adapters import ModelAdapter
+from mpc_llm.lm.hub import model_device, resolve_tokenizer, transformers_module
+from mpc_llm.lm.loading import DEFAULT_MODEL, load_model
+from mpc_llm.lm.prompts import Prompt, render_prompt, uses_chat_template
+from mpc_llm.rewards.base import Reward
 
 __all__ = ["DEFAULT_RUBRIC", "JudgeReward"]
 
@@ -68,7 +70,7 @@ class JudgeReward(Reward):
         yes: spellings of "yes"; those that are single tokens are used.
         no: spellings of "no"; likewise.
         use_chat_template: force (True) or disable (False) the chat template (default: if present).
-        max_length: the most tokens per input (default: the model's ``max_position_embeddings``).
+        max_length: the most tokens per input (default: the model's context length).
         gguf_file: a GGUF file name inside the folder ``model`` (for quantised checkpoints).
         batch_size: pairs per forward pass.
         device: where to run the model (default: where it is).
@@ -77,7 +79,7 @@ class JudgeReward(Reward):
 
     A model object is used as it is, not copied (it may be the very LM being steered): ``device`` and
     ``dtype`` move it in place, and it is put in eval mode. A model given by name is loaded with
-    `mpc_llm.models.load_model` (GGUF files and the embedded default use its fast-load cache).
+    `mpc_llm.lm.load_model` (GGUF files and the embedded default use its fast-load cache).
 
     Raises:
         ValueError: if the rubric lacks ``{response}`` or has other fields, or no spelling of "yes"
@@ -110,12 +112,10 @@ class JudgeReward(Reward):
                 f"the rubric must contain {{response}} and may contain {{prompt}}, nothing else; got fields "
                 f"{sorted(fields)} (write literal braces as {{{{ and }}}})"
             )
-        transformers_module("JudgeReward")
+        transformers_module("by JudgeReward")
         source: str | None
         if model is None or isinstance(model, (str, os.PathLike)):
             source = None if model is None else os.fspath(model)
-            from mpc_llm.models import load_model
-
             model, tokenizer = load_model(
                 source,
                 tokenizer=tokenizer,
@@ -123,7 +123,7 @@ class JudgeReward(Reward):
                 dtype=dtype,
                 local_files_only=local_files_only,
             )
-            source = source or "SmolLM2-135M-Instruct"
+            source = source or DEFAULT_MODEL
         else:
             source = getattr(model, "name_or_path", None) or None
             if dtype is not None:
@@ -139,10 +139,7 @@ class JudgeReward(Reward):
         self.rubric = rubric
         self.system_prompt = system_prompt
 
-        has_template = getattr(tokenizer, "chat_template", None) is not None
-        if use_chat_template and not has_template:
-            raise ValueError("use_chat_template=True but the judge's tokenizer has no chat template")
-        self.use_chat_template = has_template if use_chat_template is None else bool(use_chat_template)
+        self.use_chat_template = uses_chat_template(tokenizer, use_chat_template, who="the judge's tokenizer")
         if answer_prefix is None:
             answer_prefix = "" if self.use_chat_template else "\nAnswer:"
         self.answer_prefix = answer_prefix
@@ -150,12 +147,10 @@ class JudgeReward(Reward):
         self.no_ids = self._single_tokens(no, "no")
         if set(self.yes_ids) & set(self.no_ids):
             raise ValueError("the 'yes' and 'no' spellings share a token")
-        if max_length is None:
-            max_length = getattr(getattr(model, "config", None), "max_position_embeddings", None)
-        self.max_length = max_length
+        self.adapter = ModelAdapter(model)
+        self.max_length = max_length if max_length is not None else self.adapter.context_length
         pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
         self.pad_token_id = int(pad) if pad is not None else 0
-        self._keeps_last = "logits_to_keep" in inspect.signature(model.forward).parameters
 
     def _single_tokens(self, spellings: Sequence[str], what: str) -> list[int]:
         ids: list[int] = []
@@ -206,8 +201,10 @@ class JudgeReward(Reward):
 
     @torch.inference_mode()
     def score_batch(self, prompts: list[Prompt], responses: list[str]) -> Tensor:
-        extra: dict[str, Any] = {"logits_to_keep": 1} if self._keeps_last else {}
-        out = self.model(**self.encode(prompts, responses), use_cache=False, **extra)
+        enc = self.encode(prompts, responses)
+        out = self.adapter.forward(
+            enc["input_ids"], enc["attention_mask"], enc["position_ids"], use_cache=False
+        )
         logits = out.logits[:, -1].float()
         yes = torch.logsumexp(logits[:, self.yes_ids], dim=-1)
         no = torch.logsumexp(logits[:, self.no_ids], dim=-1)

@@ -14,7 +14,7 @@ from typing import Literal
 import torch
 from torch import Tensor
 
-from mpc_llm.rewards._optional import require
+from mpc_llm.core import require
 from mpc_llm.rewards.base import Prompt, Reward
 
 __all__ = ["VaderReward"]
@@ -43,7 +43,7 @@ class VaderReward(Reward):
         if field not in _FIELDS:
             raise ValueError(f"field must be one of {_FIELDS}, got {field!r}")
         module = require(
-            "vaderSentiment.vaderSentiment", extra="vader", feature="VaderReward", package="vaderSentiment"
+            "vaderSentiment.vaderSentiment", extra="vader", feature="by VaderReward", package="vaderSentiment"
         )
         super().__init__(batch_size=batch_size, name=name)
         self.field = field

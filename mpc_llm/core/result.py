@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
-from mpc_llm.rollout import Rollout
+from mpc_llm.core.rollout import Rollout
 
 
 @dataclass(frozen=True)
@@ -35,9 +35,14 @@ class IterationRecord:
         iteration: 0-based index.
         costs: ``(B, n)`` costs of this iteration's samples (``+inf`` for invalid ones), on the CPU.
         best_cost: ``(B,)`` best cost seen so far, after this iteration.
+        best_metrics: the metrics of that best sample (e.g. its ``"reward"``), each ``(B,)``, CPU.
         seconds: wall-clock seconds of this iteration.
         tokens: tokens generated in this iteration.
         stats: controller diagnostics, e.g. AISP's effective sample size ``ess`` ``(B,)``.
+        metrics: what the cost function scored on the way, each ``(B, n)`` on the CPU, e.g. the
+            reward ``"reward"`` as the reward scored it (see `CostFunction.evaluate`).
+        token_counts: ``(B, n)`` tokens generated for each sample (zeros for non-LM dynamics).
+        rollout: this iteration's rollout, kept only when ``optimize(..., keep_rollouts=True)``.
     """
 
     iteration: int
@@ -46,6 +51,10 @@ class IterationRecord:
     seconds: float
     tokens: int
     stats: dict[str, Tensor] = field(default_factory=dict)
+    metrics: dict[str, Tensor] = field(default_factory=dict)
+    best_metrics: dict[str, Tensor] = field(default_factory=dict)
+    token_counts: Tensor | None = None
+    rollout: Rollout | None = None
 
 
 @dataclass(frozen=True)
@@ -55,7 +64,8 @@ class OptimizeResult:
     Attributes:
         best_rollout: the best sample seen for each problem, a rollout with ``N = 1``.
         best_cost: ``(B,)`` its cost.
-        best_controls: ``(B, horizon, d)`` the controls that produced it.
+        best_metrics: what the cost function scored for it (e.g. ``"reward"``), each ``(B,)``.
+        best_controls: ``(B, tau, d)`` the controls that produced it.
         mean: ``(B, K, d)`` the controller's final mean ``U`` (in knot space).
         history: one record per iteration.
         budget: resources spent.
@@ -69,6 +79,18 @@ class OptimizeResult:
     history: list[IterationRecord]
     budget: Budget
     state: object
+    best_metrics: dict[str, Tensor] = field(default_factory=dict)
+
+    def all_metric(self, name: str) -> Tensor:
+        """``(B, M)`` the metric ``name`` (e.g. ``"reward"``) of every scored sample, in draw order.
+
+        Raises:
+            KeyError: if the cost function did not report ``name`` (the message lists what it did).
+        """
+        have = self.history[0].metrics if self.history else {}
+        if name not in have:
+            raise KeyError(f"the cost function reported no {name!r}; it reported {sorted(have)}")
+        return torch.cat([record.metrics[name] for record in self.history], dim=1)
 
     def all_costs(self) -> Tensor:
         """``(B, M)`` the cost of every scored sample, in the order they were drawn (CPU, float64)."""

@@ -1,4 +1,13 @@
-"""The abstract dynamics: control sequences in, rollouts out."""
+"""The abstract dynamics: control sequences in, rollouts out.
+
+Vocabulary (used everywhere in the package):
+
+- ``horizon``: the steps the dynamics runs (for a language model, ``max_new_tokens``);
+- ``tau``: the controlled steps, ``tau <= horizon`` (the length of a control sequence; steps
+  ``t >= tau`` get no control);
+- ``K``: knots, the free control vectors a controller searches over (`ZeroOrderHold` expands them
+  to ``tau`` steps).
+"""
 
 from __future__ import annotations
 
@@ -8,15 +17,15 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
-from mpc_llm.rollout import Rollout
+from mpc_llm.core.rollout import Rollout
 
 
 class Dynamics(ABC):
     """A batch of ``B`` problems (initial states, prompts) driven by control sequences.
 
-    A subclass states its control shape through `horizon` (``tau``, the number of controlled steps)
-    and `control_dim` (``d``), and implements `rollout`. Everything is batched: one call simulates
-    ``N`` control sequences for each of the ``B`` problems.
+    A subclass states its size through `batch_size` (``B``), `horizon` (the steps it runs) and
+    `control_dim` (``d``), and implements `rollout`. Everything is batched: one call simulates ``N``
+    control sequences of ``tau <= horizon`` steps for each of the ``B`` problems.
     """
 
     @property
@@ -27,7 +36,7 @@ class Dynamics(ABC):
     @property
     @abstractmethod
     def horizon(self) -> int:
-        """``tau``, the number of steps that take a control."""
+        """The number of steps the dynamics runs; control sequences have ``tau <= horizon`` steps."""
 
     @property
     @abstractmethod
@@ -49,7 +58,7 @@ class Dynamics(ABC):
         """Simulate every control sequence.
 
         Args:
-            controls: ``(B, N, tau, d)`` control sequences.
+            controls: ``(B, N, tau, d)`` control sequences, ``tau <= horizon`` (later steps get none).
             generators: one `torch.Generator` per problem, the only source of randomness for
                 problem ``b``, so that a problem gives the same rollout alone or in a batch.
 
@@ -58,12 +67,15 @@ class Dynamics(ABC):
         """
 
     def check_controls(self, controls: Tensor) -> None:
-        """Raise a `ValueError` that says what was expected when ``controls`` has the wrong shape."""
-        expected = (self.batch_size, "N", self.horizon, self.control_dim)
+        """Raise a `ValueError` that says what was expected when ``controls`` has the wrong shape.
+
+        Controls are ``(B, N, tau, d)`` with ``1 <= tau <= horizon``.
+        """
+        expected = (self.batch_size, "N", f"tau<={self.horizon}", self.control_dim)
         ok = (
             controls.dim() == 4
             and controls.shape[0] == self.batch_size
-            and controls.shape[2] == self.horizon
+            and 1 <= controls.shape[2] <= self.horizon
             and controls.shape[3] == self.control_dim
         )
         if not ok:
@@ -74,17 +86,10 @@ class Dynamics(ABC):
         if not controls.is_floating_point():
             raise ValueError(f"controls must be a floating tensor, got {controls.dtype}")
 
-
-def make_generators(
-    seeds: int | Sequence[int], batch_size: int, device: torch.device | str = "cpu"
-) -> list[torch.Generator]:
-    """One seeded generator per problem.
-
-    An ``int`` seed gives every problem the same stream, so that problem ``b`` is solved exactly
-    as it would be alone with that seed; a sequence gives one seed per problem.
-    """
-    if isinstance(seeds, int):
-        seeds = [seeds] * batch_size
-    if len(seeds) != batch_size:
-        raise ValueError(f"got {len(seeds)} seeds for a batch of {batch_size} problems")
-    return [torch.Generator(device=device).manual_seed(int(s)) for s in seeds]
+    def pad_controls(self, controls: Tensor) -> Tensor:
+        """``(B, N, tau, d)`` controls right-padded with zeros to ``(B, N, horizon, d)``."""
+        missing = self.horizon - controls.shape[2]
+        if missing <= 0:
+            return controls
+        pad = controls.new_zeros((*controls.shape[:2], missing, controls.shape[3]))
+        return torch.cat([controls, pad], dim=2)

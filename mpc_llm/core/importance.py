@@ -1,6 +1,7 @@
 """Self-normalised importance weights and their effective sample size.
 
-AISP / MPPI (DESIGN.md §1) weight sample ``i`` of a proposal ``q(V | U, sigma^2 I)`` by
+AISP / MPPI (docs/architecture.md, "The control problem") weight sample ``i`` of a proposal
+``q(V | U, sigma^2 I)`` by
 
     w_i ∝ exp( -c_i / lambda - (1 - alpha) * sum_t <u_t, v_{t,i}> / sigma^2 ),
 

@@ -1,4 +1,4 @@
-"""Token choice for `LMDynamics`: temperature, top-k, top-p, per-problem sampling, stop strings.
+"""Token choice for the decode engine: temperature, top-k, top-p, per-problem sampling, stop strings.
 
 Everything works on the flattened batch of ``B * N`` rows, row ``b * N + n`` being sample ``n`` of
 problem ``b``. Randomness for problem ``b`` comes only from its own generator, with draws of a fixed

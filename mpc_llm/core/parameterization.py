@@ -1,4 +1,4 @@
-"""Control parameterisations: a few knots held over chunks of the control window.
+"""Control parameterisations: a few knots held over chunks of the controlled steps.
 
 Sampling-based MPC libraries search over a few knots and interpolate them over the horizon. For a
 language model the natural analogue is a zero-order hold: ``K`` knot vectors, each held constant
@@ -13,29 +13,30 @@ from torch import Tensor
 
 
 class ZeroOrderHold:
-    """Expand ``(..., K, d)`` knots to ``(..., horizon, d)`` controls.
+    """Expand ``(..., K, d)`` knots to ``(..., tau, d)`` controls.
 
     Args:
-        tau: number of controlled steps, ``1 <= tau <= horizon``.
+        tau: number of controlled steps, ``>= 1``.
         num_knots: ``K``, ``1 <= K <= tau``; chunk sizes differ by at most one.
-        horizon: the dynamics' number of control steps; steps ``t >= tau`` get zero control.
+        horizon: if given (``>= tau``), pad the controls with zeros to ``horizon`` steps.
 
     Example:
-        >>> hold = ZeroOrderHold(tau=4, num_knots=2, horizon=5)
+        >>> hold = ZeroOrderHold(tau=4, num_knots=2)
         >>> hold.expand(torch.tensor([[1.0], [2.0]])).flatten().tolist()
-        [1.0, 1.0, 2.0, 2.0, 0.0]
+        [1.0, 1.0, 2.0, 2.0]
     """
 
-    def __init__(self, tau: int, num_knots: int, horizon: int) -> None:
-        if not 1 <= tau <= horizon:
+    def __init__(self, tau: int, num_knots: int, horizon: int | None = None) -> None:
+        if tau < 1 or (horizon is not None and tau > horizon):
             raise ValueError(f"tau must be in [1, horizon={horizon}], got {tau}")
         if not 1 <= num_knots <= tau:
             raise ValueError(f"num_knots must be in [1, tau={tau}], got {num_knots}")
-        self.tau, self.num_knots, self.horizon = tau, num_knots, horizon
+        self.tau, self.num_knots = tau, num_knots
+        self.horizon = tau if horizon is None else horizon
         self.knot_of_step = (torch.arange(tau) * num_knots) // tau
 
     def expand(self, knots: Tensor) -> Tensor:
-        """``(..., K, d)`` knots -> ``(..., horizon, d)`` controls."""
+        """``(..., K, d)`` knots -> ``(..., tau, d)`` controls (``(..., horizon, d)`` when padded)."""
         index = self.knot_of_step.to(knots.device)
         held = knots.index_select(-2, index)
         if self.horizon == self.tau:

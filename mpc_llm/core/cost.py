@@ -1,11 +1,17 @@
 """Cost functions: rollout -> ``(B, N)`` costs, lower is better.
 
 Cost functions form a vector space: ``c1 + c2``, ``2.0 * c``, ``-c`` and ``c1 - c2`` are cost
-functions. A reward becomes a cost by negation.
+functions (`SumCost`). A reward becomes a cost by negation (``reward.as_cost()``).
+
+A cost function may also report named quantities it computed on the way, through `evaluate`: a
+reward term reports ``"reward"`` (the reward as the reward scored it), a KL term ``"kl"``. Sums
+merge them (quantities of the same name add up), so results and records carry the reward and the
+cost separately: adding a KL or control penalty to the objective changes the cost, never the
+recorded reward of a response.
 
 Example:
     >>> import torch
-    >>> from mpc_llm.rollout import Rollout
+    >>> from mpc_llm.core import Rollout
     >>> effort = CostFunction.from_fn(lambda r: r.controls.pow(2).sum(dim=(-1, -2)), "effort")
     >>> total = 0.5 * effort + effort
     >>> total(Rollout(controls=torch.ones(1, 2, 3, 4))).tolist()
@@ -19,7 +25,11 @@ from collections.abc import Callable, Sequence
 
 from torch import Tensor
 
-from mpc_llm.rollout import Rollout
+from mpc_llm.core.rollout import Rollout
+from mpc_llm.core.weighted import WeightedTerms
+
+#: Named ``(B, N)`` quantities a cost function reports beside its costs (e.g. ``{"reward": ...}``).
+Metrics = dict[str, Tensor]
 
 
 class CostFunction(ABC):
@@ -28,6 +38,14 @@ class CostFunction(ABC):
     @abstractmethod
     def __call__(self, rollout: Rollout) -> Tensor:
         """Return the ``(B, N)`` costs of ``rollout``."""
+
+    def evaluate(self, rollout: Rollout) -> tuple[Tensor, Metrics]:
+        """The ``(B, N)`` costs and the named ``(B, N)`` quantities scored on the way (default none).
+
+        Terms that score something worth recording (a reward, a KL estimate) override this and
+        `__call__` returns ``evaluate(rollout)[0]``.
+        """
+        return self(rollout), {}
 
     @staticmethod
     def from_fn(fn: Callable[[Rollout], Tensor], name: str | None = None) -> CostFunction:
@@ -69,27 +87,22 @@ class FunctionCost(CostFunction):
         return f"FunctionCost({self.name})"
 
 
-class SumCost(CostFunction):
-    """A weighted sum ``sum_k w_k c_k`` of cost functions (nested sums are flattened)."""
+class SumCost(WeightedTerms[CostFunction], CostFunction):
+    """A weighted sum ``sum_k w_k c_k`` of cost functions (nested sums are flattened).
+
+    `evaluate` merges the terms' metrics, unweighted: quantities of the same name add up.
+    """
 
     def __init__(self, terms: Sequence[tuple[float, CostFunction]]) -> None:
-        flat: list[tuple[float, CostFunction]] = []
-        for weight, term in terms:
-            if isinstance(term, SumCost):
-                flat.extend((weight * w, t) for w, t in term.terms)
-            else:
-                flat.append((float(weight), term))
-        if not flat:
-            raise ValueError("a sum of cost functions needs at least one term")
-        self.terms = flat
+        super().__init__(terms, CostFunction)
 
     def __call__(self, rollout: Rollout) -> Tensor:
-        total: Tensor | None = None
-        for weight, term in self.terms:
-            value = weight * term(rollout)
-            total = value if total is None else total + value
-        assert total is not None
-        return total
+        return self.evaluate(rollout)[0]
 
-    def __repr__(self) -> str:
-        return " + ".join(f"{w:g}*{t!r}" for w, t in self.terms)
+    def evaluate(self, rollout: Rollout) -> tuple[Tensor, Metrics]:
+        metrics: Metrics = {}
+        evaluated = {id(term): term.evaluate(rollout) for _, term in self.terms}
+        for _, term in self.terms:
+            for name, value in evaluated[id(term)][1].items():
+                metrics[name] = metrics[name] + value if name in metrics else value
+        return self.weighted_sum(lambda term: evaluated[id(term)][0]), metrics

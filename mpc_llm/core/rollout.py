@@ -44,10 +44,22 @@ class Rollout:
         """``N``, the number of samples per problem."""
         return int(self.controls.shape[1])
 
+    def token_counts(self) -> Tensor:
+        """``(B, N)`` tokens generated for each sample (zeros for systems that are not language models)."""
+        return torch.zeros((self.batch_size, self.num_samples), dtype=torch.long)
+
     @property
     def tokens_generated(self) -> int:
-        """Tokens generated to produce this rollout (0 for systems that are not language models)."""
-        return 0
+        """Tokens generated to produce this rollout, over all problems and samples."""
+        return int(self.token_counts().sum())
+
+    def describe(self, b: int, n: int) -> dict[str, Any]:
+        """JSON-ready fields that describe sample ``n`` of problem ``b`` in records (default: none).
+
+        A language-model rollout gives its response text, length and KL estimate; comparisons
+        write these beside the reward and the cost without knowing the rollout's type.
+        """
+        return {}
 
     def _is_per_sample(self, value: Any, field: dataclasses.Field | None = None) -> bool:
         """Whether a field's value is indexed ``(B, N, ...)`` (fields marked ``metadata={"shared": True}``

@@ -1,4 +1,4 @@
-"""Key/value caches for `LMDynamics`: expand a prompt cache to ``N`` samples, and grow it in place.
+"""Key/value caches for the decode engine: expand a prompt cache to ``N`` samples, and grow it in place.
 
 The prompts' cache is computed once (``B`` rows) and kept; each rollout works on an expanded
 ``B * N``-row copy (row ``b * N + n``), so the kept one is never modified. Full-attention layers

@@ -8,10 +8,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from mpc_llm.rollout import Rollout
-
-#: A prompt as the user gives it: a plain string, or chat messages ``[{"role", "content"}, ...]``.
-Prompt = str | list[dict[str, Any]]
+from mpc_llm.core import Rollout
+from mpc_llm.lm.prompts import Prompt
 
 
 @dataclass(frozen=True)
@@ -19,7 +17,7 @@ class LMRollout(Rollout):
     """``N`` sampled responses for each of ``B`` prompts.
 
     Attributes:
-        controls: ``(B, N, tau, d)`` pre-logit controls (``t >= tau`` got none).
+        controls: ``(B, N, tau, d)`` pre-logit controls (tokens ``t >= tau`` got none).
         tokens: ``(B, N, T)`` generated token ids; positions ``>= lengths`` hold ``pad_token_id``.
         lengths: ``(B, N)`` generated tokens per response (an EOS token counts).
         texts: ``texts[b][n]``, the decoded response (special tokens and stop strings removed).
@@ -37,9 +35,16 @@ class LMRollout(Rollout):
     base_logprobs: Tensor | None = None
     pad_token_id: int = 0
 
-    @property
-    def tokens_generated(self) -> int:
-        return int(self.lengths.sum())
+    def token_counts(self) -> Tensor:
+        """``(B, N)`` generated tokens per response (its length; an EOS token counts)."""
+        return self.lengths.detach().cpu()
+
+    def describe(self, b: int, n: int) -> dict[str, Any]:
+        """The response text, its length in tokens and, with log-probs, the steering log-ratio ``kl``."""
+        fields: dict[str, Any] = {"response": self.texts[b][n], "length": int(self.lengths[b, n])}
+        if self.logprobs is not None and self.base_logprobs is not None:
+            fields["kl"] = float(self.kl_to_base()[b, n])
+        return fields
 
     def pad_value(self, name: str) -> float:
         """``tokens`` pad with ``pad_token_id``; log-probs with 0 (as past the end of a response)."""

