@@ -4,7 +4,8 @@ Same model, prompt, N, T and seed for all three; every run generates exactly ``N
 (end-of-sequence is ignored by default so that the work is identical), and sampling is over the full
 vocabulary (no top-k / top-p) in all three. Each engine run includes its own prompt prefill (a fresh
 binding), as one `generate` call does. Prints tokens/s, the ratios engine/generate and
-controlled/zero, and the peak memory each run added (peak RSS on CPU, allocated memory on CUDA).
+controlled/zero (from median times over ``--repeats`` runs; min and max printed beside), and the
+peak memory each run added (peak RSS on CPU, allocated memory on CUDA).
 
 Examples::
 
@@ -19,6 +20,7 @@ import argparse
 import contextlib
 import ctypes
 import json
+import statistics
 import time
 from collections.abc import Callable
 from typing import Any
@@ -96,9 +98,9 @@ def load(name: str, device: str, dtype: torch.dtype | str | None) -> tuple[Any, 
     return load_model(name, device=device, dtype=dtype)
 
 
-def timed(fn: Callable[[], int], device: torch.device, repeats: int) -> tuple[float, int, int]:
-    """Best wall time over ``repeats`` calls of ``fn`` (returning tokens generated), tokens, peak memory."""
-    best, tokens, peak = float("inf"), 0, 0
+def timed(fn: Callable[[], int], device: torch.device, repeats: int) -> tuple[list[float], int, int]:
+    """Wall times of ``repeats`` calls of ``fn`` (returning tokens generated), tokens, peak memory."""
+    times, tokens, peak = [], 0, 0
     for _ in range(repeats):
         with PeakMemory(device) as mem:
             if device.type == "cuda":
@@ -108,8 +110,9 @@ def timed(fn: Callable[[], int], device: torch.device, repeats: int) -> tuple[fl
             if device.type == "cuda":
                 torch.cuda.synchronize(device)
             elapsed = time.perf_counter() - tic
-        best, peak = min(best, elapsed), max(peak, mem.peak)
-    return best, tokens, peak
+        times.append(elapsed)
+        peak = max(peak, mem.peak)
+    return times, tokens, peak
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
@@ -125,7 +128,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("-T", type=int, default=64, help="new tokens per sample")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--sigma", type=float, default=1.0, help="std of the random controls")
-    parser.add_argument("--repeats", type=int, default=1, help="runs of each; the best time counts")
+    parser.add_argument("--repeats", type=int, default=3, help="runs of each; the median time counts")
     parser.add_argument("--prompt", default=PROMPT)
     parser.add_argument("--eos", action="store_true", help="stop at end-of-sequence (lengths then differ)")
     parser.add_argument("--json", default=None, help="also write the figures to this JSON file")
@@ -173,7 +176,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         return dyn.rollout(c, make_generators(args.seed, 1, device)).tokens_generated
 
     # warm-up (kernels, allocator, lazy init)
-    short = lm.with_options(max_new_tokens=4, tau=4)
+    short = lm.with_options(max_new_tokens=4)
     run_generate(4)
     short.rollout(zeros[:, :, :4], make_generators(0, 1, device))
 
@@ -183,20 +186,28 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         ("engine, zero control", lambda: run_engine(zeros)),
         ("engine, random control", lambda: run_engine(controls)),
     ]
-    print(f"{'run':<26}{'seconds':>9}{'tokens':>9}{'tokens/s':>11}{'peak MiB':>10}")
-    for name, fn in rows:
-        seconds, tokens, peak = timed(fn, device, args.repeats)
+    print(f"{'run':<26}{'median s':>9}{'min s':>8}{'max s':>8}{'tokens':>8}{'tokens/s':>10}{'peak MiB':>10}")
+
+    def report(name: str, times: list[float], tokens: int, peak: int) -> None:
+        median = statistics.median(times)
         results[name] = {
-            "seconds": seconds,
+            "seconds": median,
+            "seconds_min": min(times),
+            "seconds_max": max(times),
             "tokens": tokens,
-            "tokens_per_s": tokens / seconds,
+            "tokens_per_s": tokens / median,
             "peak_bytes": peak,
         }
-        print(f"{name:<26}{seconds:>9.2f}{tokens:>9d}{tokens / seconds:>11.1f}{peak / 2**20:>10.1f}")
+        print(
+            f"{name:<26}{median:>9.2f}{min(times):>8.2f}{max(times):>8.2f}{tokens:>8d}"
+            f"{tokens / median:>10.1f}{peak / 2**20:>10.1f}"
+        )
+
+    for name, fn in rows:
+        report(name, *timed(fn, device, args.repeats))
     cached = lm.with_prompts([args.prompt])
     cached.prefill()
-    seconds, tokens, _ = timed(lambda: run_engine(controls, cached), device, args.repeats)
-    print(f"{'(random, cached prefill)':<26}{seconds:>9.2f}{tokens:>9d}{tokens / seconds:>11.1f}")
+    report("(random, cached prefill)", *timed(lambda: run_engine(controls, cached), device, args.repeats))
 
     tps = {k: results[k]["tokens_per_s"] for k, _ in rows}
     results["engine/generate"] = tps["engine, zero control"] / tps["generate"]

@@ -41,11 +41,17 @@ def main() -> None:
     p.add_argument("--seeds", type=lambda t: [int(x) for x in t.split(",")], default=[0])
     args = p.parse_args()
 
-    lm = LMDynamics("SmolLM2-135M-Instruct", max_new_tokens=args.max_new_tokens, tau=args.tau,
-                    temperature=args.temperature)  # fmt: skip
+    lm = LMDynamics("SmolLM2-135M-Instruct", max_new_tokens=args.max_new_tokens, temperature=args.temperature)
     controllers = {"best_of_n": BestOfN(num_samples=args.samples)}
     controllers.update(
-        aisp_grid(args.sigmas, args.lambdas, alpha=args.alpha, num_samples=args.samples, num_knots=args.knots)
+        aisp_grid(
+            args.sigmas,
+            args.lambdas,
+            alpha=args.alpha,
+            num_samples=args.samples,
+            num_knots=args.knots,
+            tau=args.tau,
+        )
     )
     rows = compare(
         load_prompts("bundled", limit=args.prompts), controllers, lm.with_prompts,

@@ -8,7 +8,7 @@ Layers (each imports only those below it):
 - `mpc_llm.core`: the control problem's types (`Dynamics`, `CostFunction`, `Rollout`, results);
 - `mpc_llm.controllers` (on core) and `mpc_llm.lm` (on core: everything Hugging Face);
 - `mpc_llm.dynamics` and `mpc_llm.rewards` (on core and lm);
-- `mpc_llm.evaluation` and `mpc_llm.experiment`; `mpc_llm.cli` on top.
+- `mpc_llm.evaluation`, then `mpc_llm.experiment`; `mpc_llm.cli` on top.
 
 The names below are loaded on first use, so ``import mpc_llm.core`` loads nothing else.
 """

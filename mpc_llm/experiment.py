@@ -7,9 +7,9 @@ Example (YAML):
 
     model: SmolLM2-135M-Instruct      # or an HF id, a local folder, a .gguf file
     device: cpu
-    lm: {max_new_tokens: 48, tau: 48, temperature: 0.7}
+    lm: {max_new_tokens: 48, temperature: 0.7}
     reward: vader                     # or {name: hf, model: path/to/reward-model}, or a list to sum
-    controller: {name: aisp, sigma: 0.5, lambda: 0.1, num_samples: 8, num_iterations: 4, num_knots: 1}
+    controller: {name: aisp, sigma: 0.5, lambda: 0.1, tau: 24, num_samples: 8, num_knots: 1}
     controllers:                      # for `mpc-llm compare`: label -> settings
       best_of_n: {name: best_of_n, num_samples: 16}
       aisp: {name: aisp, sigma: 0.5, lambda: 0.1, num_samples: 8, num_knots: 1}

@@ -1,4 +1,6 @@
-"""AISP's importance-sampling estimate of the optimal mean against closed forms (DESIGN.md §1).
+"""AISP's importance-sampling estimate of the optimal mean against closed forms.
+
+The closed forms are stated in docs/architecture.md, "The control problem".
 
 One AISP iteration from a proposal N(U, s^2 I) returns U' = sum_i w_i V_i, the self-normalised IS
 estimate of the mean of q* ∝ exp(r / lambda) N(0, s^2 I). Its error per coordinate is about

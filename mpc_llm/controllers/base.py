@@ -92,6 +92,12 @@ class ControllerState:
         best_rollout: the best sample per problem (``N = 1``), or None before the first.
         best_metrics: what the cost function scored for the best sample (e.g. ``"reward"``), ``(B,)``.
         stats: diagnostics of the last update, e.g. ``{"ess": (B,)}``.
+        rng: each problem's random-generator state after the last draw (``torch.Generator.get_state``),
+            so that a warm-started `Controller.optimize` continues the streams instead of replaying
+            them, and a saved state resumes a run bit for bit. None before the first call.
+
+    The best-so-far fields describe one call of `Controller.optimize`: a warm-started call starts
+    them afresh (its problems may have moved on, e.g. in receding-horizon control).
     """
 
     mean: Tensor
@@ -102,10 +108,22 @@ class ControllerState:
     best_rollout: Rollout | None = None
     best_metrics: Mapping[str, Tensor] = field(default_factory=dict)
     stats: Mapping[str, Tensor] = field(default_factory=dict)
+    rng: tuple[Tensor, ...] | None = None
 
     def replace(self, **changes: object) -> ControllerState:
         """A copy with some fields changed."""
         return dataclasses.replace(self, **changes)  # type: ignore[arg-type]
+
+    def restart(self) -> ControllerState:
+        """The proposal and random streams of this state, with no best sample yet (a warm start)."""
+        return self.replace(best_cost=None, best_controls=None, best_rollout=None, best_metrics={})
+
+    def select(self, index: Sequence[int]) -> ControllerState:
+        """The state of problems ``index`` only (e.g. those whose episode goes on); no best sample."""
+        idx = torch.as_tensor(list(index), dtype=torch.long)
+        rng = None if self.rng is None else tuple(self.rng[i] for i in idx.tolist())
+        mean, sigma = self.mean[idx.to(self.mean.device)], self.sigma[idx.to(self.sigma.device)]
+        return ControllerState(mean=mean, sigma=sigma, iteration=self.iteration, rng=rng)
 
 
 C = TypeVar("C", bound=ControllerConfig)
@@ -199,7 +217,7 @@ class Controller(ABC, Generic[C]):
         dynamics: Dynamics,
         cost: CostFunction,
         *,
-        seed: int | Sequence[int] = 0,
+        seed: int | Sequence[int] | None = None,
         num_iterations: int | None = None,
         max_samples: int | None = None,
         state: ControllerState | None = None,
@@ -212,13 +230,15 @@ class Controller(ABC, Generic[C]):
             dynamics: the system, with its ``B`` problems.
             cost: maps rollouts to ``(B, N)`` costs.
             seed: one seed (every problem gets the same stream, so a problem is solved exactly as
-                it would be alone) or one seed per problem.
+                it would be alone) or one seed per problem. Default: continue the random streams of
+                ``state`` when it has them (a warm start never replays noise), else seed 0.
             num_iterations: iterations to run (default: ``config.num_iterations``, or as many as
                 ``max_samples`` allows when that is given).
             max_samples: budget of scored samples per problem; the last iteration draws fewer
                 samples if needed so that no more than this many are scored (exactly this many unless
                 ``num_iterations`` runs out first).
-            state: a previous state to warm-start from (default: `init_state`).
+            state: a previous state to warm-start from (default: `init_state`): its mean, sigma and
+                random streams carry over, its best sample does not (`ControllerState.restart`).
             callback: called with each iteration's record (progress bars, logging).
             keep_rollouts: keep each iteration's rollout in its record (``record.rollout``), e.g. to
                 read the best response after the first ``k`` samples (memory grows with the run).
@@ -234,8 +254,8 @@ class Controller(ABC, Generic[C]):
             else:
                 num_iterations = math.ceil(max_samples / self.config.num_samples)
         budget = max_samples if max_samples is not None else num_iterations * self.config.num_samples
-        state = state if state is not None else self.init_state(dynamics)
-        generators = make_generators(seed, dynamics.batch_size, state.mean.device)
+        state = state.restart() if state is not None else self.init_state(dynamics)
+        generators = self._generators(state, seed, dynamics.batch_size)
         history: list[IterationRecord] = []
         used = tokens = 0
         start = time.perf_counter()
@@ -270,6 +290,7 @@ class Controller(ABC, Generic[C]):
             history.append(record)
             if callback is not None:
                 callback(record)
+        state = state.replace(rng=tuple(g.get_state() for g in generators))
         assert state.best_rollout is not None and state.best_cost is not None
         assert state.best_controls is not None
         return OptimizeResult(
@@ -282,6 +303,21 @@ class Controller(ABC, Generic[C]):
             state=state,
             best_metrics=dict(state.best_metrics),
         )
+
+    @staticmethod
+    def _generators(
+        state: ControllerState, seed: int | Sequence[int] | None, B: int
+    ) -> list[torch.Generator]:
+        """Fresh generators from ``seed``, or (no seed) ``state``'s streams continued, else seed 0."""
+        device = state.mean.device
+        if seed is not None or state.rng is None:
+            return make_generators(0 if seed is None else seed, B, device)
+        if len(state.rng) != B:
+            raise ValueError(f"the state holds random streams for {len(state.rng)} problems, not {B}")
+        generators = [torch.Generator(device=device) for _ in range(B)]
+        for g, rng in zip(generators, state.rng, strict=True):
+            g.set_state(rng)
+        return generators
 
     @staticmethod
     def _checked_costs(costs: Tensor, n: int, iteration: int) -> Tensor:

@@ -86,6 +86,44 @@ class Dynamics(ABC):
         if not controls.is_floating_point():
             raise ValueError(f"controls must be a floating tensor, got {controls.dtype}")
 
+    # ------------------------------------------------------------------ closed loop
+    # Receding-horizon control (`mpc_llm.controllers.RecedingHorizon`) needs three more things of a
+    # system: to commit steps of a chosen rollout, to say which episodes have ended, and to drop the
+    # problems whose episode has ended. Systems that support it override all three (and, to score a
+    # plan over its planning horizon only, `with_horizon`).
+
+    def advance(self, rollout: Rollout, steps: int) -> Dynamics:
+        """The same problems after committing the first ``steps`` steps of ``rollout``.
+
+        Args:
+            rollout: one rollout per problem (``N = 1``), made by this dynamics (or by
+                ``self.with_horizon(h)``).
+            steps: steps to commit, ``1 <= steps <= horizon``.
+
+        Returns:
+            A new dynamics (this one is unchanged) whose initial state is the state reached, whose
+            `horizon` is ``steps`` shorter, and whose rollouts include the committed history (so a
+            cost sees the whole episode so far).
+        """
+        raise NotImplementedError(
+            f"{type(self).__name__} does not support closed-loop control: implement advance, finished "
+            "and select (see mpc_llm.core.Dynamics)"
+        )
+
+    def finished(self) -> Tensor:
+        """``(B,)`` bool: problems whose episode has ended (no step left, or e.g. an EOS committed)."""
+        return torch.full((self.batch_size,), self.horizon == 0, dtype=torch.bool)
+
+    def select(self, index: Sequence[int]) -> Dynamics:
+        """The problems ``index`` only (in that order), e.g. those whose episode goes on."""
+        raise NotImplementedError(f"{type(self).__name__} does not support closed-loop control (select)")
+
+    def with_horizon(self, horizon: int) -> Dynamics:
+        """A copy that runs only ``horizon`` more steps (to score a plan over its planning horizon)."""
+        raise NotImplementedError(
+            f"{type(self).__name__} cannot shorten its horizon; score plans to the end of the episode"
+        )
+
     def pad_controls(self, controls: Tensor) -> Tensor:
         """``(B, N, tau, d)`` controls right-padded with zeros to ``(B, N, horizon, d)``."""
         missing = self.horizon - controls.shape[2]

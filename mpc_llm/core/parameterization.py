@@ -35,6 +35,42 @@ class ZeroOrderHold:
         self.horizon = tau if horizon is None else horizon
         self.knot_of_step = (torch.arange(tau) * num_knots) // tau
 
+    def compress(self, controls: Tensor) -> Tensor:
+        """``(..., tau, d)`` controls -> ``(..., K, d)`` knots: the value at the first step of each chunk.
+
+        The inverse of `expand` on held controls (``compress(expand(k)) == k``).
+        """
+        starts = torch.searchsorted(self.knot_of_step, torch.arange(self.num_knots))
+        return controls.index_select(-2, starts.to(controls.device))
+
+    def shift(
+        self, knots: Tensor, steps: int, fill: str = "zeros", to: ZeroOrderHold | None = None
+    ) -> Tensor:
+        """Move a plan ``steps`` steps forward in time (receding-horizon warm start).
+
+        The knots are expanded to steps, the first ``steps`` dropped, the tail filled with zeros
+        (``fill="zeros"``) or the last step's value (``"last"``), and the result compressed to the
+        knots of ``to`` (default: this hold; a shorter hold near the end of an episode).
+
+        Example:
+            >>> hold = ZeroOrderHold(tau=4, num_knots=4)
+            >>> hold.shift(torch.tensor([[1.0], [2.0], [3.0], [4.0]]), 1, "last").flatten().tolist()
+            [2.0, 3.0, 4.0, 4.0]
+        """
+        if fill not in ("zeros", "last"):
+            raise ValueError(f"fill must be 'zeros' or 'last', got {fill!r}")
+        to = to or self
+        steps_ = self.expand(knots)[..., : self.tau, :]
+        kept = steps_[..., steps:, :]
+        missing = to.tau - kept.shape[-2]
+        if missing > 0:
+            if fill == "last":
+                tail = steps_[..., -1:, :].expand(*steps_.shape[:-2], missing, steps_.shape[-1])
+            else:
+                tail = steps_.new_zeros((*steps_.shape[:-2], missing, steps_.shape[-1]))
+            kept = torch.cat([kept, tail], dim=-2)
+        return to.compress(kept[..., : to.tau, :])
+
     def expand(self, knots: Tensor) -> Tensor:
         """``(..., K, d)`` knots -> ``(..., tau, d)`` controls (``(..., horizon, d)`` when padded)."""
         index = self.knot_of_step.to(knots.device)

@@ -121,6 +121,32 @@ class Rollout:
         return dataclasses.replace(first, **changes)
 
 
+def stack_problems(rollouts: Sequence[R]) -> R:
+    """Concatenate rollouts of different problems along ``B`` (the same ``N``; e.g. ``N = 1``).
+
+    Per-sample tensors are right-padded to a common shape with the first rollout's `pad_value`;
+    per-sample lists and shared lists with one entry per problem (e.g. prompts) are concatenated;
+    other shared fields are taken from the first rollout.
+    """
+    if not rollouts:
+        raise ValueError("stack_problems needs at least one rollout")
+    first = rollouts[0]
+    changes: dict[str, Any] = {}
+    for field in dataclasses.fields(first):
+        values = [getattr(r, field.name) for r in rollouts]
+        if all(r._is_per_sample(v, field) for r, v in zip(rollouts, values, strict=True)):
+            if isinstance(values[0], Tensor):
+                moved = [v.transpose(0, 1) for v in values]  # pad every dim after B and N alike
+                changes[field.name] = _cat_padded(moved, first.pad_value(field.name)).transpose(0, 1)
+            else:
+                changes[field.name] = [row for v in values for row in v]
+        elif isinstance(values[0], list) and all(
+            isinstance(v, list) and len(v) == r.batch_size for r, v in zip(rollouts, values, strict=True)
+        ):
+            changes[field.name] = [x for v in values for x in v]
+    return dataclasses.replace(first, **changes)
+
+
 def _cat_padded(values: Sequence[Tensor], pad_value: float) -> Tensor:
     """Concatenate ``(B, N_i, *rest_i)`` tensors on dim 1, padding each ``rest`` dim to its max."""
     shape = [max(v.shape[k] for v in values) for k in range(values[0].dim())]

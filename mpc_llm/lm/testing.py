@@ -2,7 +2,7 @@
 
 Nothing here downloads anything: the tokenizer is a byte-level BPE trained in milliseconds on a few
 built-in sentences, and models are built from `transformers` configs with random weights. Tests save
-both to a temporary folder and load them back through the real loading path (`mpc_llm.models`).
+both to a temporary folder and load them back through the real loading path (`mpc_llm.lm.load_model`).
 """
 
 from __future__ import annotations
