@@ -106,6 +106,13 @@ def build_parser() -> argparse.ArgumentParser:
         "file's `controllers` mapping of label -> settings, else aisp,best_of_n)",
     )
     compare.add_argument("--budgets", type=_int_list, default=[8, 16, 32], help="e.g. 8,16,32,64")
+    compare.add_argument(
+        "--budget-unit",
+        choices=["samples", "tokens"],
+        default="samples",
+        dest="budget_unit",
+        help="budgets count scored responses (default) or generated tokens per prompt",
+    )
     compare.add_argument("--seeds", type=_int_list, default=[0])
     compare.add_argument("-n", "--num-samples", type=int, dest="num_samples", help="samples per iteration")
     compare.add_argument("--prompts-per-batch", type=int, default=8)
@@ -188,14 +195,16 @@ def experiment_config(
 def cmd_align(args: argparse.Namespace) -> int:
     from tqdm.auto import tqdm
 
+    from mpc_llm.controllers import Controller
     from mpc_llm.experiment import Experiment
 
     if not args.prompt.strip():
         raise CLIError("the prompt is empty; give the text to respond to")
     config = experiment_config(args, args.controller)
     experiment = Experiment(config)
+    controller = experiment.controller
     bar = tqdm(
-        total=experiment.controller.config.num_iterations,
+        total=controller.config.num_iterations if isinstance(controller, Controller) else None,
         desc="align",
         unit="it",
         disable=args.quiet,
@@ -248,7 +257,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
     accepted = set().union(*(_controller_fields(spec["name"]) for spec in resolved.values()))
     if unknown := sorted({k for k, _ in args.set} - accepted):
         raise CLIError(f"--set {', '.join(unknown)}: no selected controller has this setting")
-    check_budgets(controllers, args.budgets)
+    check_budgets(controllers, args.budgets, args.budget_unit, config.lm.max_new_tokens)
     prompts = load_prompts(args.prompts, limit=args.num_prompts)
     experiment = Experiment(config)
     rows = compare(
@@ -257,6 +266,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
         experiment.dynamics,
         experiment.reward.as_cost(),
         budgets=args.budgets,
+        budget_unit=args.budget_unit,
         seeds=args.seeds,
         out_dir=args.out,
         resume=args.resume,

@@ -27,11 +27,11 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 from typing_extensions import Self
 
-from mpc_llm.controllers import CONTROLLERS, Controller
+from mpc_llm.controllers import CONTROLLERS, Controller, RecedingHorizon, SpeculativeRejection
 from mpc_llm.core import IterationRecord, OptimizeResult, make_generators, read_mapping
 from mpc_llm.dynamics import LMDynamics
 from mpc_llm.lm import DEFAULT_MODEL, LMConfig, Prompt
-from mpc_llm.rewards import Reward, reward_from_spec
+from mpc_llm.rewards import Reward, reward_class_of, reward_from_spec
 
 #: AISP settings that work on the embedded default (chosen with `benchmarks/sweep_aisp.py`: with one
 #: knot, sigma 2 and above make SmolLM2 degenerate).
@@ -45,31 +45,51 @@ DEFAULT_CONTROLLER: dict[str, Any] = {
     "num_knots": 1,
 }
 DEFAULT_LM: dict[str, Any] = {"max_new_tokens": 48, "temperature": 0.7}
+#: Receding-horizon AISP: plan 16 tokens, commit 8, re-plan (6 plans for a 48-token response).
+DEFAULT_RECEDING_HORIZON: dict[str, Any] = {"horizon": 16, "commit": 8}
 
 
 def controller_defaults(name: str) -> dict[str, Any]:
     """The project's defaults for controller ``name`` (AISP's tuned settings; the same sigma, knots
     and samples for CEM and random shooting; samples and iterations for best-of-N)."""
+    if name == "receding_horizon":
+        return dict(DEFAULT_RECEDING_HORIZON)
     keys = {
         "aisp": [k for k in DEFAULT_CONTROLLER if k != "name"],
         "cem": ["sigma", "num_knots", "num_samples", "num_iterations"],
         "random_shooting": ["sigma", "num_knots", "num_samples", "num_iterations"],
+        "blockwise_best_of_n": ["num_samples"],
+        "speculative_rejection": [],
     }.get(name, ["num_samples", "num_iterations"])
     return {k: DEFAULT_CONTROLLER[k] for k in keys}
 
 
 def with_defaults(spec: Mapping[str, Any]) -> dict[str, Any]:
-    """``spec`` over `controller_defaults` of its ``name`` (default ``"aisp"``)."""
+    """``spec`` over `controller_defaults` of its ``name`` (default ``"aisp"``); a receding-horizon
+    spec's ``inner`` controller gets its own defaults."""
     name = spec.get("name", "aisp")
-    return {"name": name, **controller_defaults(name), **spec}
+    out = {"name": name, **controller_defaults(name), **spec}
+    if name == "receding_horizon":
+        inner = out.get("inner", {"name": "aisp"})
+        out["inner"] = with_defaults(inner if isinstance(inner, Mapping) else {"name": inner})
+    return out
 
 
-def build_controller(spec: Mapping[str, Any]) -> Controller:
-    """A controller from ``{"name": "aisp", **settings}``; unknown names list the valid ones."""
+def build_controller(spec: Mapping[str, Any]) -> Controller | RecedingHorizon | SpeculativeRejection:
+    """A controller from ``{"name": "aisp", **settings}``; unknown names list the valid ones.
+
+    ``{"name": "receding_horizon", "inner": {"name": "aisp", ...}, "horizon": 16, "commit": 8}``
+    wraps the inner controller in model predictive control.
+    """
     options = dict(spec)
     name = options.pop("name", "aisp")
     if name not in CONTROLLERS:
         raise ValueError(f"unknown controller {name!r}; valid names: {', '.join(sorted(CONTROLLERS))}")
+    if name == "receding_horizon":
+        inner = build_controller(options.pop("inner", {"name": "aisp"}))
+        if not isinstance(inner, Controller):
+            raise ValueError("the inner controller of receding_horizon must plan open-loop (aisp, cem, ...)")
+        return RecedingHorizon(inner, options)
     return CONTROLLERS[name](options)
 
 
@@ -216,6 +236,8 @@ class Experiment:
         self.config = config
         check_device(config.device)
         self.controller = build_controller(config.controller)
+        if not isinstance(self.controller, Controller):  # bad settings fail before any model loads
+            self.controller.check(config.lm.max_new_tokens, reward_class_of(config.reward))
         self.reward: Reward = reward_from_spec(config.reward)
         self.lm = LMDynamics(config.model, device=config.device, dtype=config.dtype, config=config.lm)
 

@@ -17,7 +17,8 @@ import torch
 from pydantic import Field
 from torch import Tensor
 
-from mpc_llm.controllers.base import Controller, ControllerState, GaussianConfig
+from mpc_llm.controllers.base import Controller
+from mpc_llm.controllers.state import ControllerState, GaussianConfig
 from mpc_llm.core import effective_sample_size, importance_weights, likelihood_log_ratio
 
 

@@ -12,21 +12,19 @@ expansion of ``K`` knots to ``(tau, d)`` controls (`ZeroOrderHold`). It knows on
 
 from __future__ import annotations
 
-import dataclasses
 import math
+import sys
 import time
 import warnings
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
-from pathlib import Path
 from typing import ClassVar, Generic, TypeVar
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field
 from torch import Tensor
 from typing_extensions import Self
 
+from mpc_llm.controllers.state import ControllerConfig, ControllerState
 from mpc_llm.core import (
     Budget,
     CostFunction,
@@ -38,93 +36,7 @@ from mpc_llm.core import (
     ZeroOrderHold,
     draw_seeds,
     make_generators,
-    read_mapping,
 )
-
-
-class ControllerConfig(BaseModel):
-    """Settings every controller has.
-
-    Attributes:
-        num_samples: samples per iteration and problem.
-        num_iterations: iterations when `Controller.optimize` is given no budget.
-        tau: controlled steps (default: the dynamics' whole horizon); later steps get no control.
-            For a language model, the first ``tau`` response tokens.
-        num_knots: knots ``K`` held over equal chunks of ``tau`` (default: one per step).
-    """
-
-    model_config = ConfigDict(extra="forbid", frozen=True, validate_by_name=True)
-
-    num_samples: int = Field(16, ge=1)
-    num_iterations: int = Field(4, ge=1)
-    tau: int | None = Field(None, ge=1)
-    num_knots: int | None = Field(None, ge=1)
-
-    @classmethod
-    def from_file(cls, path: str | Path) -> Self:
-        """Load and validate settings from a YAML or JSON file (e.g. ``{sigma: 0.5, lambda: 0.1}``)."""
-        return cls.model_validate(read_mapping(path))
-
-    def initial_sigma(self) -> float:
-        """The proposal's standard deviation in the initial state (0: no perturbation)."""
-        return 0.0
-
-
-class GaussianConfig(ControllerConfig):
-    """A controller that samples ``V = U + sigma * eps``, ``eps ~ N(0, I)``."""
-
-    sigma: float = Field(1.0, ge=0.0, allow_inf_nan=False)
-
-    def initial_sigma(self) -> float:
-        return self.sigma
-
-
-@dataclass(frozen=True)
-class ControllerState:
-    """Everything a controller carries between iterations; `update` returns a new one.
-
-    Attributes:
-        mean: ``(B, K, d)`` control mean ``U``.
-        sigma: ``(B, K, d)`` standard deviation of the proposal.
-        iteration: iterations done.
-        best_cost: ``(B,)`` lowest cost seen (``+inf`` before the first sample).
-        best_controls: ``(B, tau, d)`` controls of the best sample.
-        best_rollout: the best sample per problem (``N = 1``), or None before the first.
-        best_metrics: what the cost function scored for the best sample (e.g. ``"reward"``), ``(B,)``.
-        stats: diagnostics of the last update, e.g. ``{"ess": (B,)}``.
-        rng: each problem's random-generator state after the last draw (``torch.Generator.get_state``),
-            so that a warm-started `Controller.optimize` continues the streams instead of replaying
-            them, and a saved state resumes a run bit for bit. None before the first call.
-
-    The best-so-far fields describe one call of `Controller.optimize`: a warm-started call starts
-    them afresh (its problems may have moved on, e.g. in receding-horizon control).
-    """
-
-    mean: Tensor
-    sigma: Tensor
-    iteration: int = 0
-    best_cost: Tensor | None = None
-    best_controls: Tensor | None = None
-    best_rollout: Rollout | None = None
-    best_metrics: Mapping[str, Tensor] = field(default_factory=dict)
-    stats: Mapping[str, Tensor] = field(default_factory=dict)
-    rng: tuple[Tensor, ...] | None = None
-
-    def replace(self, **changes: object) -> ControllerState:
-        """A copy with some fields changed."""
-        return dataclasses.replace(self, **changes)  # type: ignore[arg-type]
-
-    def restart(self) -> ControllerState:
-        """The proposal and random streams of this state, with no best sample yet (a warm start)."""
-        return self.replace(best_cost=None, best_controls=None, best_rollout=None, best_metrics={})
-
-    def select(self, index: Sequence[int]) -> ControllerState:
-        """The state of problems ``index`` only (e.g. those whose episode goes on); no best sample."""
-        idx = torch.as_tensor(list(index), dtype=torch.long)
-        rng = None if self.rng is None else tuple(self.rng[i] for i in idx.tolist())
-        mean, sigma = self.mean[idx.to(self.mean.device)], self.sigma[idx.to(self.sigma.device)]
-        return ControllerState(mean=mean, sigma=sigma, iteration=self.iteration, rng=rng)
-
 
 C = TypeVar("C", bound=ControllerConfig)
 
@@ -150,6 +62,11 @@ class Controller(ABC, Generic[C]):
     #: first ``k`` samples of a run is distributed as a budget-``k`` run's answer.
     adaptive: ClassVar[bool] = False
 
+    #: Whether the best of a run's first ``k`` samples is its answer at budget ``k`` (one run serves
+    #: every budget of a comparison). False for sequential methods (receding horizon, blockwise),
+    #: which `mpc_llm.evaluation.compare` runs once per budget.
+    anytime: ClassVar[bool] = True
+
     def __init_subclass__(cls, **kwargs: object) -> None:
         super().__init_subclass__(**kwargs)
         cls.adaptive = cls.update is not Controller.update
@@ -160,6 +77,14 @@ class Controller(ABC, Generic[C]):
         else:
             data = {**dict(config or {}), **overrides}
         self.config: C = self.config_class.model_validate(data)  # type: ignore[assignment]
+
+    def spec(self) -> dict[str, object]:
+        """What identifies this controller in a comparison's settings: its class and config."""
+        return {"class": type(self).__name__, "config": self.config.model_dump(mode="json")}
+
+    def with_config(self, **changes: object) -> Self:
+        """A controller of the same class with some settings changed (validated)."""
+        return type(self)(self.config, **changes)
 
     # ----------------------------------------------------------------- to implement
     @abstractmethod
@@ -220,6 +145,7 @@ class Controller(ABC, Generic[C]):
         seed: int | Sequence[int] | None = None,
         num_iterations: int | None = None,
         max_samples: int | None = None,
+        max_tokens: int | None = None,
         state: ControllerState | None = None,
         callback: Callable[[IterationRecord], None] | None = None,
         keep_rollouts: bool = False,
@@ -237,6 +163,9 @@ class Controller(ABC, Generic[C]):
             max_samples: budget of scored samples per problem; the last iteration draws fewer
                 samples if needed so that no more than this many are scored (exactly this many unless
                 ``num_iterations`` runs out first).
+            max_tokens: budget of generated tokens per problem (language models): iterations go on
+                until every problem has generated at least this many; the last may overshoot (a
+                comparison reads the best among the samples within the budget).
             state: a previous state to warm-start from (default: `init_state`): its mean, sigma and
                 random streams carry over, its best sample does not (`ControllerState.restart`).
             callback: called with each iteration's record (progress bars, logging).
@@ -247,21 +176,31 @@ class Controller(ABC, Generic[C]):
             raise ValueError(f"max_samples must be >= 1, got {max_samples}")
         if num_iterations is not None and num_iterations < 1:
             raise ValueError(f"num_iterations must be >= 1, got {num_iterations}")
+        if max_tokens is not None and (max_tokens < 1 or max_samples is not None):
+            raise ValueError(f"max_tokens must be >= 1 and not given with max_samples, got {max_tokens}")
         hold = self.parameterization(dynamics)
         if num_iterations is None:
-            if max_samples is None:
+            if max_tokens is not None:
+                num_iterations = sys.maxsize
+            elif max_samples is None:
                 num_iterations = self.config.num_iterations
             else:
                 num_iterations = math.ceil(max_samples / self.config.num_samples)
-        budget = max_samples if max_samples is not None else num_iterations * self.config.num_samples
+        if max_samples is not None:
+            budget = max_samples
+        elif max_tokens is not None:
+            budget = sys.maxsize
+        else:
+            budget = num_iterations * self.config.num_samples
         state = state.restart() if state is not None else self.init_state(dynamics)
         generators = self._generators(state, seed, dynamics.batch_size)
         history: list[IterationRecord] = []
-        used = tokens = 0
+        used = 0
+        tokens_per_problem = torch.zeros(dynamics.batch_size, dtype=torch.long)
         start = time.perf_counter()
         for _ in range(num_iterations):
             n = min(self.config.num_samples, budget - used)
-            if n <= 0:
+            if n <= 0 or (max_tokens is not None and bool((tokens_per_problem >= max_tokens).all())):
                 break
             tic = time.perf_counter()
             knots = self.sample(state, n, generators)
@@ -274,7 +213,9 @@ class Controller(ABC, Generic[C]):
             state = self._track_best(self.update(state, knots, costs), rollout, controls, costs, metrics)
             used += n
             counts = rollout.token_counts()
-            tokens += int(counts.sum())
+            if max_tokens is not None and bool((counts.sum(dim=1) == 0).any()):
+                raise ValueError("max_tokens needs dynamics that generate tokens (a language model)")
+            tokens_per_problem = tokens_per_problem + counts.sum(dim=1)
             record = IterationRecord(
                 iteration=state.iteration - 1,
                 costs=costs.detach().to("cpu", torch.float64),
@@ -299,7 +240,14 @@ class Controller(ABC, Generic[C]):
             best_controls=state.best_controls,
             mean=state.mean,
             history=history,
-            budget=Budget(used, len(history), time.perf_counter() - start, tokens),
+            budget=Budget(
+                samples=used,
+                iterations=len(history),
+                seconds=time.perf_counter() - start,
+                tokens=int(tokens_per_problem.sum()),
+                samples_per_problem=(used,) * dynamics.batch_size,
+                tokens_per_problem=tuple(int(t) for t in tokens_per_problem.tolist()),
+            ),
             state=state,
             best_metrics=dict(state.best_metrics),
         )

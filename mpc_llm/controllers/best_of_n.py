@@ -7,7 +7,8 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
-from mpc_llm.controllers.base import Controller, ControllerConfig, ControllerState
+from mpc_llm.controllers.base import Controller
+from mpc_llm.controllers.state import ControllerConfig, ControllerState
 
 
 class BestOfN(Controller[ControllerConfig]):

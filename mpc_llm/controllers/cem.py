@@ -9,7 +9,8 @@ import torch
 from pydantic import Field
 from torch import Tensor
 
-from mpc_llm.controllers.base import Controller, ControllerState, GaussianConfig
+from mpc_llm.controllers.base import Controller
+from mpc_llm.controllers.state import ControllerState, GaussianConfig
 
 
 class CEMConfig(GaussianConfig):

@@ -35,6 +35,12 @@ Metrics = dict[str, Tensor]
 class CostFunction(ABC):
     """Maps a rollout to a ``(B, N)`` tensor of costs (lower is better)."""
 
+    @property
+    def accepts_partial(self) -> bool:
+        """Whether it can score partial trajectories (e.g. unfinished text), as receding-horizon
+        control with ``score="horizon"`` asks. True unless a term says otherwise."""
+        return True
+
     @abstractmethod
     def __call__(self, rollout: Rollout) -> Tensor:
         """Return the ``(B, N)`` costs of ``rollout``."""
@@ -95,6 +101,10 @@ class SumCost(WeightedTerms[CostFunction], CostFunction):
 
     def __init__(self, terms: Sequence[tuple[float, CostFunction]]) -> None:
         super().__init__(terms, CostFunction)
+
+    @property
+    def accepts_partial(self) -> bool:
+        return all(term.accepts_partial for _, term in self.terms)
 
     def __call__(self, rollout: Rollout) -> Tensor:
         return self.evaluate(rollout)[0]

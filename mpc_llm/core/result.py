@@ -15,16 +15,21 @@ class Budget:
     """Resources spent by one optimisation.
 
     Attributes:
-        samples: rollouts scored by the cost, per problem (the comparisons' x-axis).
+        samples: rollouts scored by the cost, per problem (the most any problem used; a partial
+            rollout scored to choose among candidates counts).
         iterations: sample -> rollout -> cost -> update rounds.
         seconds: wall-clock seconds.
         tokens: tokens generated over all problems and samples (0 for non-LLM dynamics).
+        samples_per_problem: ``B`` counts of scored rollouts (they differ when episodes end early).
+        tokens_per_problem: ``B`` counts of generated tokens.
     """
 
     samples: int = 0
     iterations: int = 0
     seconds: float = 0.0
     tokens: int = 0
+    samples_per_problem: tuple[int, ...] = ()
+    tokens_per_problem: tuple[int, ...] = ()
 
 
 @dataclass(frozen=True)

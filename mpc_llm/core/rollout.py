@@ -99,6 +99,24 @@ class Rollout:
                 changes[field.name] = [[row[k] for k in ks] for row, ks in zip(value, rows, strict=True)]
         return dataclasses.replace(self, **changes)
 
+    def problems(self: R, index: Sequence[int]) -> R:
+        """The rollouts of problems ``index`` only (``B = len(index)``, in that order).
+
+        Per-sample fields and shared lists with one entry per problem (e.g. prompts) are selected.
+        """
+        rows = list(index)
+        idx = torch.as_tensor(rows, dtype=torch.long)
+        changes: dict[str, Any] = {}
+        for field in dataclasses.fields(self):
+            value = getattr(self, field.name)
+            if self._is_per_sample(value, field):
+                changes[field.name] = (
+                    value[idx.to(value.device)] if isinstance(value, Tensor) else [value[b] for b in rows]
+                )
+            elif isinstance(value, list) and len(value) == self.batch_size:
+                changes[field.name] = [value[b] for b in rows]
+        return dataclasses.replace(self, **changes)
+
     @classmethod
     def cat(cls: type[R], rollouts: Sequence[R]) -> R:
         """Concatenate rollouts of the same problems along the sample dimension ``N``.

@@ -1,12 +1,13 @@
 """Dynamics: systems that turn ``(B, N, tau, d)`` control sequences into rollouts.
 
 The language model (`LMDynamics`, on `mpc_llm.lm`) and systems with closed forms or classic control
-problems (`IdentityDynamics`, `PointMass`).
+problems (`IdentityDynamics`, `PointMass`, `Pendulum`).
 """
 
 from mpc_llm.core import Dynamics, make_generators
 from mpc_llm.dynamics.identity import IdentityDynamics, LinearCost, QuadraticCost
 from mpc_llm.dynamics.lm import LMDynamics
+from mpc_llm.dynamics.pendulum import Pendulum, PendulumRollout, SwingUpCost, angle_normalize
 from mpc_llm.dynamics.point_mass import GoalCost, PointMass, PointMassRollout
 from mpc_llm.lm import LMConfig, LMRollout
 
@@ -18,8 +19,12 @@ __all__ = [
     "LMDynamics",
     "LMRollout",
     "LinearCost",
+    "Pendulum",
+    "PendulumRollout",
     "PointMass",
     "PointMassRollout",
     "QuadraticCost",
+    "SwingUpCost",
+    "angle_normalize",
     "make_generators",
 ]

@@ -4,6 +4,11 @@ State: the prompt and the tokens generated so far (with their key/value cache); 
 added to the pre-logit for the first ``tau`` response tokens; transition: the next token, sampled
 from (or the argmax of) ``softmax(head(z_t + v_t) / temperature)``. The work is done by the decode
 engine (`mpc_llm.lm.engine`); this class binds prompts and turns decodes into `LMRollout`s.
+
+Closed loop (`advance`): committing tokens appends them to each prompt's key/value cache (only the
+new tokens run through the model, when the next rollout needs them); the dynamics then has
+``max_new_tokens - committed`` steps left, and its rollouts hold the whole response, the committed
+tokens first, so a reward scores the whole text.
 """
 
 from __future__ import annotations
@@ -85,6 +90,7 @@ class LMDynamics(Dynamics):
         self.engine = DecodeEngine(self.model, tokenizer, lm_config)
         self._prompts: list[Prompt] | None = None
         self._prefix: Prefix | None = None
+        self._bind_state()
         if prompts is not None:
             self._bind(prompts)
 
@@ -110,8 +116,13 @@ class LMDynamics(Dynamics):
 
     @property
     def horizon(self) -> int:
-        """``max_new_tokens``: the most tokens a response gets (controls cover its first ``tau``)."""
-        return self.config.max_new_tokens
+        """Tokens left: ``max_new_tokens`` less those committed (controls cover the first ``tau``)."""
+        return self.config.max_new_tokens - self.committed
+
+    @property
+    def committed(self) -> int:
+        """Response tokens committed so far (`advance`); 0 for fresh prompts."""
+        return 0 if self._response is None else int(self._response.shape[1])
 
     @property
     def control_dim(self) -> int:
@@ -202,32 +213,129 @@ class LMDynamics(Dynamics):
         ]
 
     def prefill(self) -> Prefix:
-        """Encode, check and prefill the bound prompts (once; later calls return the cached prefix)."""
+        """Encode, check and prefill the bound prompts and any committed tokens (once; later calls
+        return the cached prefix)."""
         if self._prefix is None:
             self._prefix = self.engine.prefill(self.encode_prompts())
+        if self._pending is not None:
+            self._prefix = self.engine.extend(self._prefix, self._pending)
+            self._pending = None
         return self._prefix
+
+    # ------------------------------------------------------------------ closed loop
+    def advance(self, rollout: LMRollout, steps: int) -> LMDynamics:  # type: ignore[override]
+        """Commit the next ``steps`` tokens of each problem's response in ``rollout`` (``N = 1``).
+
+        A problem is finished when its response ended (end-of-sequence or a stop string) within
+        the committed tokens, or no token is left.
+        """
+        m = self.committed
+        if not 1 <= steps <= self.horizon:
+            raise ValueError(f"steps must be in [1, {self.horizon}] (tokens left), got {steps}")
+        if rollout.batch_size != self.batch_size or rollout.num_samples != 1:
+            raise ValueError(f"advance needs one rollout per problem, (B={self.batch_size}, N=1)")
+        new = _columns(rollout.tokens[:, 0], m, steps, self.pad_token_id)
+        lengths = rollout.lengths[:, 0].to(new.device)
+        ended = rollout.finished[:, 0] if rollout.finished is not None else lengths < m + steps
+        other = copy.copy(self)
+        other._prefix = self._prefix
+        other._pending = new if self._pending is None else torch.cat([self._pending, new], dim=1)
+        other._response = new if self._response is None else torch.cat([self._response, new], dim=1)
+        logp = [rollout.logprobs, rollout.base_logprobs]
+        if all(x is not None for x in logp) and (m == 0 or self._response_logp is not None):
+            parts = [_columns(x[:, 0], m, steps, 0.0) for x in logp]  # type: ignore[index]
+            if self._response_logp is not None:
+                parts = [
+                    torch.cat([old, p], dim=1) for old, p in zip(self._response_logp, parts, strict=True)
+                ]
+            other._response_logp = (parts[0], parts[1])
+        else:
+            other._response_logp = None
+        other._finished = (ended.to(new.device) & (lengths <= m + steps)) | (
+            m + steps >= self.config.max_new_tokens
+        )
+        return other
+
+    def finished(self) -> Tensor:
+        """``(B,)`` bool: responses that ended within the committed tokens, or have no token left."""
+        if self._finished is not None:
+            return self._finished
+        return torch.full((self.batch_size,), self.horizon == 0, dtype=torch.bool)
+
+    def select(self, index: Sequence[int]) -> LMDynamics:
+        """The problems ``index`` only (repeats allowed: branches of one prompt), with their prompts,
+        caches and committed tokens; the prompts are prefilled once, before the selection."""
+        rows = list(index)
+        prefix = self.prefill()  # committed tokens go into the cache first (pending becomes None)
+        other = copy.copy(self)
+        other._prompts = [self.prompts[i] for i in rows]
+        other._prefix = self.engine.select(prefix, rows)
+        for name in ("_pending", "_response", "_finished"):
+            value = getattr(self, name)
+            setattr(other, name, None if value is None else value[rows])
+        if self._response_logp is not None:
+            other._response_logp = (self._response_logp[0][rows], self._response_logp[1][rows])
+        return other
+
+    def with_horizon(self, horizon: int) -> LMDynamics:
+        """A copy that generates at most ``horizon`` more tokens (the prefill is shared)."""
+        if not 1 <= horizon <= self.horizon:
+            raise ValueError(f"horizon must be in [1, {self.horizon}] (tokens left), got {horizon}")
+        self.prefill()
+        return self.with_options(max_new_tokens=self.committed + horizon)
 
     def _bind(self, prompts: Sequence[Prompt] | Prompt) -> None:
         self._prompts = as_prompt_list(prompts)
         self._prefix = None
+        self._bind_state()
+
+    def _bind_state(self) -> None:
+        """No committed tokens (fresh prompts)."""
+        self._pending: Tensor | None = None  # (B, p) committed tokens not yet in the cache
+        self._response: Tensor | None = None  # (B, m) committed tokens
+        self._response_logp: tuple[Tensor, Tensor] | None = None  # their (controlled, base) log-probs
+        self._finished: Tensor | None = None  # (B,)
 
     def _generate(self, controls: Tensor | None, N: int, generators: Sequence[torch.Generator]) -> LMRollout:
-        B = self.batch_size
+        B, m = self.batch_size, self.committed
         self.engine.check_generators(generators, B)
-        out = self.engine.decode(self.prefill(), controls, N, generators)
-        steps = out.tokens.shape[1]
-        texts = self.engine.texts(out.tokens, out.lengths)
+        out = self.engine.decode(self.prefill(), controls, N, generators, steps=self.horizon)
+        tokens, lengths, logp, base_logp = out.tokens, out.lengths, out.logprobs, out.base_logprobs
+        if self._response is not None:  # the committed tokens first: rollouts hold whole responses
+            tokens = torch.cat([self._response.repeat_interleave(N, dim=0), tokens], dim=1)
+            lengths = lengths + m
+            if logp is not None and base_logp is not None and self._response_logp is not None:
+                before = [x.repeat_interleave(N, dim=0) for x in self._response_logp]
+                logp, base_logp = (
+                    torch.cat([before[0], logp], dim=1),
+                    torch.cat([before[1], base_logp], dim=1),
+                )
+            else:
+                logp = base_logp = None
+        T = tokens.shape[1]
+        texts = self.engine.texts(tokens, lengths)
 
         def per_problem(x: Tensor | None) -> Tensor | None:
-            return None if x is None else x.reshape(B, N, steps)
+            return None if x is None else x.reshape(B, N, *x.shape[1:])
 
         return LMRollout(
             controls=torch.zeros((), dtype=self.dtype, device=self.device).expand(B, N, 1, self.control_dim),
-            tokens=out.tokens.view(B, N, steps),
-            lengths=out.lengths.view(B, N),
+            tokens=tokens.view(B, N, T),
+            lengths=lengths.view(B, N),
             texts=[texts[b * N : (b + 1) * N] for b in range(B)],
             prompts=list(self.prompts),
-            logprobs=per_problem(out.logprobs),
-            base_logprobs=per_problem(out.base_logprobs),
+            logprobs=per_problem(logp),
+            base_logprobs=per_problem(base_logp),
             pad_token_id=self.pad_token_id,
+            finished=per_problem(out.finished),
+            prefix_lengths=None if m == 0 else torch.full((B, N), m, dtype=torch.long),
         )
+
+
+def _columns(x: Tensor, start: int, width: int, pad: float) -> Tensor:
+    """Columns ``start .. start + width`` of ``x`` ``(B, L)``, right-padded with ``pad`` past ``L``."""
+    part = x[:, start : start + width]
+    if part.shape[1] < width:
+        filler = part.new_full((x.shape[0], width - part.shape[1]), pad)
+        part = torch.cat([part, filler], dim=1)
+    return part

@@ -1,14 +1,15 @@
-"""Compare controllers at equal budgets of scored responses.
+"""Compare controllers at equal budgets: scored responses (``samples``) or generated ``tokens``.
 
-Budget accounting: each (prompt chunk, controller, seed) is one run of ``optimize`` with
-``max_samples = max(budgets)``; the record for budget ``k`` is read off the anytime curve, i.e. the
-best of the first ``k`` samples that run scored. For a non-adaptive controller (best-of-N, random
-shooting) that is distributed exactly as a budget-``k`` run's answer (not bit for bit: a run with
-another ``N`` uses the random stream differently); for an adaptive one (AISP, CEM) it is the state of
-the run after ``k`` samples, which is why every budget must be at least one iteration
-(``num_samples``) of each adaptive controller: ``iterations = ceil(k / num_samples)``, the last
-iteration possibly partial. Every controller scores exactly ``k`` responses per prompt at budget
-``k``.
+Budget accounting. An open-loop controller (``anytime``: AISP, CEM, random shooting, best-of-N)
+runs once per (prompt chunk, controller, seed) up to the largest budget; the record for budget
+``k`` is read off the anytime curve: the best of the first ``k`` samples (or of the first samples
+whose tokens fit in ``k``). For a non-adaptive controller that is distributed exactly as a
+budget-``k`` run's answer (not bit for bit: a run with another ``N`` uses the random stream
+differently); for an adaptive one it is the state of the run after ``k`` samples, which is why
+every sample budget must be at least one iteration (``num_samples``) of each adaptive controller.
+A sequential controller (receding horizon, blockwise best-of-N) runs once per budget, the budget
+split over its planning steps; a partial response scored to choose among candidates counts as a
+scored sample. Every record says the ``samples`` and ``tokens`` it spent (`mpc_llm.evaluation.records`).
 
 Problem ``p`` under run seed ``s`` draws from seed ``s * 1_000_003 + p``, whatever chunk it is in,
 so results do not depend on ``prompts_per_batch`` (up to floating-point effects of batch shapes) and
@@ -24,25 +25,52 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-import torch
 from tqdm.auto import tqdm
 
-from mpc_llm.controllers import Controller
-from mpc_llm.core import CostFunction, Dynamics, OptimizeResult
+from mpc_llm.controllers import Controller, RecedingHorizon, SpeculativeRejection
+from mpc_llm.core import CostFunction, Dynamics
+from mpc_llm.evaluation.records import BudgetUnit, anytime_records, final_records
 from mpc_llm.evaluation.store import RunStore
 from mpc_llm.evaluation.summary import summarize, write_summary
 from mpc_llm.lm import Prompt
+
+#: An open-loop controller or a sequential one: anything with ``optimize`` that compare can run.
+Planner = Controller | RecedingHorizon | SpeculativeRejection
 
 SEED_STRIDE = 1_000_003
 KEY = ("prompt_index", "controller", "seed")
 
 
-def check_budgets(controllers: Mapping[str, Controller], budgets: Sequence[int]) -> list[int]:
-    """Sorted distinct budgets; each at least one iteration of every adaptive controller."""
+def check_budgets(
+    controllers: Mapping[str, Planner],
+    budgets: Sequence[int],
+    unit: BudgetUnit = "samples",
+    episode: int | None = None,
+) -> list[int]:
+    """Sorted distinct budgets, refused (with what to change) when a controller cannot spend them.
+
+    In samples, each budget must be at least one iteration of every adaptive open-loop controller
+    and one planning step of every sequential one (``episode``: the steps of an episode, e.g.
+    ``max_new_tokens``, needed for the latter).
+    """
+    if unit not in ("samples", "tokens"):
+        raise ValueError(f"the budget unit is 'samples' or 'tokens', got {unit!r}")
     if not budgets or any(int(b) < 1 for b in budgets):
         raise ValueError(f"budgets must be positive integers, got {list(budgets)}")
     ordered = sorted({int(b) for b in budgets})
+    if unit == "tokens":
+        return ordered
     for name, controller in controllers.items():
+        if not isinstance(controller, Controller):  # sequential: one planning step / one schedule
+            if episode is not None:
+                try:
+                    if isinstance(controller, RecedingHorizon):
+                        controller.per_step_budget(episode, ordered[0])
+                    else:
+                        controller.start_size(episode, max_samples=ordered[0])
+                except ValueError as err:
+                    raise ValueError(f"controller {name!r}: {err}") from None
+            continue
         per_iteration = controller.config.num_samples
         if controller.adaptive and ordered[0] < per_iteration:
             raise ValueError(
@@ -58,75 +86,33 @@ def _prompt_text(prompt: Prompt) -> str:
 
 def run_settings(
     prompts: Sequence[Prompt],
-    controllers: Mapping[str, Controller],
+    controllers: Mapping[str, Planner],
     budgets: Sequence[int],
     seeds: Sequence[int],
     extra: Mapping[str, Any],
+    unit: BudgetUnit = "samples",
 ) -> dict[str, Any]:
     """What identifies a run: resuming requires the same settings."""
     digest = hashlib.sha256("\n".join(_prompt_text(p) for p in prompts).encode()).hexdigest()
     return {
         "prompts_sha256": digest,
         "num_prompts": len(prompts),
-        "controllers": {
-            name: {"class": type(c).__name__, "config": c.config.model_dump(mode="json")}
-            for name, c in controllers.items()
-        },
+        "controllers": {name: c.spec() for name, c in controllers.items()},
         "budgets": list(budgets),
+        "budget_unit": unit,
         "seeds": list(seeds),
         **dict(extra),
     }
 
 
-def _records_for_chunk(
-    result: OptimizeResult, indices: list[int], name: str, seed: int, budgets: list[int]
-) -> list[dict[str, Any]]:
-    """One record per (prompt of the chunk, budget), read off the run's first ``k`` samples.
-
-    The best of the first ``k`` samples is the one of lowest cost (the objective); its record holds
-    that ``cost``, its ``reward`` as the reward term scored it (the negated cost when the objective
-    reports no reward), the fields its rollout describes (response, length, KL estimate), the
-    ``tokens`` generated for the first ``k`` samples and the ``seconds`` they took.
-    """
-    history = result.history
-    costs = result.all_costs()
-    rewards = result.all_metric("reward") if "reward" in history[0].metrics else -costs
-    counts = torch.cat([r.token_counts for r in history], dim=1).cumsum(dim=1)  # type: ignore[misc]
-    sizes = [r.costs.shape[1] for r in history]
-    ends = torch.tensor(sizes).cumsum(0).tolist()
-    records = []
-    for k in budgets:
-        best = costs[:, :k].argmin(dim=1)  # (B,) index into the run's samples
-        last = next(i for i, end in enumerate(ends) if end >= k)
-        used_of_last = (k - (ends[last] - sizes[last])) / sizes[last]  # prorate a partly used iteration
-        seconds = sum(r.seconds for r in history[:last]) + used_of_last * history[last].seconds
-        for b, prompt_index in enumerate(indices):
-            j = int(best[b])
-            it = next(i for i, end in enumerate(ends) if end > j)
-            rollout = history[it].rollout
-            assert rollout is not None, "compare runs optimize with keep_rollouts=True"
-            record: dict[str, Any] = {
-                "prompt_index": prompt_index,
-                "controller": name,
-                "seed": seed,
-                "budget": k,
-                "reward": float(rewards[b, j]),
-                "cost": float(costs[b, j]),
-                **rollout.describe(b, j - (ends[it] - sizes[it])),
-                "tokens": int(counts[b, k - 1]),
-                "seconds": seconds / len(indices),
-            }
-            records.append(record)
-    return records
-
-
 def compare(
     prompts: Sequence[Prompt],
-    controllers: Mapping[str, Controller],
+    controllers: Mapping[str, Planner],
     make_dynamics: Callable[[list[Prompt]], Dynamics],
     cost: CostFunction,
     *,
     budgets: Sequence[int],
+    budget_unit: BudgetUnit = "samples",
     out_dir: str | Path,
     seeds: Sequence[int] = (0,),
     resume: bool = False,
@@ -144,7 +130,9 @@ def compare(
         make_dynamics: builds the dynamics for a list of prompts (e.g. ``lm.with_prompts``).
         cost: the objective, e.g. ``reward.as_cost()`` (plus penalties); records store its ``cost`` and,
             separately, the ``reward`` its reward term scored (the negated cost if it has none).
-        budgets: responses scored per prompt at which to read the results.
+        budgets: budgets per prompt at which to read the results, in ``budget_unit``.
+        budget_unit: ``"samples"`` (responses scored, partial ones included) or ``"tokens"``
+            (tokens generated).
         out_dir: the run folder (see `RunStore`); ``records.jsonl`` is appended as each chunk ends.
         seeds: run seeds.
         resume: continue an interrupted run with the same settings, redoing nothing.
@@ -166,10 +154,14 @@ def compare(
             f"no controller is labelled {baseline!r}: the summary has no win rates", UserWarning, stacklevel=2
         )
         baseline = None
-    budgets = check_budgets(controllers, budgets)
+    episode = make_dynamics([prompts[0]]).horizon
+    budgets = check_budgets(controllers, budgets, budget_unit, episode)
+    for controller in controllers.values():
+        if not isinstance(controller, Controller):
+            controller.check(episode, cost)
     store = RunStore(
         out_dir,
-        run_settings(prompts, controllers, budgets, seeds, settings or {}),
+        run_settings(prompts, controllers, budgets, seeds, settings or {}, budget_unit),
         resume=resume,
         overwrite=overwrite,
     )
@@ -188,14 +180,32 @@ def compare(
         if not indices:
             continue
         bar.set_postfix_str(f"{name} seed={seed} prompts {indices[0]}..{indices[-1]}")
-        result = controllers[name].optimize(
-            make_dynamics([prompts[i] for i in indices]),
-            cost,
-            seed=[seed * SEED_STRIDE + i for i in indices],
-            max_samples=budgets[-1],
-            keep_rollouts=True,
-        )
-        store.append(_records_for_chunk(result, indices, name, seed, budgets))
+        dynamics = make_dynamics([prompts[i] for i in indices])
+        store.append(_run_job(controllers[name], dynamics, cost, indices, name, seed, budgets, budget_unit))
     rows = summarize(store.records, baseline=baseline)
     write_summary(rows, Path(out_dir), store.settings)
     return rows
+
+
+def _run_job(
+    controller: Planner,
+    dynamics: Dynamics,
+    cost: CostFunction,
+    indices: list[int],
+    name: str,
+    seed: int,
+    budgets: list[int],
+    unit: BudgetUnit,
+) -> list[dict[str, Any]]:
+    """The records of one (prompt chunk, controller, seed) at every budget."""
+    seeds = [seed * SEED_STRIDE + i for i in indices]
+    if isinstance(controller, Controller):  # open loop: one run, read at every budget
+        limit = {"max_samples": budgets[-1]} if unit == "samples" else {"max_tokens": budgets[-1]}
+        result = controller.optimize(dynamics, cost, seed=seeds, keep_rollouts=True, **limit)
+        return anytime_records(result, indices, name, seed, budgets, unit)
+    records = []
+    for k in budgets:  # sequential: one run per budget
+        limit = {"max_samples": k} if unit == "samples" else {"max_tokens": k}
+        result = controller.optimize(dynamics, cost, seed=seeds, **limit)
+        records.extend(final_records(result, indices, name, seed, k))
+    return records

@@ -57,6 +57,8 @@ def summarize(
         row["kl"] = sum(kls) / len(kls) if kls else None
         tokens = [int(r["tokens"]) for r in group if "tokens" in r]
         row["tokens"] = sum(tokens) / len(tokens) if tokens else None
+        samples = [int(r["samples"]) for r in group if "samples" in r]
+        row["samples"] = sum(samples) / len(samples) if samples else None
         row["seconds"] = sum(float(r["seconds"]) for r in group) / len(group)
         rows.append(row)
     return rows
@@ -87,7 +89,9 @@ def markdown_table(rows: Sequence[Mapping[str, Any]]) -> str:
     return header + "\n".join(lines) + "\n"
 
 
-def plot_reward_vs_samples(rows: Sequence[Mapping[str, Any]], path: str | Path) -> Path:
+def plot_reward_vs_samples(
+    rows: Sequence[Mapping[str, Any]], path: str | Path, unit: str = "samples"
+) -> Path:
     """Mean best reward against budget per controller, with 95% confidence bands, as a PNG."""
     try:
         import matplotlib
@@ -103,7 +107,9 @@ def plot_reward_vs_samples(rows: Sequence[Mapping[str, Any]], path: str | Path) 
         ax.plot(x, [r["reward"] for r in mine], marker="o", label=name)
         ax.fill_between(x, [r["reward_low"] for r in mine], [r["reward_high"] for r in mine], alpha=0.2)
     ax.set_xscale("log", base=2)
-    ax.set_xlabel("responses scored per prompt (budget)")
+    ax.set_xlabel(
+        "responses scored per prompt (budget)" if unit == "samples" else "tokens generated per prompt"
+    )
     ax.set_ylabel("mean best reward (95% CI)")
     ax.grid(alpha=0.3)
     ax.legend()
@@ -121,4 +127,6 @@ def write_summary(rows: Sequence[Mapping[str, Any]], folder: Path, settings: Map
     text += json.dumps(settings, indent=2, sort_keys=True) + "\n```\n</details>\n"
     (folder / "summary.md").write_text(text, encoding="utf-8")
     (folder / "summary.json").write_text(json.dumps(list(rows), indent=2), encoding="utf-8")
-    plot_reward_vs_samples(rows, folder / "reward_vs_samples.png")
+    plot_reward_vs_samples(
+        rows, folder / "reward_vs_samples.png", str(settings.get("budget_unit", "samples"))
+    )

@@ -25,8 +25,8 @@ def expand_cache(cache: Any, n: int, extra: int) -> Any:
 
     Returns:
         The new cache (None if ``cache`` is None); ``cache`` itself is left untouched. Plain dynamic
-        layers become growing layers (see `growing_layer_class`); other kinds (sliding windows...)
-        are repeated as they are.
+        (and growing) layers become growing layers (see `growing_layer_class`); other kinds (sliding
+        windows...) are repeated as they are.
     """
     if cache is None:
         return None
@@ -39,7 +39,7 @@ def expand_cache(cache: Any, n: int, extra: int) -> Any:
     new = copy.copy(cache)
     layers = []
     for layer in cache.layers:
-        if type(layer) is DynamicLayer and layer.get_seq_length() > 0:
+        if type(layer) in (DynamicLayer, growing_layer_class()) and layer.get_seq_length() > 0:
             layers.append(growing_layer_class().from_prefix(layer, n, extra))
         else:
             layer = copy.copy(layer)

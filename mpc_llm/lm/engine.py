@@ -69,12 +69,14 @@ class Decoded:
         lengths: ``(B * N,)`` tokens generated per row (an EOS token counts).
         logprobs: ``(B * N, T)`` log-probs under the controlled model, or None.
         base_logprobs: ``(B * N, T)`` under the unperturbed model, or None.
+        finished: ``(B * N,)`` rows that ended (end-of-sequence or a stop string) before the step limit.
     """
 
     tokens: Tensor
     lengths: Tensor
     logprobs: Tensor | None
     base_logprobs: Tensor | None
+    finished: Tensor
 
 
 class _PreLogitControl:
@@ -116,13 +118,14 @@ class DecodeEngine:
         self.stops = StopStrings(tokenizer, config.stop_strings)
         self._hook_checked = False
 
-    def check_context(self, lengths: Sequence[int]) -> None:
-        """Refuse prompts that leave no room for ``max_new_tokens`` in the model's context."""
+    def check_context(self, lengths: Sequence[int], new_tokens: int | None = None) -> None:
+        """Refuse prompts leaving no room for ``new_tokens`` (default ``max_new_tokens``) in the context."""
         ctx = self.adapter.context_length
         if ctx is None:
             return
+        new_tokens = self.config.max_new_tokens if new_tokens is None else new_tokens
         for b, n in enumerate(lengths):
-            if n + self.config.max_new_tokens > ctx:
+            if n + new_tokens > ctx:
                 what = "longer than" if n >= ctx else "too long for"
                 raise ValueError(
                     f"prompt {b} has {n} tokens, {what} the model's context of {ctx} tokens with "
@@ -156,6 +159,46 @@ class DecodeEngine:
             lengths=lengths,
         )
 
+    @torch.no_grad()
+    def extend(self, prefix: Prefix, tokens: Tensor) -> Prefix:
+        """``prefix`` followed by ``tokens`` ``(B, c)`` (e.g. committed response tokens).
+
+        Only the new tokens run through the model, on a copy of the prefix's cache (which is left
+        untouched): the prompt is never recomputed.
+        """
+        B, c = tokens.shape
+        if c == 0:
+            return prefix
+        device = self.adapter.device
+        tokens = tokens.to(device)
+        cache = expand_cache(prefix.cache, 1, c)
+        ids = torch.cat([prefix.last_tokens.unsqueeze(1), tokens[:, :-1]], dim=1)
+        mask = torch.cat([prefix.mask, torch.ones((B, c), dtype=prefix.mask.dtype, device=device)], dim=1)
+        positions = prefix.positions.unsqueeze(1) + torch.arange(c, device=device)
+        out = self.adapter.forward(ids, mask, positions, cache)
+        return Prefix(
+            cache=self.adapter.output_cache(out) if cache is None else cache,
+            mask=mask,
+            last_tokens=tokens[:, -1],
+            positions=prefix.positions + c,
+            lengths=tuple(n + c for n in prefix.lengths),
+        )
+
+    def select(self, prefix: Prefix, index: Sequence[int]) -> Prefix:
+        """The rows ``index`` of ``prefix`` (a copy; ``prefix`` is left untouched)."""
+        idx = torch.as_tensor(list(index), dtype=torch.long, device=prefix.mask.device)
+        cache = None
+        if prefix.cache is not None:
+            cache = expand_cache(prefix.cache, 1, 0)
+            cache.batch_select_indices(idx)
+        return Prefix(
+            cache=cache,
+            mask=prefix.mask[idx],
+            last_tokens=prefix.last_tokens[idx],
+            positions=prefix.positions[idx],
+            lengths=tuple(prefix.lengths[i] for i in idx.tolist()),
+        )
+
     def check_generators(self, generators: Sequence[torch.Generator], batch_size: int) -> None:
         """One generator per problem, on the model's device (unless decoding is greedy)."""
         if len(generators) != batch_size:
@@ -172,20 +215,27 @@ class DecodeEngine:
 
     @torch.no_grad()
     def decode(
-        self, prefix: Prefix, controls: Tensor | None, N: int, generators: Sequence[torch.Generator]
+        self,
+        prefix: Prefix,
+        controls: Tensor | None,
+        N: int,
+        generators: Sequence[torch.Generator],
+        steps: int | None = None,
     ) -> Decoded:
         """Decode ``N`` responses per prompt of ``prefix``.
 
         Args:
-            prefix: from `prefill`, ``B`` prompts.
+            prefix: from `prefill` (or `extend`), ``B`` prompts.
             controls: ``(B * N, tau, d)`` pre-logit controls in the model's dtype (None: no control).
             N: samples per prompt.
             generators: ``B`` generators; problem ``b`` samples only from ``generators[b]``.
+            steps: the most tokens to generate (default ``max_new_tokens``).
         """
         cfg, adapter = self.config, self.adapter
-        B, device, T = len(prefix.lengths), adapter.device, cfg.max_new_tokens
+        B, device = len(prefix.lengths), adapter.device
+        T = cfg.max_new_tokens if steps is None else steps
         self.check_generators(generators, B)
-        self.check_context(prefix.lengths)
+        self.check_context(prefix.lengths, T)
         R, P = B * N, prefix.mask.shape[1]
         tau = 0 if controls is None else controls.shape[1]
         cache = expand_cache(prefix.cache, N, T)
@@ -203,7 +253,7 @@ class DecodeEngine:
 
         hook = _PreLogitControl()
         handle = adapter.head.register_forward_pre_hook(hook)
-        steps = T
+        ran = T
         try:
             for t in range(T):
                 controlled = controls is not None and t < tau
@@ -238,17 +288,18 @@ class DecodeEngine:
                 if self.stops:
                     done |= self.stops.check(tokens, t, done)
                 if (t + 1) % sync_every == 0 and bool(done.all()):
-                    steps = t + 1
+                    ran = t + 1
                     break
                 input_ids = next_tokens.unsqueeze(1)
                 positions = positions + 1
         finally:
             handle.remove()
         return Decoded(
-            tokens=tokens[:, :steps],
+            tokens=tokens[:, :ran],
             lengths=lengths,
-            logprobs=None if logp is None else logp[:, :steps],
-            base_logprobs=None if base_logp is None else base_logp[:, :steps],
+            logprobs=None if logp is None else logp[:, :ran],
+            base_logprobs=None if base_logp is None else base_logp[:, :ran],
+            finished=done,
         )
 
     def texts(self, tokens: Tensor, lengths: Tensor) -> list[str]:

@@ -25,6 +25,10 @@ class LMRollout(Rollout):
         logprobs: ``(B, N, T)`` log-prob of each generated token under the controlled model
             (0 past the end), or None when not requested.
         base_logprobs: ``(B, N, T)`` the same under the unperturbed model, or None.
+        pad_token_id: the id past the end of each response.
+        finished: ``(B, N)`` responses that ended (end-of-sequence or a stop string), or None.
+        prefix_lengths: ``(B, N)`` leading tokens committed before this rollout (receding-horizon
+            control: ``tokens`` hold the whole response, its committed part first), or None (none).
     """
 
     tokens: Tensor
@@ -34,10 +38,14 @@ class LMRollout(Rollout):
     logprobs: Tensor | None = None
     base_logprobs: Tensor | None = None
     pad_token_id: int = 0
+    finished: Tensor | None = None
+    prefix_lengths: Tensor | None = None
 
     def token_counts(self) -> Tensor:
-        """``(B, N)`` generated tokens per response (its length; an EOS token counts)."""
-        return self.lengths.detach().cpu()
+        """``(B, N)`` tokens generated for each response by this rollout (an EOS token counts; the
+        committed prefix of a receding-horizon plan does not)."""
+        counts = self.lengths.detach().cpu()
+        return counts if self.prefix_lengths is None else counts - self.prefix_lengths.detach().cpu()
 
     def describe(self, b: int, n: int) -> dict[str, Any]:
         """The response text, its length in tokens and, with log-probs, the steering log-ratio ``kl``."""

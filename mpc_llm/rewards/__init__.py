@@ -65,6 +65,29 @@ def make_reward(name: str, **kwargs: Any) -> Reward:
     return cls(**kwargs)
 
 
+class _SpecTraits:
+    """What a reward spec promises before it is built (for checks that must not load a model)."""
+
+    def __init__(self, classes: list[type[Reward]], spec: object) -> None:
+        self.accepts_partial = all(c.accepts_partial for c in classes)
+        self.spec = spec
+
+    def __repr__(self) -> str:
+        return f"reward {self.spec!r}"
+
+
+def reward_class_of(spec: str | Mapping[str, Any] | Sequence[Mapping[str, Any] | str]) -> _SpecTraits:
+    """The traits (``accepts_partial``) of the reward a spec builds, without building it.
+
+    Example:
+        >>> reward_class_of("judge").accepts_partial, reward_class_of(["vader", "length"]).accepts_partial
+        (False, True)
+    """
+    items = [spec] if isinstance(spec, str | Mapping) else list(spec)
+    names = [item if isinstance(item, str) else item.get("name") for item in items]
+    return _SpecTraits([REWARDS[n] for n in names if n in REWARDS], spec)
+
+
 def reward_from_spec(spec: str | Mapping[str, Any] | Sequence[Mapping[str, Any] | str]) -> Reward:
     """Build a reward from a config value.
 
@@ -119,6 +142,7 @@ __all__ = [
     "is_messages",
     "make_reward",
     "render_prompt",
+    "reward_class_of",
     "reward_from_spec",
     "to_messages",
 ]

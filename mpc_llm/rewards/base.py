@@ -135,6 +135,11 @@ class Reward(ABC):
         """Score the chunk that starts at input ``start`` (subclasses use ``start`` in messages)."""
         return self.score_batch(prompts, responses)
 
+    #: Whether the reward can score unfinished responses (receding-horizon control that scores
+    #: a plan's partial text). True for lexicon and rule rewards; False for reward models and
+    #: judges trained on complete answers (set it on an instance to override).
+    accepts_partial: bool = True
+
     def score_rollout(self, rollout: Rollout) -> Tensor:
         """Rewards of every response of an `LMRollout`: ``(B, N)`` float32 CPU.
 
@@ -240,6 +245,10 @@ class RewardSum(WeightedTerms[Reward], Reward):
         WeightedTerms.__init__(self, terms, Reward)
         Reward.__init__(self, batch_size=None, name=name)
 
+    @property  # type: ignore[override]
+    def accepts_partial(self) -> bool:
+        return all(term.accepts_partial for _, term in self.terms)
+
     def score_batch(self, prompts: list[Prompt], responses: list[str]) -> Tensor:
         total = self.weighted_sum(lambda term: term.score(prompts, responses).to(torch.float64))
         return total.to(torch.float32)
@@ -270,6 +279,10 @@ class RewardCost(CostFunction):
                 f"RewardCost scale must be > 0, got {scale}: a non-positive scale would minimise the reward; "
                 "to penalise a quantity, build a reward with a negative weight (e.g. -0.1 * LengthReward())"
             )
+
+    @property
+    def accepts_partial(self) -> bool:
+        return self.reward.accepts_partial
 
     def __call__(self, rollout: Rollout) -> Tensor:
         return self.evaluate(rollout)[0]

@@ -68,6 +68,8 @@ class HFRewardModel(Reward):
         put in eval mode.
     """
 
+    accepts_partial = False  # trained / prompted on complete answers
+
     def __init__(
         self,
         model: str | os.PathLike[str] | Any,

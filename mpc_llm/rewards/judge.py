@@ -87,6 +87,8 @@ class JudgeReward(Reward):
         MissingDependencyError: if transformers is not installed (``pip install 'mpc_llm[hf]'``).
     """
 
+    accepts_partial = False  # trained / prompted on complete answers
+
     def __init__(
         self,
         model: str | os.PathLike[str] | Any | None = None,

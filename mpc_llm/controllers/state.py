@@ -1,0 +1,99 @@
+"""What a controller is set up with (`ControllerConfig`) and what it carries (`ControllerState`)."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from pydantic import BaseModel, ConfigDict, Field
+from torch import Tensor
+from typing_extensions import Self
+
+from mpc_llm.core import Rollout, read_mapping
+
+
+class ControllerConfig(BaseModel):
+    """Settings every controller has.
+
+    Attributes:
+        num_samples: samples per iteration and problem.
+        num_iterations: iterations when `Controller.optimize` is given no budget.
+        tau: controlled steps (default: the dynamics' whole horizon); later steps get no control.
+            For a language model, the first ``tau`` response tokens.
+        num_knots: knots ``K`` held over equal chunks of ``tau`` (default: one per step).
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True, validate_by_name=True)
+
+    num_samples: int = Field(16, ge=1)
+    num_iterations: int = Field(4, ge=1)
+    tau: int | None = Field(None, ge=1)
+    num_knots: int | None = Field(None, ge=1)
+
+    @classmethod
+    def from_file(cls, path: str | Path) -> Self:
+        """Load and validate settings from a YAML or JSON file (e.g. ``{sigma: 0.5, lambda: 0.1}``)."""
+        return cls.model_validate(read_mapping(path))
+
+    def initial_sigma(self) -> float:
+        """The proposal's standard deviation in the initial state (0: no perturbation)."""
+        return 0.0
+
+
+class GaussianConfig(ControllerConfig):
+    """A controller that samples ``V = U + sigma * eps``, ``eps ~ N(0, I)``."""
+
+    sigma: float = Field(1.0, ge=0.0, allow_inf_nan=False)
+
+    def initial_sigma(self) -> float:
+        return self.sigma
+
+
+@dataclass(frozen=True)
+class ControllerState:
+    """Everything a controller carries between iterations; `update` returns a new one.
+
+    Attributes:
+        mean: ``(B, K, d)`` control mean ``U``.
+        sigma: ``(B, K, d)`` standard deviation of the proposal.
+        iteration: iterations done.
+        best_cost: ``(B,)`` lowest cost seen (``+inf`` before the first sample).
+        best_controls: ``(B, tau, d)`` controls of the best sample.
+        best_rollout: the best sample per problem (``N = 1``), or None before the first.
+        best_metrics: what the cost function scored for the best sample (e.g. ``"reward"``), ``(B,)``.
+        stats: diagnostics of the last update, e.g. ``{"ess": (B,)}``.
+        rng: each problem's random-generator state after the last draw (``torch.Generator.get_state``),
+            so that a warm-started `Controller.optimize` continues the streams instead of replaying
+            them, and a saved state resumes a run bit for bit. None before the first call.
+
+    The best-so-far fields describe one call of `Controller.optimize`: a warm-started call starts
+    them afresh (its problems may have moved on, e.g. in receding-horizon control).
+    """
+
+    mean: Tensor
+    sigma: Tensor
+    iteration: int = 0
+    best_cost: Tensor | None = None
+    best_controls: Tensor | None = None
+    best_rollout: Rollout | None = None
+    best_metrics: Mapping[str, Tensor] = field(default_factory=dict)
+    stats: Mapping[str, Tensor] = field(default_factory=dict)
+    rng: tuple[Tensor, ...] | None = None
+
+    def replace(self, **changes: object) -> ControllerState:
+        """A copy with some fields changed."""
+        return dataclasses.replace(self, **changes)  # type: ignore[arg-type]
+
+    def restart(self) -> ControllerState:
+        """The proposal and random streams of this state, with no best sample yet (a warm start)."""
+        return self.replace(best_cost=None, best_controls=None, best_rollout=None, best_metrics={})
+
+    def select(self, index: Sequence[int]) -> ControllerState:
+        """The state of problems ``index`` only (e.g. those whose episode goes on); no best sample."""
+        idx = torch.as_tensor(list(index), dtype=torch.long)
+        rng = None if self.rng is None else tuple(self.rng[i] for i in idx.tolist())
+        mean, sigma = self.mean[idx.to(self.mean.device)], self.sigma[idx.to(self.sigma.device)]
+        return ControllerState(mean=mean, sigma=sigma, iteration=self.iteration, rng=rng)
