@@ -141,7 +141,11 @@ def main(argv: list[str] | None = None) -> None:
     runs: dict[str, Callable[[int], Episode]] = {"pytorch_mppi": lambda s: run_theirs(args, s)}
     for alpha in args.alphas:
         runs[f"ours (alpha={alpha:g})"] = lambda s, a=alpha: run_ours(args, a, s)
-    rows = {label: summarize(label, [run(seed) for seed in range(args.seeds)]) for label, run in runs.items()}
+    episodes: dict[str, list[Episode]] = {label: [] for label in runs}
+    for seed in range(args.seeds):  # interleaved, so that any background load hits every method alike
+        for label, run in runs.items():
+            episodes[label].append(run(seed))
+    rows = {label: summarize(label, found) for label, found in episodes.items()}
     theirs = rows.pop("pytorch_mppi")
     for label, (cost, step) in rows.items():
         ratios = f"cost {cost / theirs[0]:.3f}, median time per step {step / theirs[1]:.3f}"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import pickle
 
 import pytest
@@ -165,3 +166,34 @@ def test_bad_receding_horizon_settings_are_clear_errors(tiny_lm) -> None:
 
     with pytest.raises(ValueError, match="cannot score partial"):
         keyword.check(8, KeywordReward(["good"]).as_cost() + WholeAnswers(["good"]).as_cost())
+
+
+# --------------------------------------------------------------------------- comparisons
+@pytest.mark.parametrize("unit, budgets", [("samples", [8, 12]), ("tokens", [40, 80])])
+def test_compare_runs_sequential_peers_at_equal_budgets(tiny_lm, tmp_path, unit, budgets) -> None:
+    from mpc_llm.controllers import SpeculativeRejection
+    from mpc_llm.evaluation.compare import compare
+
+    lm = tiny(tiny_lm, max_new_tokens=8, stop_at_eos=False)
+    reward = KeywordReward(["the", "a"], mode="count")
+    controllers = {
+        "best_of_n": BestOfN(num_samples=4),
+        "rh_aisp": RecedingHorizon(AISP(sigma=1.0, lambda_=0.5, num_samples=2, num_iterations=1), horizon=4),
+        "blockwise": BlockwiseBestOfN(num_samples=2, block=4),
+        "specrej": SpeculativeRejection(checkpoint=4, keep_fraction=0.5),
+    }
+    rows = compare(PROMPTS, controllers, lm.with_prompts, reward.as_cost(), budgets=budgets, budget_unit=unit,
+                   out_dir=tmp_path / "run", progress=False)  # fmt: skip
+    assert {(r["controller"], r["budget"]) for r in rows} == {(c, k) for c in controllers for k in budgets}
+    records = [json.loads(x) for x in (tmp_path / "run" / "records.jsonl").read_text().splitlines()]
+    assert len(records) == len(controllers) * len(budgets) * len(PROMPTS)
+    for r in records:
+        assert r["reward"] == reward.score("", [r["response"]]).item()
+        spent = r["samples"] if unit == "samples" else r["tokens"]
+        slack = (
+            0 if unit == "samples" or r["controller"] == "best_of_n" else 8
+        )  # a plan may overshoot a little
+        assert 1 <= spent <= r["budget"] + slack
+    again = compare(PROMPTS, controllers, lm.with_prompts, reward.as_cost(), budgets=budgets,
+                    budget_unit=unit, out_dir=tmp_path / "run", resume=True, progress=False)  # fmt: skip
+    assert again == rows  # resume redoes nothing

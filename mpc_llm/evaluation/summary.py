@@ -76,14 +76,14 @@ def markdown_table(rows: Sequence[Mapping[str, Any]]) -> str:
     """The summary rows as a Markdown table."""
     header = (
         "| controller | budget | prompts | mean best reward [95% CI] | win rate vs baseline | distinct-2 "
-        "| rep-2 | KL to base | tokens / prompt | s / prompt |\n"
-        "|---|---:|---:|---|---:|---:|---:|---:|---:|---:|\n"
+        "| rep-2 | KL to base | scored / prompt | tokens / prompt | s / prompt |\n"
+        "|---|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|\n"
     )
     lines = [
         f"| {r['controller']} | {r['budget']} | {r['n']} | {_fmt(r['reward'])} "
         f"[{_fmt(r['reward_low'])}, {_fmt(r['reward_high'])}] | {_fmt(r['win_rate'], 2)} "
         f"| {_fmt(r.get('distinct_2'))} | {_fmt(r.get('rep_2'))} | {_fmt(r['kl'], 2)} "
-        f"| {_fmt(r['tokens'], 0)} | {_fmt(r['seconds'], 2)} |"
+        f"| {_fmt(r.get('samples'), 1)} | {_fmt(r['tokens'], 0)} | {_fmt(r['seconds'], 2)} |"
         for r in rows
     ]
     return header + "\n".join(lines) + "\n"
