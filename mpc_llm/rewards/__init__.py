@@ -68,8 +68,8 @@ def make_reward(name: str, **kwargs: Any) -> Reward:
 class _SpecTraits:
     """What a reward spec promises before it is built (for checks that must not load a model)."""
 
-    def __init__(self, classes: list[type[Reward]], spec: object) -> None:
-        self.accepts_partial = all(c.accepts_partial for c in classes)
+    def __init__(self, traits: list[bool], spec: object) -> None:
+        self.accepts_partial = all(traits)
         self.spec = spec
 
     def __repr__(self) -> str:
@@ -84,16 +84,22 @@ def reward_class_of(spec: str | Mapping[str, Any] | Sequence[Mapping[str, Any] |
         (False, True)
     """
     items = [spec] if isinstance(spec, str | Mapping) else list(spec)
-    names = [item if isinstance(item, str) else item.get("name") for item in items]
-    return _SpecTraits([REWARDS[n] for n in names if n in REWARDS], spec)
+    traits = []
+    for item in items:
+        name = item if isinstance(item, str) else item.get("name")
+        vouched = None if isinstance(item, str) else item.get("accepts_partial")
+        if name in REWARDS:
+            traits.append(REWARDS[name].accepts_partial if vouched is None else bool(vouched))
+    return _SpecTraits(traits, spec)
 
 
 def reward_from_spec(spec: str | Mapping[str, Any] | Sequence[Mapping[str, Any] | str]) -> Reward:
     """Build a reward from a config value.
 
     Args:
-        spec: a name (``"vader"``); a mapping ``{"name": ..., "weight": 1.0, **kwargs}``; or a list
-            of those, whose weighted sum is the reward.
+        spec: a name (``"vader"``); a mapping ``{"name": ..., "weight": 1.0, **kwargs}`` (with
+            ``accepts_partial: true`` to vouch that it can score unfinished text); or a list of
+            those, whose weighted sum is the reward.
 
     Example:
         >>> spec = [{"name": "keyword", "keywords": ["thanks"]}, {"name": "length", "weight": 0.5}]
@@ -110,7 +116,10 @@ def reward_from_spec(spec: str | Mapping[str, Any] | Sequence[Mapping[str, Any] 
             )
         name = options.pop("name")
         weight = options.pop("weight", 1.0)
+        partial = options.pop("accepts_partial", None)
         reward = make_reward(name, **options)
+        if partial is not None:  # the user vouches (or not) that it scores unfinished text
+            reward.accepts_partial = bool(partial)
         return reward if weight == 1.0 else weight * reward
     if isinstance(spec, Sequence) and spec:
         terms = [reward_from_spec(s) for s in spec]
