@@ -187,7 +187,16 @@ def experiment_config(
     elif controller is not None and controller != base.get("name", "aisp"):
         base = {"name": controller}
     name = base.get("name", "aisp")
-    data["controller"] = {**base, **_controller_overrides(args, name, strict)}
+    overrides = _controller_overrides(args, name, strict and name != "receding_horizon")
+    if name == "receding_horizon":  # flags the wrapper does not have go to the inner controller
+        inner = base.get("inner", {"name": "aisp"})
+        inner = dict(inner) if isinstance(inner, dict) else {"name": inner}
+        own = _controller_fields(name)
+        to_inner = {k: v for k, v in _controller_overrides(args, inner.get("name", "aisp"), strict).items()
+                    if k not in own}  # fmt: skip
+        base = {**base, "inner": {**inner, **to_inner}}
+        overrides = {k: v for k, v in overrides.items() if k in own}
+    data["controller"] = {**base, **overrides}
     return ExperimentConfig.model_validate(data)
 
 
@@ -237,9 +246,11 @@ def cmd_align(args: argparse.Namespace) -> int:
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
+    from mpc_llm.controllers import Controller
     from mpc_llm.evaluation.compare import check_budgets, compare
     from mpc_llm.evaluation.prompts import load_prompts
     from mpc_llm.experiment import Experiment, build_controller
+    from mpc_llm.rewards import reward_class_of
 
     config = experiment_config(args, strict=False)
     specs: dict[str, Any]
@@ -254,10 +265,16 @@ def cmd_compare(args: argparse.Namespace) -> int:
         label: experiment_config(args, spec, strict=False).controller for label, spec in specs.items()
     }
     controllers = {label: build_controller(spec) for label, spec in resolved.items()}
-    accepted = set().union(*(_controller_fields(spec["name"]) for spec in resolved.values()))
+    accepted = set().union(
+        *(_controller_fields(spec["name"]) for spec in resolved.values()),
+        *(_controller_fields(spec["inner"]["name"]) for spec in resolved.values() if "inner" in spec),
+    )
     if unknown := sorted({k for k, _ in args.set} - accepted):
         raise CLIError(f"--set {', '.join(unknown)}: no selected controller has this setting")
     check_budgets(controllers, args.budgets, args.budget_unit, config.lm.max_new_tokens)
+    for controller in controllers.values():  # sequential settings fail before any model loads
+        if not isinstance(controller, Controller):
+            controller.check(config.lm.max_new_tokens, reward_class_of(config.reward))
     prompts = load_prompts(args.prompts, limit=args.num_prompts)
     experiment = Experiment(config)
     rows = compare(

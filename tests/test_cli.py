@@ -220,3 +220,37 @@ def test_compare_names_look_up_the_config_files_controllers_first(llama_dir: str
     assert main(args) == 0
     settings = json.loads((tmp_path / "run" / "settings.json").read_text())["controllers"]
     assert settings["best_of_n"]["config"]["num_samples"] == 16
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--set", "horizon=8", "--set", "commit=9"], "commit=9 exceeds horizon=8"),
+        (["--set", "horizon=100"], "planning horizon 100 is longer than the episode (48 steps"),
+        (["--reward", "judge", "--set", "horizon=8", "--set", "score=horizon"], "cannot score partial"),
+    ],
+)
+def test_bad_receding_horizon_settings_fail_before_any_model_loads(argv, message, capsys) -> None:
+    # the model does not exist: an error about it would mean the settings were checked too late
+    base = ["align", "Hi", "--model", "/nonexistent/model", "--controller", "receding_horizon"]
+    assert main([*base, *argv]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("mpc-llm: error: ") and message in err
+
+
+def test_sequential_budgets_and_partial_scoring_fail_before_any_model_loads(capsys) -> None:
+    base = ["compare", "--out", "x", "--model", "/nonexistent/model", "--max-new-tokens", "48"]
+    assert main([*base, "--controllers", "blockwise_best_of_n", "--budgets", "2"]) == 2
+    assert "smaller than one planning step" in capsys.readouterr().err
+    assert main([*base, "--controllers", "speculative_rejection", "--reward", "judge"]) == 2
+    assert "cannot score partial" in capsys.readouterr().err
+
+
+def test_shared_flags_reach_the_inner_controller_of_receding_horizon() -> None:
+    from mpc_llm.cli import build_parser, experiment_config
+
+    argv = ["align", "Hi", "--controller", "receding_horizon", "--sigma", "0.3", "--tau", "6",
+            "--set", "horizon=8", "--set", "commit=4"]  # fmt: skip
+    spec = experiment_config(build_parser().parse_args(argv), "receding_horizon").controller
+    assert (spec["horizon"], spec["commit"]) == (8, 4)
+    assert (spec["inner"]["name"], spec["inner"]["sigma"], spec["inner"]["tau"]) == ("aisp", 0.3, 6)
