@@ -91,12 +91,18 @@ def build_parser() -> argparse.ArgumentParser:
     align = sub.add_parser("align", help="steer one response toward the reward")
     align.add_argument("prompt", help="the prompt to respond to")
     _add_shared(align)
-    align.add_argument("--controller", help="aisp, cem, random_shooting, best_of_n (default: aisp)")
+    align.add_argument(
+        "--controller",
+        help="aisp, cem, random_shooting, best_of_n, receding_horizon, blockwise_best_of_n, "
+        "speculative_rejection, args (default: aisp)",
+    )
     align.add_argument("-n", "--num-samples", type=int, dest="num_samples", help="samples per iteration")
     align.add_argument("--iterations", type=int, dest="num_iterations")
     align.add_argument("--json", action="store_true", help="print the result as JSON on stdout")
 
-    compare = sub.add_parser("compare", help="compare controllers at equal budgets of scored responses")
+    compare = sub.add_parser(
+        "compare", help="compare controllers at equal budgets (scored responses or generated tokens)"
+    )
     _add_shared(compare)
     compare.add_argument("--prompts", default="bundled", help=".jsonl/.csv/.txt file, bundled, hh-rlhf, shp")
     compare.add_argument("--num-prompts", type=int, help="use the first N prompts")

@@ -27,7 +27,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 from typing_extensions import Self
 
-from mpc_llm.controllers import CONTROLLERS, Controller, RecedingHorizon, SpeculativeRejection
+from mpc_llm.controllers import CONTROLLERS, Controller, RecedingHorizon, SequentialController
 from mpc_llm.core import IterationRecord, OptimizeResult, make_generators, read_mapping
 from mpc_llm.dynamics import LMDynamics
 from mpc_llm.lm import DEFAULT_MODEL, LMConfig, Prompt
@@ -60,6 +60,7 @@ def controller_defaults(name: str) -> dict[str, Any]:
         "random_shooting": ["sigma", "num_knots", "num_samples", "num_iterations"],
         "blockwise_best_of_n": ["num_samples"],
         "speculative_rejection": [],
+        "args": [],
     }.get(name, ["num_samples", "num_iterations"])
     return {k: DEFAULT_CONTROLLER[k] for k in keys}
 
@@ -75,7 +76,7 @@ def with_defaults(spec: Mapping[str, Any]) -> dict[str, Any]:
     return out
 
 
-def build_controller(spec: Mapping[str, Any]) -> Controller | RecedingHorizon | SpeculativeRejection:
+def build_controller(spec: Mapping[str, Any]) -> Controller | SequentialController:
     """A controller from ``{"name": "aisp", **settings}``; unknown names list the valid ones.
 
     ``{"name": "receding_horizon", "inner": {"name": "aisp", ...}, "horizon": 16, "commit": 8}``

@@ -197,3 +197,24 @@ def test_compare_runs_sequential_peers_at_equal_budgets(tiny_lm, tmp_path, unit,
     again = compare(PROMPTS, controllers, lm.with_prompts, reward.as_cost(), budgets=budgets,
                     budget_unit=unit, out_dir=tmp_path / "run", resume=True, progress=False)  # fmt: skip
     assert again == rows  # resume redoes nothing
+
+
+def test_args_rescores_the_top_k_next_tokens_by_the_reward(tiny_lm) -> None:
+    from mpc_llm.controllers import ARGS
+
+    lm = tiny(tiny_lm, max_new_tokens=6, stop_at_eos=False)
+    rollout, logp = lm.candidates(5)
+    assert rollout.tokens.shape == (2, 5, 1) and logp.shape == (2, 5)
+    assert bool((logp[:, :-1] >= logp[:, 1:]).all())  # most likely first
+    greedy = lm.with_options(greedy=True).sample(1, make_generators(0, 2))
+    assert torch.equal(rollout.tokens[:, 0, 0], greedy.tokens[:, 0, 0])  # the top candidate is the argmax
+    # with no weight on the reward ARGS is greedy decoding; with weight it chases the reward
+    plain = ARGS(num_candidates=5, weight=0.0).optimize(lm, token_count(200))
+    assert torch.equal(
+        plain.best_rollout.tokens, lm.with_options(greedy=True).sample(1, make_generators(0, 2)).tokens
+    )
+    steered = ARGS(num_candidates=50, weight=100.0).optimize(lm, token_count(200))
+    assert bool((steered.best_cost <= plain.best_cost).all())
+    assert steered.budget.samples_per_problem == (300, 300) and steered.budget.tokens_per_problem == (6, 6)
+    with pytest.raises(ValueError, match="smaller than one candidate per token"):
+        ARGS().optimize(lm, token_count(200), max_samples=5)

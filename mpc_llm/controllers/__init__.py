@@ -2,16 +2,19 @@
 
 `RecedingHorizon` turns any of them into model predictive control (plan, commit, re-plan);
 `BlockwiseBestOfN` is receding-horizon best-of-N, the controlled-decoding baseline;
-`SpeculativeRejection` starts many responses and drops the weak ones at checkpoints.
+`SpeculativeRejection` starts many responses and drops the weak ones at checkpoints; `ARGS`
+rescores the top-k next tokens by the reward (all `SequentialController`s).
 """
 
 from mpc_llm.controllers.aisp import AISP, AISPConfig
+from mpc_llm.controllers.args import ARGS, ARGSConfig
 from mpc_llm.controllers.base import Controller
 from mpc_llm.controllers.best_of_n import BestOfN
 from mpc_llm.controllers.blockwise import BlockwiseBestOfN, BlockwiseConfig
 from mpc_llm.controllers.cem import CEM, CEMConfig
 from mpc_llm.controllers.random_shooting import RandomShooting
 from mpc_llm.controllers.receding_horizon import RecedingHorizon, RecedingHorizonConfig
+from mpc_llm.controllers.sequential import SequentialController
 from mpc_llm.controllers.speculative_rejection import SpeculativeRejection, SpeculativeRejectionConfig
 from mpc_llm.controllers.state import ControllerConfig, ControllerState, GaussianConfig
 
@@ -25,13 +28,16 @@ CONTROLLERS: dict[str, type] = {
     "receding_horizon": RecedingHorizon,
     "blockwise_best_of_n": BlockwiseBestOfN,
     "speculative_rejection": SpeculativeRejection,
+    "args": ARGS,
 }
 
 __all__ = [
     "AISP",
+    "ARGS",
     "CEM",
     "CONTROLLERS",
     "AISPConfig",
+    "ARGSConfig",
     "BestOfN",
     "BlockwiseBestOfN",
     "BlockwiseConfig",
@@ -43,6 +49,7 @@ __all__ = [
     "RandomShooting",
     "RecedingHorizon",
     "RecedingHorizonConfig",
+    "SequentialController",
     "SpeculativeRejection",
     "SpeculativeRejectionConfig",
 ]

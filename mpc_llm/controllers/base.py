@@ -63,8 +63,9 @@ class Controller(ABC, Generic[C]):
     adaptive: ClassVar[bool] = False
 
     #: Whether the best of a run's first ``k`` samples is its answer at budget ``k`` (one run serves
-    #: every budget of a comparison). False for sequential methods (receding horizon, blockwise),
-    #: which `mpc_llm.evaluation.compare` runs once per budget.
+    #: every budget of a comparison). Sequential controllers (`SequentialController`: receding
+    #: horizon, blockwise, speculative rejection, ARGS) are not `Controller`s and have it False;
+    #: `mpc_llm.evaluation.compare` runs them once per budget.
     anytime: ClassVar[bool] = True
 
     def __init_subclass__(cls, **kwargs: object) -> None:

@@ -142,6 +142,10 @@ class RecedingHorizon:
                 "if you know it can"
             )
 
+    def check_budget(self, episode: int, max_samples: int) -> None:
+        """Raise a `ValueError` if ``max_samples`` cannot give every planning step its minimum."""
+        self.per_step_budget(episode, max_samples)
+
     def per_step_budget(self, episode: int, max_samples: int | None) -> int:
         """Samples per planning step: ``samples_per_step``, or a total budget split over the most
         planning steps an episode of ``episode`` steps takes.

@@ -99,6 +99,10 @@ class SpeculativeRejection:
             N += 1
         return N
 
+    def check_budget(self, episode: int, max_samples: int) -> None:
+        """Raise a `ValueError` if ``max_samples`` cannot score one response at every checkpoint."""
+        self.start_size(episode, max_samples=max_samples)
+
     def check(self, episode: int, cost: CostFunction | None = None) -> None:
         """Refuse a cost that cannot score partial responses (before any model work; ``cost`` may be
         any object with ``accepts_partial``, e.g. a reward class)."""

@@ -124,6 +124,16 @@ class Dynamics(ABC):
             f"{type(self).__name__} cannot shorten its horizon; score plans to the end of the episode"
         )
 
+    def candidates(self, k: int) -> tuple[Rollout, Tensor]:
+        """The ``k`` most likely next steps of each problem (systems with discrete transitions).
+
+        Returns:
+            One-step rollouts ``(B, k)`` (with the committed history, like any rollout) and their
+            ``(B, k)`` log-likelihoods under the system, most likely first. Token-level methods
+            (ARGS) rescore them.
+        """
+        raise NotImplementedError(f"{type(self).__name__} has no discrete next-step candidates")
+
     def pad_controls(self, controls: Tensor) -> Tensor:
         """``(B, N, tau, d)`` controls right-padded with zeros to ``(B, N, horizon, d)``."""
         missing = self.horizon - controls.shape[2]

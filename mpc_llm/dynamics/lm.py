@@ -277,6 +277,36 @@ class LMDynamics(Dynamics):
             other._response_logp = (self._response_logp[0][rows], self._response_logp[1][rows])
         return other
 
+    def candidates(self, k: int) -> tuple[LMRollout, Tensor]:
+        """The ``k`` most likely next tokens of each response, as one-token continuations.
+
+        Returns:
+            An `LMRollout` ``(B, k)`` whose responses are the committed tokens plus one candidate,
+            and the candidates' ``(B, k)`` log-probs under ``softmax(logits / temperature)``.
+        """
+        if not 1 <= k <= self.engine.vocab_size:
+            raise ValueError(f"k must be in [1, {self.engine.vocab_size}], got {k}")
+        B, m = self.batch_size, self.committed
+        logp = (self.engine.next_logits(self.prefill()) / self.config.temperature).log_softmax(dim=-1)
+        top = logp.topk(k, dim=-1)
+        tokens = top.indices.unsqueeze(-1)  # (B, k, 1)
+        if self._response is not None:
+            tokens = torch.cat([self._response.unsqueeze(1).expand(B, k, m), tokens], dim=-1)
+        lengths = torch.full((B, k), m + 1, dtype=torch.long, device=tokens.device)
+        texts = self.engine.texts(tokens.reshape(B * k, m + 1), lengths.reshape(-1))
+        eos = torch.tensor(self.eos_token_ids if self.config.stop_at_eos else [], dtype=torch.long)
+        rollout = LMRollout(
+            controls=torch.zeros((), dtype=self.dtype, device=self.device).expand(B, k, 1, self.control_dim),
+            tokens=tokens,
+            lengths=lengths,
+            texts=[texts[b * k : (b + 1) * k] for b in range(B)],
+            prompts=list(self.prompts),
+            pad_token_id=self.pad_token_id,
+            finished=torch.isin(top.indices, eos.to(top.indices.device)),
+            prefix_lengths=torch.full((B, k), m, dtype=torch.long),
+        )
+        return rollout, top.values
+
     def with_horizon(self, horizon: int) -> LMDynamics:
         """A copy that generates at most ``horizon`` more tokens (the prefill is shared)."""
         if not 1 <= horizon <= self.horizon:

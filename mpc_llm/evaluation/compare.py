@@ -27,7 +27,7 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
-from mpc_llm.controllers import Controller, RecedingHorizon, SpeculativeRejection
+from mpc_llm.controllers import Controller, SequentialController
 from mpc_llm.core import CostFunction, Dynamics
 from mpc_llm.evaluation.records import BudgetUnit, anytime_records, final_records
 from mpc_llm.evaluation.store import RunStore
@@ -35,7 +35,7 @@ from mpc_llm.evaluation.summary import summarize, write_summary
 from mpc_llm.lm import Prompt
 
 #: An open-loop controller or a sequential one: anything with ``optimize`` that compare can run.
-Planner = Controller | RecedingHorizon | SpeculativeRejection
+Planner = Controller | SequentialController
 
 SEED_STRIDE = 1_000_003
 KEY = ("prompt_index", "controller", "seed")
@@ -64,10 +64,7 @@ def check_budgets(
         if not isinstance(controller, Controller):  # sequential: one planning step / one schedule
             if episode is not None:
                 try:
-                    if isinstance(controller, RecedingHorizon):
-                        controller.per_step_budget(episode, ordered[0])
-                    else:
-                        controller.start_size(episode, max_samples=ordered[0])
+                    controller.check_budget(episode, ordered[0])
                 except ValueError as err:
                     raise ValueError(f"controller {name!r}: {err}") from None
             continue
@@ -199,8 +196,9 @@ def _run_job(
 ) -> list[dict[str, Any]]:
     """The records of one (prompt chunk, controller, seed) at every budget."""
     seeds = [seed * SEED_STRIDE + i for i in indices]
-    if isinstance(controller, Controller):  # open loop: one run, read at every budget
+    if controller.anytime:  # open loop: one run, read at every budget
         limit = {"max_samples": budgets[-1]} if unit == "samples" else {"max_tokens": budgets[-1]}
+        assert isinstance(controller, Controller), "anytime controllers are Controller subclasses"
         result = controller.optimize(dynamics, cost, seed=seeds, keep_rollouts=True, **limit)
         return anytime_records(result, indices, name, seed, budgets, unit)
     records = []

@@ -116,6 +116,9 @@ class DecodeEngine:
         self.eos_token_ids = self._resolve_eos_ids()
         self.pad_token_id = self._resolve_pad_id()
         self.stops = StopStrings(tokenizer, config.stop_strings)
+        out = getattr(model.get_output_embeddings(), "out_features", None)
+        #: the vocabulary the head scores (the most candidates a step can have)
+        self.vocab_size = int(out) if out else len(tokenizer)
         self._hook_checked = False
 
     def check_context(self, lengths: Sequence[int], new_tokens: int | None = None) -> None:
@@ -183,6 +186,19 @@ class DecodeEngine:
             positions=prefix.positions + c,
             lengths=tuple(n + c for n in prefix.lengths),
         )
+
+    @torch.no_grad()
+    def next_logits(self, prefix: Prefix) -> Tensor:
+        """``(B, V)`` float logits of the token after ``prefix`` (its cache is left untouched)."""
+        B = len(prefix.lengths)
+        cache = expand_cache(prefix.cache, 1, 1)
+        mask = torch.cat(
+            [prefix.mask, torch.ones((B, 1), dtype=prefix.mask.dtype, device=prefix.mask.device)], 1
+        )
+        out = self.adapter.forward(
+            prefix.last_tokens.unsqueeze(1), mask, prefix.positions.unsqueeze(1), cache
+        )
+        return out.logits[:, -1].float()
 
     def select(self, prefix: Prefix, index: Sequence[int]) -> Prefix:
         """The rows ``index`` of ``prefix`` (a copy; ``prefix`` is left untouched)."""
