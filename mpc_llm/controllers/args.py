@@ -28,8 +28,8 @@ from typing import Any, ClassVar
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 
-from mpc_llm.core import Budget, CostFunction, Dynamics, OptimizeResult, Rollout
-from mpc_llm.core.rollout import stack_problems
+from mpc_llm.controllers.sequential import Final, episode_result
+from mpc_llm.core import CostFunction, Dynamics, OptimizeResult, validated
 
 
 class ARGSConfig(BaseModel):
@@ -54,8 +54,7 @@ class ARGS:
     adaptive: ClassVar[bool] = False
 
     def __init__(self, config: ARGSConfig | Mapping[str, Any] | None = None, **settings: Any) -> None:
-        base = config.model_dump() if isinstance(config, BaseModel) else dict(config or {})
-        self.config = ARGSConfig.model_validate({**base, **settings})
+        self.config = validated(ARGSConfig, config, settings)
 
     def spec(self) -> dict[str, Any]:
         """What identifies this controller in a comparison's settings."""
@@ -101,7 +100,7 @@ class ARGS:
         k = self.candidates_per_step(dynamics.horizon, max_samples)
         start, B = time.perf_counter(), dynamics.batch_size
         system, active = dynamics, list(range(B))
-        finals: dict[int, tuple[float, Rollout, dict[str, float]]] = {}
+        finals: dict[int, Final] = {}
         samples, tokens = [0] * B, [0] * B
         while active:
             rollout, logp = system.candidates(k)
@@ -117,29 +116,13 @@ class ARGS:
                 tokens[b] += 1
                 if done[i]:
                     j = int(pick[i])
-                    finals[b] = (
+                    finals[b] = Final(
                         float(costs[i, j]),
                         chosen.problems([i]),
                         {n: float(v[i, j]) for n, v in metrics.items()},
                     )
             keep = [i for i, d in enumerate(done) if not d]
             system, active = (system.select(keep), [active[i] for i in keep]) if keep else (system, [])
-        ordered = [finals[b] for b in range(B)]
-        best = stack_problems([r for _, r, _ in ordered])
-        return OptimizeResult(
-            best_rollout=best,
-            best_cost=torch.tensor([c for c, _, _ in ordered], dtype=torch.float64),
-            best_controls=best.controls[:, 0],
-            mean=torch.zeros((B, 1, dynamics.control_dim), dtype=dynamics.dtype, device=dynamics.device),
-            history=[],
-            budget=Budget(
-                samples=max(samples),
-                iterations=0,
-                seconds=time.perf_counter() - start,
-                tokens=sum(tokens),
-                samples_per_problem=tuple(samples),
-                tokens_per_problem=tuple(tokens),
-            ),
-            state=None,
-            best_metrics={n: torch.tensor([m[n] for _, _, m in ordered]) for n in ordered[0][2]},
-        )
+        finals_ = [finals[b] for b in range(B)]
+        mean = torch.zeros((B, 1, dynamics.control_dim), dtype=dynamics.dtype, device=dynamics.device)
+        return episode_result(finals_, samples, tokens, time.perf_counter() - start, mean=mean)

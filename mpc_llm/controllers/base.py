@@ -36,6 +36,7 @@ from mpc_llm.core import (
     ZeroOrderHold,
     draw_seeds,
     make_generators,
+    validated,
 )
 
 C = TypeVar("C", bound=ControllerConfig)
@@ -73,11 +74,7 @@ class Controller(ABC, Generic[C]):
         cls.adaptive = cls.update is not Controller.update
 
     def __init__(self, config: C | Mapping[str, object] | None = None, **overrides: object) -> None:
-        if isinstance(config, ControllerConfig):
-            data = {**config.model_dump(), **overrides}
-        else:
-            data = {**dict(config or {}), **overrides}
-        self.config: C = self.config_class.model_validate(data)  # type: ignore[assignment]
+        self.config: C = validated(self.config_class, config, overrides)  # type: ignore[assignment]
 
     def spec(self) -> dict[str, object]:
         """What identifies this controller in a comparison's settings: its class and config."""

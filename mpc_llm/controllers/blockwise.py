@@ -27,7 +27,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from mpc_llm.controllers.best_of_n import BestOfN
 from mpc_llm.controllers.receding_horizon import RecedingHorizon
-from mpc_llm.core import CostFunction
+from mpc_llm.core import CostFunction, validated
 
 
 class BlockwiseConfig(BaseModel):
@@ -53,8 +53,7 @@ class BlockwiseBestOfN(RecedingHorizon):
     config_class = BlockwiseConfig
 
     def __init__(self, config: BlockwiseConfig | Mapping[str, Any] | None = None, **settings: Any) -> None:
-        base = config.model_dump() if isinstance(config, BaseModel) else dict(config or {})
-        self.settings = BlockwiseConfig.model_validate({**base, **settings})
+        self.settings = validated(BlockwiseConfig, config, settings)
         s = self.settings
         super().__init__(
             BestOfN(num_samples=s.num_samples, num_iterations=1),

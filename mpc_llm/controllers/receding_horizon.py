@@ -31,21 +31,19 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, ClassVar, Literal
 
-import torch
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from mpc_llm.controllers.base import Controller
+from mpc_llm.controllers.sequential import Final, episode_result
 from mpc_llm.controllers.state import ControllerState
 from mpc_llm.core import (
-    Budget,
     CostFunction,
     Dynamics,
     IterationRecord,
     OptimizeResult,
-    Rollout,
     ZeroOrderHold,
+    validated,
 )
-from mpc_llm.core.rollout import stack_problems
 
 
 class RecedingHorizonConfig(BaseModel):
@@ -102,8 +100,7 @@ class RecedingHorizon:
         config: RecedingHorizonConfig | Mapping[str, Any] | None = None,
         **settings: Any,
     ) -> None:
-        base = config.model_dump() if isinstance(config, RecedingHorizonConfig) else dict(config or {})
-        self.config = RecedingHorizonConfig.model_validate({**base, **settings})
+        self.config = validated(RecedingHorizonConfig, config, settings)
         self.inner = inner
 
     @property
@@ -208,7 +205,7 @@ class RecedingHorizon:
         start, B = time.perf_counter(), dynamics.batch_size
         commit, fill = self.config.steps_committed, self.config.fill
         system, active = dynamics, list(range(B))
-        finals: dict[int, tuple[Rollout, float, dict[str, float]]] = {}
+        finals: dict[int, Final] = {}
         samples, tokens = [0] * B, [0] * B
         history: list[IterationRecord] = []
         plan: ControllerState | None = state
@@ -238,34 +235,17 @@ class RecedingHorizon:
             for i, b in enumerate(active):
                 if done[i]:
                     metrics = {k: float(v[i]) for k, v in result.best_metrics.items()}
-                    finals[b] = (result.best_rollout.problems([i]), float(result.best_cost[i]), metrics)
+                    finals[b] = Final(float(result.best_cost[i]), result.best_rollout.problems([i]), metrics)
             keep = [i for i, d in enumerate(done) if not d]
             if not keep:
                 break
             system, active = system.select(keep), [active[i] for i in keep]
             next_tau = self._tau(min(self.config.horizon, system.horizon))
             plan = self._shift(result.state, keep, tau, steps, next_tau, fill)
-        ordered = [finals[b] for b in range(B)]
-        best_rollout = stack_problems([r for r, _, _ in ordered])
-        device = best_rollout.controls.device
-        return OptimizeResult(
-            best_rollout=best_rollout,
-            best_cost=torch.tensor([c for _, c, _ in ordered], dtype=torch.float64, device=device),
-            best_controls=best_rollout.controls[:, 0],
-            mean=result.mean,
-            history=history,
-            budget=Budget(
-                samples=max(samples),
-                iterations=len(history),
-                seconds=time.perf_counter() - start,
-                tokens=sum(tokens),
-                samples_per_problem=tuple(samples),
-                tokens_per_problem=tuple(tokens),
-            ),
-            state=result.state,
-            best_metrics={
-                k: torch.tensor([m[k] for _, _, m in ordered], dtype=torch.float64) for k in ordered[0][2]
-            },
+        seconds = time.perf_counter() - start
+        finals_ = [finals[b] for b in range(B)]
+        return episode_result(
+            finals_, samples, tokens, seconds, mean=result.mean, history=history, state=result.state
         )
 
     def _rollout_steps(self, system: Dynamics) -> int:

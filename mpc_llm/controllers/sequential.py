@@ -8,11 +8,13 @@ Open-loop controllers subclass `Controller`; sequential ones (`RecedingHorizon`,
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any, ClassVar, Protocol, runtime_checkable
+from typing import Any, ClassVar, NamedTuple, Protocol, runtime_checkable
 
+import torch
 from pydantic import BaseModel
 
-from mpc_llm.core import CostFunction, Dynamics, OptimizeResult
+from mpc_llm.core import Budget, CostFunction, Dynamics, IterationRecord, OptimizeResult, Rollout
+from mpc_llm.core.rollout import stack_problems
 
 
 @runtime_checkable
@@ -46,3 +48,44 @@ class SequentialController(Protocol):
     ) -> OptimizeResult:
         """Run every problem's episode in closed loop; ``best_rollout`` is the whole trajectory."""
         ...
+
+
+class Final(NamedTuple):
+    """One problem's finished episode: its cost, its trajectory (``B = N = 1``) and its metrics."""
+
+    cost: float
+    rollout: Rollout
+    metrics: dict[str, float]
+
+
+def episode_result(
+    finals: Sequence[Final],
+    samples: Sequence[int],
+    tokens: Sequence[int],
+    seconds: float,
+    *,
+    mean: torch.Tensor,
+    history: Sequence[IterationRecord] = (),
+    state: object = None,
+) -> OptimizeResult:
+    """The `OptimizeResult` of ``B`` finished episodes (``finals`` in problem order)."""
+    best = stack_problems([f.rollout for f in finals])
+    return OptimizeResult(
+        best_rollout=best,
+        best_cost=torch.tensor([f.cost for f in finals], dtype=torch.float64),
+        best_controls=best.controls[:, 0],
+        mean=mean,
+        history=list(history),
+        budget=Budget(
+            samples=max(samples),
+            iterations=len(history),
+            seconds=seconds,
+            tokens=sum(tokens),
+            samples_per_problem=tuple(samples),
+            tokens_per_problem=tuple(tokens),
+        ),
+        state=state,
+        best_metrics={
+            k: torch.tensor([f.metrics[k] for f in finals], dtype=torch.float64) for k in finals[0].metrics
+        },
+    )

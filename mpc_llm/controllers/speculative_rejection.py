@@ -34,8 +34,8 @@ from typing import Any, ClassVar
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 
-from mpc_llm.core import Budget, CostFunction, Dynamics, OptimizeResult, Rollout, draw_seeds, make_generators
-from mpc_llm.core.rollout import stack_problems
+from mpc_llm.controllers.sequential import Final, episode_result
+from mpc_llm.core import CostFunction, Dynamics, OptimizeResult, draw_seeds, make_generators, validated
 
 
 class SpeculativeRejectionConfig(BaseModel):
@@ -62,8 +62,7 @@ class SpeculativeRejection:
     adaptive: ClassVar[bool] = False
 
     def __init__(self, config: SpeculativeRejectionConfig | Mapping[str, Any] | None = None, **settings: Any):
-        base = config.model_dump() if isinstance(config, BaseModel) else dict(config or {})
-        self.config = SpeculativeRejectionConfig.model_validate({**base, **settings})
+        self.config = validated(SpeculativeRejectionConfig, config, settings)
 
     def spec(self) -> dict[str, Any]:
         """What identifies this controller in a comparison's settings."""
@@ -131,7 +130,7 @@ class SpeculativeRejection:
         branch_seeds = [draw_seeds([streams[b]])[0] for b in owners]  # N fresh streams per problem
         generators = make_generators(branch_seeds, len(owners), dynamics.device)
         system = dynamics.select(owners)
-        best: dict[int, tuple[float, Rollout, dict[str, float]]] = {}
+        best: dict[int, Final] = {}
         samples, tokens = [0] * B, [0] * B
         while owners:
             planner = system.with_horizon(min(self.config.checkpoint, system.horizon))
@@ -148,8 +147,8 @@ class SpeculativeRejection:
             system = system.advance(rollout, planner.horizon)
             done = system.finished().tolist()
             for i, b in enumerate(owners):
-                if done[i] and (b not in best or costs[i] < best[b][0]):
-                    best[b] = (
+                if done[i] and (b not in best or costs[i] < best[b].cost):
+                    best[b] = Final(
                         float(costs[i]),
                         rollout.problems([i]),
                         {k: float(v[i, 0]) for k, v in metrics.items()},
@@ -157,25 +156,9 @@ class SpeculativeRejection:
             keep = self._keep(owners, costs, done)
             system, owners = system.select(keep), [owners[i] for i in keep]
             generators = [generators[i] for i in keep]
-        ordered = [best[b] for b in range(B)]
-        rollout = stack_problems([r for _, r, _ in ordered])
-        return OptimizeResult(
-            best_rollout=rollout,
-            best_cost=torch.tensor([c for c, _, _ in ordered], dtype=torch.float64),
-            best_controls=rollout.controls[:, 0],
-            mean=torch.zeros((B, 1, dynamics.control_dim), dtype=dynamics.dtype, device=dynamics.device),
-            history=[],
-            budget=Budget(
-                samples=max(samples),
-                iterations=0,
-                seconds=time.perf_counter() - start,
-                tokens=sum(tokens),
-                samples_per_problem=tuple(samples),
-                tokens_per_problem=tuple(tokens),
-            ),
-            state=None,
-            best_metrics={k: torch.tensor([m[k] for _, _, m in ordered]) for k in ordered[0][2]},
-        )
+        finals = [best[b] for b in range(B)]
+        mean = torch.zeros((B, 1, dynamics.control_dim), dtype=dynamics.dtype, device=dynamics.device)
+        return episode_result(finals, samples, tokens, time.perf_counter() - start, mean=mean)
 
     def _keep(self, owners: list[int], costs: torch.Tensor, done: list[bool]) -> list[int]:
         """Indices of the unfinished branches kept: per problem, the best ``keep_fraction`` (at least one)."""

@@ -10,7 +10,7 @@
 This package imports nothing else of mpc_llm (checked by the import-linter contracts).
 """
 
-from mpc_llm.core.config import read_mapping
+from mpc_llm.core.config import read_mapping, validated
 from mpc_llm.core.cost import CostFunction, FunctionCost, Metrics, SumCost
 from mpc_llm.core.dynamics import Dynamics
 from mpc_llm.core.importance import effective_sample_size, importance_weights, likelihood_log_ratio
@@ -42,4 +42,5 @@ __all__ = [
     "make_generators",
     "read_mapping",
     "require",
+    "validated",
 ]

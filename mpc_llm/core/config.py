@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import yaml
+from pydantic import BaseModel
+
+M = TypeVar("M", bound=BaseModel)
 
 
 def read_mapping(path: str | Path) -> dict[str, Any]:
@@ -30,3 +34,20 @@ def read_mapping(path: str | Path) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise ValueError(f"config file {path} must hold a mapping of settings, got {type(data).__name__}")
     return data
+
+
+def validated(
+    model: type[M], config: BaseModel | Mapping[str, Any] | None, overrides: Mapping[str, Any]
+) -> M:
+    """``model`` validated from a config object or mapping, with keyword ``overrides`` on top.
+
+    Example:
+        >>> from pydantic import BaseModel
+        >>> class Settings(BaseModel):
+        ...     a: int = 1
+        ...     b: int = 2
+        >>> validated(Settings, {"a": 5}, {"b": 7})
+        Settings(a=5, b=7)
+    """
+    base = config.model_dump() if isinstance(config, BaseModel) else dict(config or {})
+    return model.model_validate({**base, **overrides})

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import Tensor
 
-from mpc_llm.core import Dynamics
+from mpc_llm.core import Dynamics, validated
 from mpc_llm.lm import LMConfig, LMRollout, Prompt, load_model, resolve_dtype
 from mpc_llm.lm.engine import DecodeEngine, Prefix
 from mpc_llm.lm.prompts import as_prompt_list, encode_prompt, uses_chat_template
@@ -73,8 +73,7 @@ class LMDynamics(Dynamics):
         config: LMConfig | Mapping[str, Any] | None = None,
         **options: Any,
     ) -> None:
-        data = {**(config.model_dump() if isinstance(config, LMConfig) else dict(config or {})), **options}
-        lm_config = LMConfig.model_validate(data)
+        lm_config = validated(LMConfig, config, options)
         if isinstance(model, str | os.PathLike):
             model, tokenizer = load_model(model, tokenizer=tokenizer, device=device, dtype=dtype)
         else:
@@ -164,7 +163,7 @@ class LMDynamics(Dynamics):
     def with_options(self, **options: Any) -> LMDynamics:
         """A copy with some `LMConfig` fields changed (same model and prompts; the prefill is reused)."""
         other = copy.copy(self)
-        config = LMConfig.model_validate({**self.config.model_dump(), **options})
+        config = validated(LMConfig, self.config, options)
         other.engine = DecodeEngine(self.model, self.tokenizer, config)
         if config.chat_template != self.config.chat_template:
             other._prefix = None
