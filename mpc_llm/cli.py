@@ -244,10 +244,8 @@ def cmd_align(args: argparse.Namespace) -> int:
         b = summary["budget"]
         print(f"steered   (reward {outcome.reward:+.3f}): {outcome.response}")
         print(f"unsteered (reward {outcome.baseline_reward:+.3f}): {outcome.baseline_response}")
-        print(
-            f"{b['samples']} samples in {b['iterations']} iterations, "
-            f"{b['tokens']} tokens, {b['seconds']:.1f} s"
-        )
+        rounds = f" in {b['iterations']} iterations" if b["iterations"] else ""
+        print(f"{b['samples']} samples scored{rounds}, {b['tokens']} tokens generated, {b['seconds']:.1f} s")
     return 0
 
 

@@ -91,6 +91,7 @@ class RecedingHorizon:
         config: a `RecedingHorizonConfig` or a mapping; keyword ``settings`` override its fields.
     """
 
+    config_class: ClassVar[type[BaseModel]] = RecedingHorizonConfig
     anytime: ClassVar[bool] = False
     adaptive: ClassVar[bool] = True
 
@@ -108,8 +109,6 @@ class RecedingHorizon:
         """Scored rollouts per problem and planning step."""
         inner = self.inner.config
         return self.config.samples_per_step or inner.num_samples * inner.num_iterations
-
-    config_class: ClassVar[type[BaseModel]] = RecedingHorizonConfig
 
     def spec(self) -> dict[str, Any]:
         """What identifies this controller in a comparison's settings (with its inner controller)."""
