@@ -10,13 +10,13 @@ import argparse
 import json
 import os
 import sys
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from pydantic import ValidationError
-
 EXIT_USAGE = 2
+EXIT_INTERRUPTED = 130
 
 
 class CLIError(Exception):
@@ -64,6 +64,8 @@ def _add_shared(parser: argparse.ArgumentParser) -> None:
     g.add_argument(
         "--reward-index", type=int, dest="reward_index", help="output index of a multi-label model"
     )
+    g.add_argument("--trust-remote-code", action="store_true", dest="trust_remote_code",
+                   help="let an HF reward model run its own code (a config file alone cannot)")  # fmt: skip
     g = parser.add_argument_group("controller")
     g.add_argument("--seed", type=int)
     g.add_argument("--sigma", type=float)
@@ -156,17 +158,6 @@ def _controller_overrides(args: argparse.Namespace, name: str, strict: bool) -> 
     return out
 
 
-def _reward_spec(args: argparse.Namespace) -> Any:
-    if args.reward is None:
-        return None
-    if Path(args.reward).exists() or "/" in args.reward:
-        spec: dict[str, Any] = {"name": "hf", "model": args.reward}
-        if args.reward_index is not None:
-            spec["output_index"] = args.reward_index
-        return spec
-    return args.reward
-
-
 def experiment_config(
     args: argparse.Namespace, controller: str | dict[str, Any] | None = None, strict: bool = True
 ) -> Any:
@@ -178,15 +169,20 @@ def experiment_config(
     """
     from mpc_llm.core import read_mapping
     from mpc_llm.experiment import ExperimentConfig
+    from mpc_llm.rewards import allow_remote_code, refuse_remote_code, spec_from_flag
 
     data: dict[str, Any] = read_mapping(args.config) if args.config else {}
+    if not (trust := bool(getattr(args, "trust_remote_code", False))):
+        refuse_remote_code(data.get("reward"), args.config, "pass --trust-remote-code")
     for key in ("model", "device", "dtype", "seed"):
         if getattr(args, key, None) is not None:
             data[key] = getattr(args, key)
     lm = {k: getattr(args, k) for k in ("max_new_tokens", "temperature", "top_p", "greedy")}
     data["lm"] = {**data.get("lm", {}), **{k: v for k, v in lm.items() if v is not None}}
-    if (reward := _reward_spec(args)) is not None:
-        data["reward"] = reward
+    if args.reward is not None:  # a path that does not exist is refused here, without asking a hub
+        data["reward"] = spec_from_flag(args.reward, args.reward_index)
+    if trust and "reward" in data:
+        data["reward"] = allow_remote_code(data["reward"])
     base = dict(data.get("controller", {}))
     if isinstance(controller, dict):
         base = dict(controller)
@@ -211,10 +207,13 @@ def cmd_align(args: argparse.Namespace) -> int:
     from tqdm.auto import tqdm
 
     from mpc_llm.controllers import Controller
+    from mpc_llm.evaluation.store import finite
     from mpc_llm.experiment import Experiment
+    from mpc_llm.lm.prompts import check_prompt_text
 
     if not args.prompt.strip():
         raise CLIError("the prompt is empty; give the text to respond to")
+    check_prompt_text(args.prompt, where="the prompt")  # bytes that are not UTF-8, from the shell
     config = experiment_config(args, args.controller)
     experiment = Experiment(config)
     controller = experiment.controller
@@ -238,8 +237,8 @@ def cmd_align(args: argparse.Namespace) -> int:
         "controller": config.controller,
         "seed": config.seed,
     }
-    if args.json:
-        print(json.dumps(summary, indent=2))
+    if args.json:  # strict JSON: a reward that could not be scored is null, never NaN
+        print(json.dumps(finite(summary), indent=2, allow_nan=False))
     else:
         b = summary["budget"]
         print(f"steered   (reward {outcome.reward:+.3f}): {outcome.response}")
@@ -343,41 +342,56 @@ def cmd_info(args: argparse.Namespace) -> int:
 
 # ---------------------------------------------------------------------------------------- main
 def _one_line(err: BaseException) -> str:
+    from pydantic import ValidationError
+
     if isinstance(err, ValidationError):
         parts = []
         for e in err.errors():
             where = ".".join(str(x) for x in e["loc"])
-            parts.append(f"{where}: {e['msg']}" if where else e["msg"])
+            msg = str(e["msg"]).removeprefix("Value error, ")
+            parts.append(f"{where}: {msg}" if where else msg)
         return "invalid settings: " + "; ".join(parts)
     text = str(err).strip().replace("\n", " ")
     return text or type(err).__name__
 
 
 def _quiet_libraries() -> None:
-    """Keep library progress bars and advice off stderr: errors stay one line."""
+    """Keep library progress bars, retry notices and advice off stderr: errors stay one line."""
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     try:
+        from huggingface_hub.utils import logging as hub_logging
         from transformers.utils import logging as hf_logging
     except ImportError:
         return
+    hub_logging.set_verbosity_error()  # "Retrying in 1s [Retry 1/5]" and the like
     hf_logging.set_verbosity_error()
     hf_logging.disable_progress_bar()
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    _quiet_libraries()
-    commands = {"align": cmd_align, "compare": cmd_compare, "info": cmd_info}
+    """Run the command; a user error prints one ``mpc-llm: error: ...`` line and returns 2, Ctrl-C
+    (even during the first seconds' imports) one ``mpc-llm: interrupted`` line and 130."""
+    formatter = warnings.formatwarning
+    warnings.formatwarning = _one_line_warning
     try:
+        args = build_parser().parse_args(argv)
+        _quiet_libraries()
+        commands = {"align": cmd_align, "compare": cmd_compare, "info": cmd_info}
         return commands[args.command](args)
     except KeyboardInterrupt:
         print("mpc-llm: interrupted", file=sys.stderr)
-        return 130
-    except (CLIError, ValidationError, ValueError, OSError, ImportError, TypeError, RuntimeError) as err:
-        # RuntimeError: a user reward that raised (RewardError), an unsupported model, CUDA out of memory
+        return EXIT_INTERRUPTED
+    except (CLIError, ValueError, OSError, ImportError, TypeError, RuntimeError) as err:
+        # ValueError: pydantic's too; RuntimeError: a reward that raised, an unsupported model, CUDA OOM
         print(f"mpc-llm: error: {_one_line(err)}", file=sys.stderr)
         return EXIT_USAGE
+    finally:
+        warnings.formatwarning = formatter
+
+
+def _one_line_warning(message: Warning | str, *_: Any, **__: Any) -> str:
+    """A warning as one ``mpc-llm: warning: ...`` line (not Python's two lines with the source)."""
+    return f"mpc-llm: warning: {str(message).strip().replace(chr(10), ' ')}\n"
 
 
 if __name__ == "__main__":

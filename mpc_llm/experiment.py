@@ -24,14 +24,15 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from typing_extensions import Self
 
 from mpc_llm.controllers import CONTROLLERS, Controller, RecedingHorizon, SequentialController
 from mpc_llm.core import IterationRecord, OptimizeResult, make_generators, read_mapping
 from mpc_llm.dynamics import LMDynamics
 from mpc_llm.lm import DEFAULT_MODEL, LMConfig, Prompt
-from mpc_llm.rewards import Reward, reward_class_of, reward_from_spec
+from mpc_llm.lm.gguf import check_gguf_file
+from mpc_llm.rewards import Reward, check_reward_spec, refuse_remote_code, reward_class_of, reward_from_spec
 
 #: AISP settings that work on the embedded default (chosen with `benchmarks/sweep_aisp.py`: with one
 #: knot, sigma 2 and above make SmolLM2 degenerate).
@@ -151,6 +152,45 @@ class ExperimentConfig(BaseModel):
             build_controller(spec)
         return value
 
+    @field_validator("model")
+    @classmethod
+    def _readable_gguf(cls, value: str) -> str:
+        """A ``.gguf`` file that is missing, empty or truncated is refused before anything loads."""
+        if Path(value).suffix == ".gguf":
+            check_gguf_file(value)
+        return value
+
+    @field_validator("reward")
+    @classmethod
+    def _valid_reward(cls, value: Any) -> Any:
+        check_reward_spec(value)  # names and settings, before anything loads
+        return value
+
+    @model_validator(mode="after")
+    def _controls_fit_the_response(self) -> Self:
+        """``tau <= max_new_tokens`` and ``num_knots <= tau`` for every open-loop controller, checked
+        here rather than after the model has loaded."""
+        horizon = self.lm.max_new_tokens
+        specs = {"controller": self.controller}
+        specs.update({f"controllers.{label}": spec for label, spec in self.controllers.items()})
+        for where, spec in specs.items():
+            controller = build_controller(spec)
+            if not isinstance(controller, Controller):  # sequential: their own check() covers them
+                continue
+            tau, knots = controller.config.tau, controller.config.num_knots
+            if tau is not None and tau > horizon:
+                raise ValueError(
+                    f"{where}: tau={tau} exceeds lm.max_new_tokens={horizon} (a response has at most "
+                    f"{horizon} tokens to control); lower tau or raise max_new_tokens"
+                )
+            if knots is not None and knots > (tau or horizon):
+                bound = f"tau={tau}" if tau is not None else f"tau (unset: all lm.max_new_tokens={horizon})"
+                raise ValueError(
+                    f"{where}: num_knots={knots} exceeds {bound}: each knot holds at least one controlled "
+                    "token; lower num_knots or raise tau / max_new_tokens"
+                )
+        return self
+
     @field_validator("device")
     @classmethod
     def _known_device(cls, value: str) -> str:
@@ -161,9 +201,20 @@ class ExperimentConfig(BaseModel):
         return value
 
     @classmethod
-    def from_file(cls, path: str | Path, **overrides: Any) -> Self:
-        """Load a YAML / JSON file; ``overrides`` (nested mappings merge) win over the file."""
-        return cls.model_validate(merge(read_mapping(path), overrides))
+    def from_file(cls, path: str | Path, *, trust_remote_code: bool = False, **overrides: Any) -> Self:
+        """Load a YAML / JSON file; ``overrides`` (nested mappings merge) win over the file.
+
+        A config file is code (a ``callable`` reward imports and runs the function it names), but a
+        reward model's own code (``trust_remote_code: true``) runs only when the caller allows it:
+        pass ``trust_remote_code=True`` (the CLI: ``--trust-remote-code``).
+
+        Raises:
+            ValueError: the file asks for ``trust_remote_code`` and the caller did not allow it.
+        """
+        data = read_mapping(path)
+        if not trust_remote_code:
+            refuse_remote_code(data.get("reward"), path, "pass from_file(..., trust_remote_code=True)")
+        return cls.model_validate(merge(data, overrides))
 
 
 def merge(base: Mapping[str, Any], overrides: Mapping[str, Any]) -> dict[str, Any]:

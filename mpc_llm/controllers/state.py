@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 from torch import Tensor
 from typing_extensions import Self
 
@@ -32,6 +32,15 @@ class ControllerConfig(BaseModel):
     num_iterations: int = Field(4, ge=1)
     tau: int | None = Field(None, ge=1)
     num_knots: int | None = Field(None, ge=1)
+
+    @model_validator(mode="after")
+    def _knots_fit_in_tau(self) -> Self:
+        if self.tau is not None and self.num_knots is not None and self.num_knots > self.tau:
+            raise ValueError(
+                f"num_knots={self.num_knots} exceeds tau={self.tau}: each knot holds at least one controlled "
+                "step; lower num_knots or raise tau"
+            )
+        return self
 
     @classmethod
     def from_file(cls, path: str | Path) -> Self:

@@ -8,11 +8,13 @@
 from __future__ import annotations
 
 import csv
+import io
 import json
 from importlib import resources
 from pathlib import Path
 
 from mpc_llm.lm import Prompt, is_messages
+from mpc_llm.lm.prompts import check_prompt_text
 
 #: Name of the bundled prompt set (48 open-ended prompts whose tone can be steered).
 BUNDLED = "bundled"
@@ -33,9 +35,25 @@ def _parse_text(text: str) -> list[str]:
     return [line.strip() for line in text.splitlines() if line.strip() and not line.lstrip().startswith("#")]
 
 
+def _read_text(path: Path) -> str:
+    """The file's text (UTF-8, a byte-order mark allowed), or an error naming the file and line."""
+    try:
+        data = path.read_bytes()
+    except OSError as err:
+        raise PromptFileError(f"cannot read prompt file {path}: {err.strerror or err}") from None
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as err:
+        line = data[: err.start].count(b"\n") + 1
+        raise PromptFileError(
+            f"{path}:{line}: not UTF-8 text (byte 0x{data[err.start]:02x} at byte {err.start}); save the "
+            f"file as UTF-8, e.g. `iconv -f LATIN1 -t UTF-8 {path} > prompts-utf8{path.suffix}`"
+        ) from None
+
+
 def _parse_jsonl(path: Path) -> list[Prompt]:
     prompts: list[Prompt] = []
-    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+    for number, line in enumerate(_read_text(path).splitlines(), start=1):
         if not line.strip():
             continue
         try:
@@ -43,19 +61,24 @@ def _parse_jsonl(path: Path) -> list[Prompt]:
         except json.JSONDecodeError as err:
             raise PromptFileError(f"{path}:{number}: not valid JSON ({err.msg})") from err
         if isinstance(item, dict) and isinstance(item.get("prompt"), str) and item["prompt"].strip():
-            prompts.append(item["prompt"])
+            prompt: Prompt = item["prompt"]
         elif isinstance(item, dict) and is_messages(item.get("messages")):
-            prompts.append(item["messages"])
+            prompt = item["messages"]
         else:
             raise PromptFileError(
                 f'{path}:{number}: expected {{"prompt": "..."}} or {{"messages": [{{"role": ..., '
                 f'"content": ...}}]}}, got {line.strip()[:80]}'
             )
+        try:  # e.g. "\\udcff" escapes: text no tokenizer can encode
+            check_prompt_text(prompt, where=f"{path}:{number}: the prompt")
+        except ValueError as err:
+            raise PromptFileError(str(err)) from None
+        prompts.append(prompt)
     return prompts
 
 
 def _parse_csv(path: Path) -> list[Prompt]:
-    with path.open(newline="", encoding="utf-8") as handle:
+    with io.StringIO(_read_text(path), newline="") as handle:
         reader = csv.DictReader(handle)
         if reader.fieldnames is None or "prompt" not in reader.fieldnames:
             header = reader.fieldnames
@@ -73,7 +96,8 @@ def load_prompts(source: str | Path, limit: int | None = None) -> list[Prompt]:
     """Load prompts from a file, ``"bundled"``, or ``"hh-rlhf"`` / ``"shp"`` (local `datasets` cache).
 
     Raises:
-        PromptFileError: the file is missing, empty or malformed (with the line number).
+        PromptFileError: the file is missing, a folder, unreadable, not UTF-8, empty or malformed (with
+            the line number).
     """
     name = str(source)
     if name == BUNDLED:
@@ -81,7 +105,12 @@ def load_prompts(source: str | Path, limit: int | None = None) -> list[Prompt]:
     elif name in DATASETS:
         prompts = list(load_dataset_prompts(name))
     else:
-        path = Path(source)
+        path = Path(source).expanduser()
+        if path.is_dir():
+            raise PromptFileError(
+                f"{path} is a folder; give a prompt file (.jsonl, .csv or .txt) or one of "
+                f"{[BUNDLED, *DATASETS]}"
+            )
         if not path.is_file():
             raise PromptFileError(
                 f"prompt file {path} does not exist; give a .jsonl, .csv or .txt file, "
@@ -93,7 +122,7 @@ def load_prompts(source: str | Path, limit: int | None = None) -> list[Prompt]:
         elif suffix == ".csv":
             prompts = _parse_csv(path)
         else:
-            prompts = list(_parse_text(path.read_text(encoding="utf-8")))
+            prompts = list(_parse_text(_read_text(path)))
         if not prompts:
             raise PromptFileError(f"{path} holds no prompts")
     return prompts[:limit] if limit is not None else prompts

@@ -12,15 +12,23 @@ Two ways to read a budget ``k``:
   fit in ``k`` generated tokens, at least one).
 - `final_records` (sequential controllers: receding horizon, blockwise): one run per budget; its
   answer is the run's own.
+
+Invalid samples. A sample whose reward or cost is NaN or infinite is never chosen while a valid one
+is within the budget. When every sample within a budget is invalid (e.g. a reward that could not
+score the first ``k`` responses), the record says so: ``"invalid": true`` with ``"reward": null``
+and ``"cost": null``, and no response; summaries count such records apart and leave them out of
+the means. A record only ever holds finite numbers or null (the store writes strict JSON).
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any, Literal
 
 import torch
 
 from mpc_llm.core import OptimizeResult
+from mpc_llm.evaluation.store import finite
 
 BudgetUnit = Literal["samples", "tokens"]
 
@@ -41,25 +49,47 @@ def anytime_records(
         for b, prompt_index in enumerate(indices):
             # in tokens: the samples whose tokens fit in k (at least one)
             used = k if unit == "samples" else max(1, int((counts[b] <= k).sum()))
-            j = int(costs[b, :used].argmin())
+            valid = torch.isfinite(costs[b, :used]) & torch.isfinite(rewards[b, :used])
+            j = int(costs[b, :used].masked_fill(~valid, float("inf")).argmin())
             it = next(i for i, end in enumerate(ends) if end > j)
             rollout = history[it].rollout
             assert rollout is not None, "anytime records need optimize(..., keep_rollouts=True)"
+            key = {"prompt_index": prompt_index, "controller": name, "seed": seed, "budget": k}
+            spent = {
+                "samples": used,
+                "tokens": int(counts[b, used - 1]),
+                "seconds": sum(per_sample[:used]) / len(indices),
+            }
+            if not bool(valid.any()):
+                records.append(invalid_record(key, spent))
+                continue
             records.append(
-                {
-                    "prompt_index": prompt_index,
-                    "controller": name,
-                    "seed": seed,
-                    "budget": k,
-                    "reward": float(rewards[b, j]),
-                    "cost": float(costs[b, j]),
-                    **rollout.describe(b, j - (ends[it] - sizes[it])),
-                    "samples": used,
-                    "tokens": int(counts[b, used - 1]),
-                    "seconds": sum(per_sample[:used]) / len(indices),
-                }
+                finite_record(
+                    {
+                        **key,
+                        "reward": float(rewards[b, j]),
+                        "cost": float(costs[b, j]),
+                        **rollout.describe(b, j - (ends[it] - sizes[it])),
+                        **spent,
+                    }
+                )
             )
     return records
+
+
+def invalid_record(key: Mapping[str, Any], spent: Mapping[str, Any]) -> dict[str, Any]:
+    """The record of a budget whose every sample was invalid (NaN or infinite reward or cost)."""
+    return finite_record({**key, "reward": None, "cost": None, "invalid": True, **spent})
+
+
+def finite_record(record: Mapping[str, Any]) -> dict[str, Any]:
+    """``record`` with every non-finite number made null; a non-finite ``reward`` or ``cost`` makes
+    the whole record invalid (its response is dropped: nothing chose it)."""
+    out = finite(record)
+    if not out.get("invalid") and (out.get("reward") is None or out.get("cost") is None):
+        key = {k: out[k] for k in ("prompt_index", "controller", "seed", "budget") if k in out}
+        return invalid_record(key, {k: out[k] for k in ("samples", "tokens", "seconds") if k in out})
+    return out
 
 
 def final_records(
@@ -71,17 +101,19 @@ def final_records(
     for b, prompt_index in enumerate(indices):
         cost = float(result.best_cost[b])
         records.append(
-            {
-                "prompt_index": prompt_index,
-                "controller": name,
-                "seed": seed,
-                "budget": budget,
-                "reward": float(rewards[b]) if rewards is not None else -cost,
-                "cost": cost,
-                **result.best_rollout.describe(b, 0),
-                "samples": result.budget.samples_per_problem[b],
-                "tokens": result.budget.tokens_per_problem[b],
-                "seconds": result.budget.seconds / len(indices),
-            }
+            finite_record(
+                {
+                    "prompt_index": prompt_index,
+                    "controller": name,
+                    "seed": seed,
+                    "budget": budget,
+                    "reward": float(rewards[b]) if rewards is not None else -cost,
+                    "cost": cost,
+                    **result.best_rollout.describe(b, 0),
+                    "samples": result.budget.samples_per_problem[b],
+                    "tokens": result.budget.tokens_per_problem[b],
+                    "seconds": result.budget.seconds / len(indices),
+                }
+            )
         )
     return records

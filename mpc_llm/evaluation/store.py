@@ -8,6 +8,7 @@ run/
 from __future__ import annotations
 
 import json
+import math
 import os
 import warnings
 from collections import Counter
@@ -18,6 +19,45 @@ from typing import Any
 
 class RunFolderError(ValueError):
     """The output folder holds something this run must not overwrite or cannot read."""
+
+
+def finite(value: Any) -> Any:
+    """``value`` with every NaN or infinite float (in nested dicts, lists and tuples) made None.
+
+    Example:
+        >>> finite({"reward": float("nan"), "kl": [0.5, float("inf")]})
+        {'reward': None, 'kl': [0.5, None]}
+    """
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, Mapping):
+        return {k: finite(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [finite(v) for v in value]
+    return value
+
+
+def strict_json(value: Any, **options: Any) -> str:
+    """``json.dumps`` (sorted keys) that refuses NaN and infinities, naming the offending fields.
+
+    Example:
+        >>> try:
+        ...     strict_json({"reward": float("nan"), "cost": 1.0})
+        ... except ValueError as err:
+        ...     print(str(err).split(":")[0])
+        refusing to write a non-finite number (NaN or infinity) in reward
+    """
+    try:
+        return json.dumps(value, sort_keys=True, allow_nan=False, **options)
+    except ValueError:
+        fields = [] if not isinstance(value, Mapping) else [
+            str(k) for k, v in value.items() if isinstance(v, float) and not math.isfinite(v)
+        ]  # fmt: skip
+        where = f" in {', '.join(sorted(fields))}" if fields else ""
+        raise ValueError(
+            f"refusing to write a non-finite number (NaN or infinity){where}: "
+            "records hold finite numbers or null"
+        ) from None
 
 
 class RunStore:
@@ -101,9 +141,14 @@ class RunStore:
         return records
 
     def append(self, records: Iterable[Mapping[str, Any]]) -> None:
-        """Append records durably (one write, flushed and fsynced)."""
+        """Append records durably (one write, flushed and fsynced).
+
+        Raises:
+            ValueError: a record holds NaN or an infinity (strict JSON has none; a record of an
+                invalid sample holds null, see `mpc_llm.evaluation.records`); nothing is written.
+        """
         batch = [dict(r) for r in records]
-        payload = "".join(json.dumps(r, sort_keys=True) + "\n" for r in batch)
+        payload = "".join(strict_json(r) + "\n" for r in batch)
         if self.records_path.exists() and self.records_path.stat().st_size > 0:
             with self.records_path.open("rb") as handle:
                 handle.seek(-1, os.SEEK_END)
@@ -123,7 +168,7 @@ class RunStore:
             return
         tmp = self.records_path.with_name(self.records_path.name + ".tmp")
         with tmp.open("w", encoding="utf-8") as handle:
-            handle.write("".join(json.dumps(r, sort_keys=True) + "\n" for r in kept))
+            handle.write("".join(strict_json(r) + "\n" for r in kept))
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp, self.records_path)

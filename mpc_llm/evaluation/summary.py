@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -16,12 +17,14 @@ def summarize(
 ) -> list[dict[str, Any]]:
     """Aggregate records over prompts and seeds.
 
-    Each row: ``controller``, ``budget``, ``n`` (prompts), ``reward`` mean with its 95% Student-t
-    interval ``reward_low`` / ``reward_high`` over prompts (seeds of a prompt are averaged first:
-    they are not independent of each other), ``win_rate`` against ``baseline`` at the
-    same budget (paired by prompt and seed, ties count one half), ``distinct_2`` over the returned
-    responses, mean ``rep_2``, mean ``kl`` (when log-probs were recorded), mean ``tokens`` and
-    ``seconds`` per prompt.
+    Each row: ``controller``, ``budget``, ``n`` (prompts with a valid record), ``reward`` mean with
+    its 95% Student-t interval ``reward_low`` / ``reward_high`` over prompts (seeds of a prompt are
+    averaged first: they are not independent of each other), ``win_rate`` against ``baseline`` at
+    the same budget (paired by prompt and seed, ties count one half), ``distinct_2`` over the
+    returned responses, mean ``rep_2``, mean ``kl`` (when log-probs were recorded), mean ``tokens``
+    and ``seconds`` per prompt, and ``invalid``: the records whose every sample within the budget
+    was invalid (NaN or infinite reward). Those are left out of every mean and of the win rates;
+    when a group has only such records, its reward and interval are None.
     """
     groups: dict[tuple[str, int], list[Mapping[str, Any]]] = defaultdict(list)
     for record in records:
@@ -29,22 +32,26 @@ def summarize(
     base = {
         (r["prompt_index"], r["seed"], int(r["budget"])): float(r["reward"])
         for r in records
-        if r["controller"] == baseline
+        if r["controller"] == baseline and is_valid(r)
     }
     order = list(dict.fromkeys(r["controller"] for r in records))
     rows = []
-    for (name, budget), group in sorted(groups.items(), key=lambda kv: (order.index(kv[0][0]), kv[0][1])):
+    for (name, budget), everything in sorted(
+        groups.items(), key=lambda kv: (order.index(kv[0][0]), kv[0][1])
+    ):
+        group = [r for r in everything if is_valid(r)]
         per_prompt: dict[Any, list[float]] = defaultdict(list)
         for r in group:
             per_prompt[r["prompt_index"]].append(float(r["reward"]))
-        ci = mean_ci([sum(v) / len(v) for v in per_prompt.values()])
+        ci = mean_ci([sum(v) / len(v) for v in per_prompt.values()]) if per_prompt else None
         row: dict[str, Any] = {
             "controller": name,
             "budget": budget,
-            "n": ci.n,
-            "reward": ci.mean,
-            "reward_low": ci.low,
-            "reward_high": ci.high,
+            "n": ci.n if ci else 0,
+            "reward": ci.mean if ci else None,
+            "reward_low": ci.low if ci else None,
+            "reward_high": ci.high if ci else None,
+            "invalid": len(everything) - len(group),
         }
         pairs = [(float(r["reward"]), base.get((r["prompt_index"], r["seed"], budget))) for r in group]
         pairs = [(a, b) for a, b in pairs if b is not None]
@@ -53,35 +60,50 @@ def summarize(
         if responses:
             row["distinct_2"] = distinct_n(responses, 2)
             row["rep_2"] = sum(rep_n(t, 2) for t in responses) / len(responses)
-        kls = [float(r["kl"]) for r in group if "kl" in r]
+        kls = [float(r["kl"]) for r in group if r.get("kl") is not None]
         row["kl"] = sum(kls) / len(kls) if kls else None
-        tokens = [int(r["tokens"]) for r in group if "tokens" in r]
+        # what was spent counts every record, invalid ones included
+        tokens = [int(r["tokens"]) for r in everything if "tokens" in r]
         row["tokens"] = sum(tokens) / len(tokens) if tokens else None
-        samples = [int(r["samples"]) for r in group if "samples" in r]
+        samples = [int(r["samples"]) for r in everything if "samples" in r]
         row["samples"] = sum(samples) / len(samples) if samples else None
-        row["seconds"] = sum(float(r["seconds"]) for r in group) / len(group)
+        row["seconds"] = sum(float(r["seconds"]) for r in everything) / len(everything)
         rows.append(row)
     return rows
+
+
+def is_valid(record: Mapping[str, Any]) -> bool:
+    """Whether a record holds a finite reward (not one whose every sample was invalid)."""
+    reward = record.get("reward")
+    return not record.get("invalid") and isinstance(reward, int | float) and math.isfinite(reward)
 
 
 def _fmt(value: Any, digits: int = 3) -> str:
     if value is None:
         return "–"
     if isinstance(value, float):
-        return f"{value:.{digits}f}"
+        return f"{value:.{digits}f}" if math.isfinite(value) else "–"
     return str(value)
 
 
+def _reward_cell(row: Mapping[str, Any]) -> str:
+    """``mean [low, high]``, with the count of invalid records when there are any."""
+    invalid = int(row.get("invalid") or 0)
+    if row["reward"] is None:
+        return f"– (all {invalid} invalid: no valid sample within the budget)" if invalid else "–"
+    cell = f"{_fmt(row['reward'])} [{_fmt(row['reward_low'])}, {_fmt(row['reward_high'])}]"
+    return f"{cell} ({invalid} invalid, excluded)" if invalid else cell
+
+
 def markdown_table(rows: Sequence[Mapping[str, Any]]) -> str:
-    """The summary rows as a Markdown table."""
+    """The summary rows as a Markdown table (a reward cell counts the records that had no valid sample)."""
     header = (
         "| controller | budget | prompts | mean best reward [95% CI] | win rate vs baseline | distinct-2 "
         "| rep-2 | KL to base | scored / prompt | tokens / prompt | s / prompt |\n"
         "|---|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|\n"
     )
     lines = [
-        f"| {r['controller']} | {r['budget']} | {r['n']} | {_fmt(r['reward'])} "
-        f"[{_fmt(r['reward_low'])}, {_fmt(r['reward_high'])}] | {_fmt(r['win_rate'], 2)} "
+        f"| {r['controller']} | {r['budget']} | {r['n']} | {_reward_cell(r)} | {_fmt(r['win_rate'], 2)} "
         f"| {_fmt(r.get('distinct_2'))} | {_fmt(r.get('rep_2'))} | {_fmt(r['kl'], 2)} "
         f"| {_fmt(r.get('samples'), 1)} | {_fmt(r['tokens'], 0)} | {_fmt(r['seconds'], 2)} |"
         for r in rows
@@ -102,7 +124,8 @@ def plot_reward_vs_samples(
         raise ImportError("plotting needs matplotlib: pip install 'mpc_llm[plot]'") from err
     fig, ax = plt.subplots(figsize=(6.4, 4.2), dpi=120)
     for name in dict.fromkeys(r["controller"] for r in rows):
-        mine = sorted((r for r in rows if r["controller"] == name), key=lambda r: r["budget"])
+        valid = (r for r in rows if r["controller"] == name and r["reward"] is not None)
+        mine = sorted(valid, key=lambda r: r["budget"])
         x = [r["budget"] for r in mine]
         ax.plot(x, [r["reward"] for r in mine], marker="o", label=name)
         ax.fill_between(x, [r["reward_low"] for r in mine], [r["reward_high"] for r in mine], alpha=0.2)
@@ -124,9 +147,10 @@ def write_summary(rows: Sequence[Mapping[str, Any]], folder: Path, settings: Map
     """Write ``summary.md`` (settings and table), ``summary.json`` and ``reward_vs_samples.png``."""
     text = "# Comparison\n\n" + markdown_table(rows)
     text += "\n<details><summary>settings</summary>\n\n```json\n"
-    text += json.dumps(settings, indent=2, sort_keys=True) + "\n```\n</details>\n"
+    text += json.dumps(settings, indent=2, sort_keys=True, allow_nan=False) + "\n```\n</details>\n"
     (folder / "summary.md").write_text(text, encoding="utf-8")
-    (folder / "summary.json").write_text(json.dumps(list(rows), indent=2), encoding="utf-8")
+    summary = json.dumps(list(rows), indent=2, allow_nan=False)  # strict JSON: None, never NaN
+    (folder / "summary.json").write_text(summary, encoding="utf-8")
     plot_reward_vs_samples(
         rows, folder / "reward_vs_samples.png", str(settings.get("budget_unit", "samples"))
     )

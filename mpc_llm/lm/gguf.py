@@ -5,14 +5,21 @@ GGUF files are de-quantised at load time (~20 s for SmolLM2 on two CPU cores) an
 plain ``safetensors`` copy (state dict, config, generation config and tokenizer) to the fast-load
 cache, ``$MPC_LLM_CACHE`` (default ``$XDG_CACHE_HOME/mpc_llm`` or ``~/.cache/mpc_llm``); later loads
 read it in about a second.
+
+`check_gguf_file` reads a file's header and tensor table (a tenth of a second) and refuses, naming
+the file, one that is empty, not GGUF or truncated, before anything expensive runs.
 """
 
 from __future__ import annotations
 
 import hashlib
+import mmap
 import os
 import shutil
+import struct
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +30,125 @@ from mpc_llm.lm.hub import load_pretrained, transformers_module
 
 CACHE_FORMAT = "1"  # bump when the layout of the fast-load cache changes
 COMPLETE = "mpc_llm-cache-complete"
+
+_MAGIC = b"GGUF"
+_VERSIONS = (2, 3)
+#: byte widths of the fixed-size metadata value types (u8, i8, u16, i16, u32, i32, f32, bool, u64, i64, f64)
+_WIDTH = {0: 1, 1: 1, 2: 2, 3: 2, 4: 4, 5: 4, 6: 4, 7: 1, 10: 8, 11: 8, 12: 8}
+_STRING, _ARRAY = 8, 9
+
+
+class GGUFFileError(ValueError):
+    """A GGUF file is missing, empty, not GGUF, truncated or corrupt; the message names the file."""
+
+
+def _damaged(file: Path, what: str) -> GGUFFileError:
+    return GGUFFileError(
+        f"GGUF file {file} {what}; download it again (a partial download or copy?) or pass another model"
+    )
+
+
+def check_gguf_file(file: str | os.PathLike[str]) -> Path:
+    """Refuse a GGUF file that is missing, empty, not GGUF or shorter than its tensor table says.
+
+    Reads only the header, the metadata and the tensor table (no tensor data), so it is fast.
+
+    Raises:
+        FileNotFoundError: the file does not exist (or is a folder).
+        GGUFFileError: the file is empty, not a GGUF file, of an unknown version, or truncated.
+    """
+    path = Path(file).expanduser()
+    if path.is_dir():
+        raise GGUFFileError(f"{path} is a folder, not a .gguf file; pass the path of the .gguf file in it")
+    if not path.is_file():
+        raise FileNotFoundError(f"GGUF file {path} does not exist; pass the path of an existing .gguf file")
+    size = path.stat().st_size
+    if size == 0:
+        raise _damaged(path, "is empty (0 bytes)")
+    with path.open("rb") as handle:
+        if handle.read(4) != _MAGIC:
+            raise GGUFFileError(
+                f"{path} is not a GGUF file (it does not start with 'GGUF'); pass a .gguf file, a folder "
+                "with config.json and weights, or a hub id"
+            )
+        if size < 24:
+            raise _damaged(path, f"is truncated ({size} bytes, shorter than a GGUF header)")
+        with mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ) as blob:
+            try:
+                needed = _tensor_data_end(blob, path)
+            except (struct.error, IndexError, UnicodeDecodeError, OverflowError) as exc:
+                raise _damaged(path, f"is truncated or corrupt: its metadata cannot be read ({exc})") from exc
+    if needed is not None and needed > size:
+        raise _damaged(path, f"is truncated: it holds {size:,} bytes but its tensors need {needed:,}")
+    return path
+
+
+def _tensor_data_end(blob: mmap.mmap, path: Path) -> int | None:
+    """Where the last tensor's data ends (None when a tensor type's size is unknown here)."""
+    (version,) = struct.unpack_from("<I", blob, 4)
+    if version not in _VERSIONS:
+        raise GGUFFileError(f"GGUF file {path} has version {version}; only versions 2 and 3 can be read")
+    tensor_count, kv_count = struct.unpack_from("<QQ", blob, 8)
+    pos = 24
+    alignment = 32
+
+    def string(at: int) -> tuple[bytes, int]:
+        (length,) = struct.unpack_from("<Q", blob, at)
+        end = at + 8 + length
+        if end > len(blob):
+            raise IndexError(f"a string runs past the end of the file at byte {at}")
+        return blob[at + 8 : end], end
+
+    def skip(at: int, kind: int) -> int:
+        if kind in _WIDTH:
+            return at + _WIDTH[kind]
+        if kind == _STRING:
+            return string(at)[1]
+        if kind == _ARRAY:
+            item, count = struct.unpack_from("<IQ", blob, at)
+            at += 12
+            if item in _WIDTH:
+                return at + count * _WIDTH[item]
+            for _ in range(count):
+                at = skip(at, item)
+            return at
+        raise IndexError(f"unknown metadata value type {kind} at byte {at}")
+
+    for _ in range(kv_count):
+        key, pos = string(pos)
+        (kind,) = struct.unpack_from("<I", blob, pos)
+        pos += 4
+        if key == b"general.alignment" and kind == 4:
+            (alignment,) = struct.unpack_from("<I", blob, pos)
+        pos = skip(pos, kind)
+    ends: list[int | None] = []
+    for _ in range(tensor_count):
+        _, pos = string(pos)
+        (dims,) = struct.unpack_from("<I", blob, pos)
+        shape = struct.unpack_from(f"<{dims}Q", blob, pos + 4)
+        ggml_type, offset = struct.unpack_from("<IQ", blob, pos + 4 + 8 * dims)
+        pos += 4 + 8 * dims + 12
+        ends.append(_end_of(offset, ggml_type, shape))
+    data_start = -(-pos // max(alignment, 1)) * max(alignment, 1)
+    if pos > len(blob):
+        raise IndexError("the tensor table runs past the end of the file")
+    if not ends:
+        return data_start
+    return None if None in ends else data_start + max(e for e in ends if e is not None)
+
+
+def _end_of(offset: int, ggml_type: int, shape: tuple[int, ...]) -> int | None:
+    """End of one tensor's data relative to the data section (None when its type is unknown)."""
+    try:
+        from gguf.constants import GGML_QUANT_SIZES, GGMLQuantizationType
+
+        block, type_size = GGML_QUANT_SIZES[GGMLQuantizationType(ggml_type)]
+    except (ImportError, ValueError, KeyError):
+        return None
+    elements = 1
+    for n in shape:
+        elements *= n
+    return offset + elements // block * type_size
 
 
 def cache_root() -> Path:
@@ -51,9 +177,14 @@ def is_cached(file: Path) -> bool:
 def load_gguf(
     file: Path, dtype: torch.dtype | str | None, use_cache: bool, device_map: str | dict[str, Any] | None
 ) -> tuple[Any, Any]:
-    """A GGUF model and its tokenizer, through the fast-load cache when possible."""
+    """A GGUF model and its tokenizer, through the fast-load cache when possible.
+
+    Raises:
+        FileNotFoundError: the file does not exist.
+        GGUFFileError: the file is empty, not GGUF, truncated, or cannot be read (the message names it).
+    """
     if not file.is_file():
-        raise FileNotFoundError(f"GGUF file {file} does not exist; pass the path of an existing .gguf file")
+        check_gguf_file(file)  # says whether it is missing or a folder
     cached = cache_dir(file)
     if use_cache and (cached / COMPLETE).is_file():
         try:
@@ -65,10 +196,12 @@ def load_gguf(
             shutil.rmtree(cached, ignore_errors=True)
     require("gguf", extra="hf", feature="to read GGUF files")
     require("accelerate", extra="hf", feature="to load GGUF files")
+    check_gguf_file(file)  # empty, not GGUF or truncated: refused naming the file, before parsing it
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    tokenizer = AutoTokenizer.from_pretrained(file.parent, gguf_file=file.name)
-    model = AutoModelForCausalLM.from_pretrained(file.parent, gguf_file=file.name)
+    with _reading(file):
+        tokenizer = AutoTokenizer.from_pretrained(file.parent, gguf_file=file.name)
+        model = AutoModelForCausalLM.from_pretrained(file.parent, gguf_file=file.name)
     if use_cache:
         try:
             write_cache(model, tokenizer, cached)
@@ -93,9 +226,26 @@ def load_gguf_tokenizer(file: Path) -> Any:
         tf = transformers_module("to load tokenizers")
         return load_pretrained(tf.AutoTokenizer, cached, what="tokenizer", local_files_only=True)
     require("gguf", extra="hf", feature="to read GGUF files")
+    check_gguf_file(file)
     from transformers import AutoTokenizer
 
-    return AutoTokenizer.from_pretrained(file.parent, gguf_file=file.name)
+    with _reading(file):
+        return AutoTokenizer.from_pretrained(file.parent, gguf_file=file.name)
+
+
+@contextmanager
+def _reading(file: Path) -> Iterator[None]:
+    """Name ``file`` in any error that reading it raises (a reshape or ``struct`` error names nothing)."""
+    try:
+        yield
+    except (ImportError, MemoryError):
+        raise
+    except Exception as exc:
+        detail = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise GGUFFileError(
+            f"cannot read GGUF file {file} ({type(exc).__name__}: {detail}); it may be truncated, corrupt or "
+            "of an architecture transformers cannot load from GGUF: download it again or pass another model"
+        ) from exc
 
 
 def load_cached(

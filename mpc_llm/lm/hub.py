@@ -8,9 +8,13 @@ local folder. transformers is an optional extra (``mpc_llm[hf]``), imported only
 from __future__ import annotations
 
 import os
+import socket
+import sys
+import threading
 from pathlib import Path
 from types import ModuleType
 from typing import Any
+from urllib.parse import urlsplit
 
 import torch
 
@@ -53,7 +57,9 @@ def load_pretrained(
         FileNotFoundError: ``source`` looks like a path and does not exist (the hub is not asked).
         ValueError: ``source`` is a file, not a folder.
         OSError: nothing could be loaded; the message says whether the hub was needed and how to pass
-            a local folder instead.
+            a local folder instead. When the hub must be asked, one quick connection attempt comes
+            first (`hub_unreachable`), so a machine without network fails in seconds, not after the
+            hub client's retries.
     """
     kwargs = {k: v for k, v in kwargs.items() if v is not None}
     name = os.fspath(source)
@@ -66,33 +72,85 @@ def load_pretrained(
                 f"no usable {what} found in {path}; save one there (save_pretrained) or pass it explicitly. "
                 f"Original error: {exc}"
             ) from exc
+    gguf = " or a .gguf file" if what == "model" else ""
     if path.exists():
-        raise ValueError(f"{path} is a file; pass a folder with config.json and weights, or a .gguf file")
+        raise ValueError(f"{path} is a file; pass a folder with config.json and weights{gguf}")
     if looks_like_a_path(name):
         raise FileNotFoundError(
             f"no such folder: {path}; pass an existing local folder (with config.json and weights, as "
-            "save_pretrained writes) or a .gguf file, or a hub id such as 'org/name'"
+            f"save_pretrained writes){gguf}, or a hub id such as 'org/name'"
         )
+    base = f"could not load the {what} {name!r}: it is not a local folder and not in the local Hugging Face "
+    base += "cache"
+    advice = f"`hf download {name} --local-dir DIR` where there is network access, and pass the local path "
+    advice += f"DIR{gguf}"
     try:  # a model in the local cache loads without touching the network
         return auto_class.from_pretrained(name, **{**kwargs, "local_files_only": True})
     except OSError as cached_error:
         if local_files_only:
             raise OSError(
-                f"could not load the {what} {name!r}: it is not a local folder and not in the local "
-                f"Hugging Face cache (local_files_only=True). Pass a local folder (the path of a folder "
-                f"that holds the model, e.g. one made with `hf download {name} --local-dir DIR`) or a "
-                f".gguf file."
+                f"{base} (local_files_only=True). Pass a local folder (the path of a folder that holds "
+                f"the model, e.g. one made with `hf download {name} --local-dir DIR`){gguf}."
             ) from cached_error
+        if hub_offline():
+            raise OSError(
+                f"{base}, and HF_HUB_OFFLINE is set: no hub was asked, as no model hub may be reachable "
+                f"from this machine. Check the id, or download the model: {advice}."
+            ) from cached_error
+    if (unreachable := hub_unreachable()) is not None:
+        raise OSError(
+            f"{base}, and no model hub may be reachable from this machine ({unreachable}). "
+            f"Check the id, or download the model: {advice}."
+        )
     try:
         return auto_class.from_pretrained(name, **kwargs)
     except OSError as exc:
+        cause = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise OSError(
-            f"could not load the {what} {name!r}: it is not a local folder, not in the local Hugging "
-            f"Face cache, and downloading it failed (no model hub may be reachable from this machine, "
-            f"or the id is wrong). Download it where there is network access "
-            f"(`hf download {name} --local-dir DIR`) and pass the local path DIR. "
-            f"(Set HF_HUB_OFFLINE=1 to fail fast without network.) Cause: {exc}"
+            f"{base}, and downloading it failed (no model hub may be reachable from this machine, or the "
+            f"id is wrong or private). Download it: {advice}. Cause: {cause}"
         ) from exc
+
+
+def hub_offline() -> bool:
+    """Whether ``HF_HUB_OFFLINE`` asks never to contact the hub (the environment, or the hub client's
+    setting when it is loaded)."""
+    constants = sys.modules.get("huggingface_hub.constants")
+    if constants is not None and getattr(constants, "HF_HUB_OFFLINE", False):
+        return True
+    return os.environ.get("HF_HUB_OFFLINE", "").strip().upper() in {"1", "ON", "YES", "TRUE"}
+
+
+def hub_unreachable(timeout: float = 5.0) -> str | None:
+    """Why the hub's host cannot be reached (a name that does not resolve, a refused or timed-out
+    connection), or None when it can, or when a proxy is configured (the proxy decides).
+
+    One connection attempt of at most ``timeout`` seconds (name resolution included), instead of
+    the hub client's five retries with back-off (about half a minute) on a machine without network.
+    """
+    if any(os.environ.get(k) for k in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy")):
+        return None
+    endpoint = os.environ.get("HF_ENDPOINT") or "https://huggingface.co"
+    parsed = urlsplit(endpoint)
+    host = parsed.hostname
+    if not host:
+        return None
+    port = parsed.port or (80 if parsed.scheme == "http" else 443)
+    outcome: list[str | None] = []
+
+    def probe() -> None:
+        try:
+            socket.create_connection((host, port), timeout=timeout).close()
+            outcome.append(None)
+        except OSError as exc:
+            outcome.append(f"{host}:{port}: {exc.strerror or exc}")
+
+    worker = threading.Thread(target=probe, daemon=True)
+    worker.start()
+    worker.join(timeout)
+    if not outcome:
+        return f"{host}:{port}: no answer within {timeout:g} s"
+    return outcome[0]
 
 
 def resolve_tokenizer(

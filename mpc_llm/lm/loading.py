@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from mpc_llm.core import require
-from mpc_llm.lm.gguf import is_cached, load_gguf, load_gguf_tokenizer
+from mpc_llm.lm.gguf import check_gguf_file, is_cached, load_gguf, load_gguf_tokenizer
 from mpc_llm.lm.hub import load_pretrained, transformers_module
 
 if TYPE_CHECKING:
@@ -109,6 +109,7 @@ def load_model(
     Raises:
         OSError: the model cannot be found locally and the hub is unreachable (the message says how to
             pass a local folder or a .gguf file instead).
+        GGUFFileError: a ``.gguf`` file that is empty, not GGUF, truncated or unreadable (a `ValueError`).
         ImportError: an optional dependency is missing (the message says what to install).
     """
     tf = transformers_module("to load Hugging Face models")
@@ -118,9 +119,7 @@ def load_model(
     path = Path(name_or_path).expanduser()
     if gguf_file is None and path.suffix == ".gguf":
         if not path.is_file():
-            raise FileNotFoundError(
-                f"GGUF file {path} does not exist; pass the path of an existing .gguf file"
-            )
+            check_gguf_file(path)  # says whether it is missing or a folder
         path, gguf_file = path.parent, path.name
     options = {"local_files_only": local_files_only, "trust_remote_code": trust_remote_code}
     if gguf_file is not None:

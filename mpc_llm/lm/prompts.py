@@ -28,11 +28,46 @@ def is_messages(value: object) -> bool:
     )
 
 
+def text_problem(text: str) -> str | None:
+    """Why ``text`` cannot be encoded as UTF-8 (a lone surrogate), or None when it can.
+
+    Python keeps bytes that are not UTF-8 (e.g. in command-line arguments) as lone surrogates
+    ``U+DC80``..``U+DCFF``; a tokenizer cannot encode them.
+
+    Example:
+        >>> text_problem("caf\\udce9"), text_problem("café")
+        ('byte 0xe9 at character 4', None)
+    """
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as err:
+        char = ord(text[err.start])
+        what = f"byte 0x{char - 0xDC00:02x}" if 0xDC80 <= char <= 0xDCFF else f"lone surrogate U+{char:04X}"
+        return f"{what} at character {err.start + 1}"
+    return None
+
+
+def check_prompt_text(prompt: Prompt, index: int = 0, *, where: str | None = None) -> None:
+    """Refuse a prompt whose text (or any message's content) is not valid Unicode text.
+
+    Raises:
+        ValueError: naming the prompt (``where``, default ``"prompt {index}"``), where the bad
+            character is, and what to do.
+    """
+    texts = [prompt] if isinstance(prompt, str) else [m.get("content") for m in prompt]
+    for text in texts:
+        if isinstance(text, str) and (problem := text_problem(text)) is not None:
+            raise ValueError(
+                f"{where or f'prompt {index}'} is not valid UTF-8 text ({problem}); re-encode it as UTF-8 "
+                "(e.g. `iconv -f LATIN1 -t UTF-8`)"
+            )
+
+
 def as_prompt_list(prompts: Sequence[Prompt] | Prompt) -> list[Prompt]:
     """``B`` prompts from one prompt (a string or one conversation) or a sequence of them.
 
     Raises:
-        ValueError: if there are no prompts.
+        ValueError: if there are no prompts, or a prompt is not valid UTF-8 text.
         TypeError: if a prompt is neither a string nor a conversation (the message shows the shape).
     """
     if isinstance(prompts, str) or is_messages(prompts):
@@ -46,6 +81,7 @@ def as_prompt_list(prompts: Sequence[Prompt] | Prompt) -> list[Prompt]:
                 f"prompt {b} must be a string or a list of chat messages "
                 f"[{{'role': ..., 'content': ...}}], got {type(p).__name__}"
             )
+        check_prompt_text(p, b)
     return prompts  # type: ignore[return-value]
 
 
@@ -111,9 +147,11 @@ def encode_prompt(tokenizer: Any, prompt: Prompt, *, chat_template: bool, index:
     tokenizer's special tokens.
 
     Raises:
-        ValueError: a conversation without a chat template, or a prompt with no tokens (the message
-            names prompt ``index``).
+        ValueError: a conversation without a chat template, a prompt that is not valid UTF-8 text, or
+            a prompt with no tokens (the message names prompt ``index``).
     """
+    if isinstance(prompt, str) or is_messages(prompt):
+        check_prompt_text(prompt, index)
     if chat_template:
         text = tokenizer.apply_chat_template(to_messages(prompt), add_generation_prompt=True, tokenize=False)
         ids = tokenizer(text, add_special_tokens=False)["input_ids"]

