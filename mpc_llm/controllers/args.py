@@ -25,10 +25,9 @@ import time
 from collections.abc import Mapping, Sequence
 from typing import Any, ClassVar
 
-import torch
 from pydantic import BaseModel, ConfigDict, Field
 
-from mpc_llm.controllers.sequential import Final, episode_result
+from mpc_llm.controllers.sequential import Final, episode_result, require_partial
 from mpc_llm.core import CostFunction, Dynamics, OptimizeResult, validated
 
 
@@ -78,11 +77,7 @@ class ARGS:
 
     def check(self, episode: int, cost: Any = None) -> None:
         """Refuse a cost that cannot score partial text (before any model work)."""
-        if cost is not None and not cost.accepts_partial:
-            raise ValueError(
-                f"ARGS scores partial responses at every token, but the cost {cost!r} cannot score partial "
-                "text (a reward model or judge); set reward.accepts_partial = True if you know it can"
-            )
+        require_partial(cost, "ARGS scores partial responses at every token")
 
     def optimize(
         self,
@@ -122,7 +117,7 @@ class ARGS:
                         {n: float(v[i, j]) for n, v in metrics.items()},
                     )
             keep = [i for i, d in enumerate(done) if not d]
-            system, active = (system.select(keep), [active[i] for i in keep]) if keep else (system, [])
-        finals_ = [finals[b] for b in range(B)]
-        mean = torch.zeros((B, 1, dynamics.control_dim), dtype=dynamics.dtype, device=dynamics.device)
-        return episode_result(finals_, samples, tokens, time.perf_counter() - start, mean=mean)
+            if not keep:
+                break
+            system, active = system.select(keep), [active[i] for i in keep]
+        return episode_result([finals[b] for b in range(B)], samples, tokens, time.perf_counter() - start)

@@ -34,7 +34,7 @@ from typing import Any, ClassVar, Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from mpc_llm.controllers.base import Controller
-from mpc_llm.controllers.sequential import Final, episode_result
+from mpc_llm.controllers.sequential import Final, episode_result, require_partial
 from mpc_llm.controllers.state import ControllerState
 from mpc_llm.core import (
     CostFunction,
@@ -131,12 +131,8 @@ class RecedingHorizon:
                 f"the planning horizon {self.config.horizon} is longer than the episode ({episode} steps; "
                 "for a language model, max_new_tokens); lower horizon or raise the episode length"
             )
-        if cost is not None and self.config.score == "horizon" and not cost.accepts_partial:
-            raise ValueError(
-                f"score='horizon' scores partial trajectories, but the cost {cost!r} cannot score partial "
-                "text (a reward model or judge); use score='to_end', or set reward.accepts_partial = True "
-                "if you know it can"
-            )
+        if self.config.score == "horizon":
+            require_partial(cost, "score='horizon' scores partial trajectories", "use score='to_end'")
 
     def check_budget(self, episode: int, max_samples: int) -> None:
         """Raise a `ValueError` if ``max_samples`` cannot give every planning step its minimum."""

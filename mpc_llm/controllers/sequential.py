@@ -50,6 +50,23 @@ class SequentialController(Protocol):
         ...
 
 
+def require_partial(cost: Any, what: str, instead: str = "") -> None:
+    """Refuse a cost that cannot score partial trajectories (unfinished text), which ``what`` needs.
+
+    Args:
+        cost: a cost function, or any object with ``accepts_partial`` (e.g. a reward class); None
+            passes.
+        what: the method and why it scores partial text, for the message.
+        instead: what the user may do instead, for the message (e.g. "use score='to_end'").
+    """
+    if cost is not None and not cost.accepts_partial:
+        alternative = f"{instead}, or " if instead else ""
+        raise ValueError(
+            f"{what}, but the cost {cost!r} cannot score partial text (a reward model or judge); "
+            f"{alternative}set reward.accepts_partial = True if you know it can"
+        )
+
+
 class Final(NamedTuple):
     """One problem's finished episode: its cost, its trajectory (``B = N = 1``) and its metrics."""
 
@@ -64,12 +81,15 @@ def episode_result(
     tokens: Sequence[int],
     seconds: float,
     *,
-    mean: torch.Tensor,
+    mean: torch.Tensor | None = None,
     history: Sequence[IterationRecord] = (),
     state: object = None,
 ) -> OptimizeResult:
-    """The `OptimizeResult` of ``B`` finished episodes (``finals`` in problem order)."""
+    """The `OptimizeResult` of ``B`` finished episodes (``finals`` in problem order); ``mean``
+    defaults to zeros ``(B, 1, d)`` for controllers without a control mean."""
     best = stack_problems([f.rollout for f in finals])
+    if mean is None:
+        mean = best.controls.new_zeros((best.batch_size, 1, best.controls.shape[-1]))
     return OptimizeResult(
         best_rollout=best,
         best_cost=torch.tensor([f.cost for f in finals], dtype=torch.float64),

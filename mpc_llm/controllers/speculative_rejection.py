@@ -34,7 +34,7 @@ from typing import Any, ClassVar
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 
-from mpc_llm.controllers.sequential import Final, episode_result
+from mpc_llm.controllers.sequential import Final, episode_result, require_partial
 from mpc_llm.core import CostFunction, Dynamics, OptimizeResult, draw_seeds, make_generators, validated
 
 
@@ -105,11 +105,7 @@ class SpeculativeRejection:
     def check(self, episode: int, cost: CostFunction | None = None) -> None:
         """Refuse a cost that cannot score partial responses (before any model work; ``cost`` may be
         any object with ``accepts_partial``, e.g. a reward class)."""
-        if cost is not None and not cost.accepts_partial:
-            raise ValueError(
-                f"speculative rejection scores partial responses, but the cost {cost!r} cannot score partial "
-                "text (a reward model or judge); set reward.accepts_partial = True if you know it can"
-            )
+        require_partial(cost, "speculative rejection scores partial responses at its checkpoints")
 
     def optimize(
         self,
@@ -154,11 +150,11 @@ class SpeculativeRejection:
                         {k: float(v[i, 0]) for k, v in metrics.items()},
                     )
             keep = self._keep(owners, costs, done)
+            if not keep:
+                break
             system, owners = system.select(keep), [owners[i] for i in keep]
             generators = [generators[i] for i in keep]
-        finals = [best[b] for b in range(B)]
-        mean = torch.zeros((B, 1, dynamics.control_dim), dtype=dynamics.dtype, device=dynamics.device)
-        return episode_result(finals, samples, tokens, time.perf_counter() - start, mean=mean)
+        return episode_result([best[b] for b in range(B)], samples, tokens, time.perf_counter() - start)
 
     def _keep(self, owners: list[int], costs: torch.Tensor, done: list[bool]) -> list[int]:
         """Indices of the unfinished branches kept: per problem, the best ``keep_fraction`` (at least one)."""

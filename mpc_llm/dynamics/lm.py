@@ -263,12 +263,15 @@ class LMDynamics(Dynamics):
 
     def select(self, index: Sequence[int]) -> LMDynamics:
         """The problems ``index`` only (repeats allowed: branches of one prompt), with their prompts,
-        caches and committed tokens; the prompts are prefilled once, before the selection."""
+        caches and committed tokens. Fresh prompts are prefilled once, before the selection;
+        committed tokens not yet in the cache are selected too, so dropped problems never run them."""
         rows = list(index)
-        prefix = self.prefill()  # committed tokens go into the cache first (pending becomes None)
+        if self._prefix is None:
+            self.prefill()
+        assert self._prefix is not None
         other = copy.copy(self)
         other._prompts = [self.prompts[i] for i in rows]
-        other._prefix = self.engine.select(prefix, rows)
+        other._prefix = self.engine.select(self._prefix, rows)
         for name in ("_pending", "_response", "_finished"):
             value = getattr(self, name)
             setattr(other, name, None if value is None else value[rows])
