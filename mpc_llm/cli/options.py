@@ -1,0 +1,75 @@
+"""Config file and flags merged into one validated `ExperimentConfig`."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+
+def controller_fields(name: str) -> set[str]:
+    """The settings (names and aliases) controller ``name`` accepts."""
+    from mpc_llm.controllers import CONTROLLERS
+
+    if name not in CONTROLLERS:
+        return set()
+    return {key for field, info in CONTROLLERS[name].config_class.model_fields.items()
+            for key in (field, info.alias or field)}  # fmt: skip
+
+
+def _controller_overrides(args: argparse.Namespace, name: str, strict: bool) -> dict[str, Any]:
+    """Controller settings from the flags. Shared flags (``--sigma``, ``-n``, ...) apply only where
+    controller ``name`` has the setting; ``--set`` keys too unless ``strict`` (then pydantic names
+    an unknown key)."""
+    fields = controller_fields(name)
+    out: dict[str, Any] = {}
+    for flag in ("sigma", "lambda_", "alpha", "tau", "num_knots", "num_samples", "num_iterations"):
+        key = "lambda" if flag == "lambda_" else flag
+        value = getattr(args, flag, None)
+        if value is not None and key in fields:
+            out[key] = value
+    out.update({k: v for k, v in args.set if strict or k in fields})
+    return out
+
+
+def experiment_config(
+    args: argparse.Namespace, controller: str | dict[str, Any] | None = None, strict: bool = True
+) -> Any:
+    """The config file, then the flags (each overriding only its own setting), validated.
+
+    Settings given nowhere take the project's defaults (`ExperimentConfig`'s validators).
+    ``controller``: a name (the config file's controller if it has that name, else that controller's
+    defaults) or a full spec ``{"name": ..., **settings}``.
+    """
+    from mpc_llm.core import read_mapping
+    from mpc_llm.experiment import ExperimentConfig
+    from mpc_llm.rewards import allow_remote_code, refuse_remote_code, spec_from_flag
+
+    data: dict[str, Any] = read_mapping(args.config) if args.config else {}
+    if not (trust := bool(getattr(args, "trust_remote_code", False))):
+        refuse_remote_code(data.get("reward"), args.config, "pass --trust-remote-code")
+    for key in ("model", "device", "dtype", "seed"):
+        if getattr(args, key, None) is not None:
+            data[key] = getattr(args, key)
+    lm = {k: getattr(args, k) for k in ("max_new_tokens", "temperature", "top_p", "greedy")}
+    data["lm"] = {**data.get("lm", {}), **{k: v for k, v in lm.items() if v is not None}}
+    if args.reward is not None:  # a path that does not exist is refused here, without asking a hub
+        data["reward"] = spec_from_flag(args.reward, args.reward_index)
+    if trust and "reward" in data:
+        data["reward"] = allow_remote_code(data["reward"])
+    base = dict(data.get("controller", {}))
+    if isinstance(controller, dict):
+        base = dict(controller)
+    elif controller is not None and controller != base.get("name", "aisp"):
+        base = {"name": controller}
+    name = base.get("name", "aisp")
+    overrides = _controller_overrides(args, name, strict and name != "receding_horizon")
+    if name == "receding_horizon":  # flags the wrapper does not have go to the inner controller
+        inner = base.get("inner", {"name": "aisp"})
+        inner = dict(inner) if isinstance(inner, dict) else {"name": inner}
+        own = controller_fields(name)
+        to_inner = {k: v for k, v in _controller_overrides(args, inner.get("name", "aisp"), strict).items()
+                    if k not in own}  # fmt: skip
+        base = {**base, "inner": {**inner, **to_inner}}
+        overrides = {k: v for k, v in overrides.items() if k in own}
+    data["controller"] = {**base, **overrides}
+    return ExperimentConfig.model_validate(data)

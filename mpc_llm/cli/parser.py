@@ -1,0 +1,116 @@
+"""The command line's grammar: ``align``, ``compare`` and ``info`` and their flags."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any
+
+
+def _int_list(text: str) -> list[int]:
+    try:
+        values = [int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+    if not values:
+        raise argparse.ArgumentTypeError("expected at least one integer")
+    return values
+
+
+def _key_value(text: str) -> tuple[str, Any]:
+    if "=" not in text:
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
+    key, raw = text.split("=", 1)
+    try:
+        value: Any = json.loads(raw)
+    except json.JSONDecodeError:
+        value = raw
+    return key.strip(), value
+
+
+def _add_shared(parser: argparse.ArgumentParser) -> None:
+    g = parser.add_argument_group("model and decoding")
+    g.add_argument("--config", type=Path, help="YAML/JSON config file (flags override it)")
+    g.add_argument("--model", help="HF id, local folder or .gguf file (default: embedded SmolLM2)")
+    g.add_argument("--device", help="cpu, cuda, cuda:1, mps (default: cpu)")
+    g.add_argument("--dtype", help="float32, bfloat16, float16 (default: the model's)")
+    g.add_argument("--max-new-tokens", type=int, dest="max_new_tokens")
+    g.add_argument("--temperature", type=float)
+    g.add_argument("--top-p", type=float, dest="top_p")
+    g.add_argument("--greedy", action="store_true", default=None, help="argmax decoding")
+    g = parser.add_argument_group("reward")
+    g.add_argument(
+        "--reward",
+        help="built-in name (vader, judge, length, ...) or a path to an HF sequence-classification "
+        "reward model (default: vader)",
+    )
+    g.add_argument(
+        "--reward-index", type=int, dest="reward_index", help="output index of a multi-label model"
+    )
+    g.add_argument("--trust-remote-code", action="store_true", dest="trust_remote_code",
+                   help="let an HF reward model run its own code (a config file alone cannot)")  # fmt: skip
+    g = parser.add_argument_group("controller")
+    g.add_argument("--seed", type=int)
+    g.add_argument("--sigma", type=float)
+    g.add_argument("--lambda", type=float, dest="lambda_")
+    g.add_argument("--alpha", type=float)
+    g.add_argument("--tau", type=int, help="controlled tokens (default: all max_new_tokens)")
+    g.add_argument("--num-knots", type=int, dest="num_knots", help="control knots held over the tau tokens")
+    g.add_argument(
+        "--set",
+        type=_key_value,
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="any other controller setting, e.g. --set elite_fraction=0.2",
+    )
+    g.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="mpc-llm", description="Test-time alignment of LLMs as sampling-based optimal control."
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    align = sub.add_parser("align", help="steer one response toward the reward")
+    align.add_argument("prompt", help="the prompt to respond to")
+    _add_shared(align)
+    align.add_argument(
+        "--controller",
+        help="aisp, cem, random_shooting, best_of_n, receding_horizon, blockwise_best_of_n, "
+        "speculative_rejection, args (default: aisp)",
+    )
+    align.add_argument("-n", "--num-samples", type=int, dest="num_samples", help="samples per iteration")
+    align.add_argument("--iterations", type=int, dest="num_iterations")
+    align.add_argument("--json", action="store_true", help="print the result as JSON on stdout")
+
+    compare = sub.add_parser(
+        "compare", help="compare controllers at equal budgets (scored responses or generated tokens)"
+    )
+    _add_shared(compare)
+    compare.add_argument("--prompts", default="bundled", help=".jsonl/.csv/.txt file, bundled, hh-rlhf, shp")
+    compare.add_argument("--num-prompts", type=int, help="use the first N prompts")
+    compare.add_argument(
+        "--controllers",
+        help="comma-separated names, each with its defaults plus the shared flags (default: the config "
+        "file's `controllers` mapping of label -> settings, else aisp,best_of_n)",
+    )
+    compare.add_argument("--budgets", type=_int_list, default=[8, 16, 32], help="e.g. 8,16,32,64")
+    compare.add_argument(
+        "--budget-unit",
+        choices=["samples", "tokens"],
+        default="samples",
+        dest="budget_unit",
+        help="budgets count scored responses (default) or generated tokens per prompt",
+    )
+    compare.add_argument("--seeds", type=_int_list, default=[0])
+    compare.add_argument("-n", "--num-samples", type=int, dest="num_samples", help="samples per iteration")
+    compare.add_argument("--prompts-per-batch", type=int, default=8)
+    compare.add_argument("--out", type=Path, required=True, help="run folder")
+    compare.add_argument("--resume", action="store_true", help="continue an interrupted run")
+    compare.add_argument("--overwrite", action="store_true", help="replace the run in --out")
+
+    sub.add_parser("info", help="versions, devices and the embedded model's cache")
+    return parser
