@@ -6,7 +6,7 @@ config file and a command line mean the same thing.
 Example (YAML):
 
     model: SmolLM2-135M-Instruct      # or an HF id, a local folder, a .gguf file
-    device: cpu
+    device: cpu                       # or cuda, cuda:1, or cuda:0,cuda:1 (a model spread over two)
     lm: {max_new_tokens: 48, temperature: 0.7}
     reward: vader                     # or {name: hf, model: path/to/reward-model}, or a list to sum
     controller: {name: aisp, sigma: 0.5, lambda: 0.1, tau: 24, num_samples: 8, num_knots: 1}
@@ -32,6 +32,7 @@ from mpc_llm.core import IterationRecord, OptimizeResult, make_generators, read_
 from mpc_llm.dynamics import LMDynamics
 from mpc_llm.lm import DEFAULT_MODEL, LMConfig, Prompt
 from mpc_llm.lm.gguf import check_gguf_file
+from mpc_llm.lm.loading import parse_devices
 from mpc_llm.rewards import Reward, check_reward_spec, refuse_remote_code, reward_class_of, reward_from_spec
 
 #: AISP settings that work on the embedded default (chosen with `benchmarks/sweep_aisp.py`: with one
@@ -96,12 +97,14 @@ def build_controller(spec: Mapping[str, Any]) -> Controller | SequentialControll
 
 
 def check_device(device: str) -> str:
-    """Refuse a device this machine does not have, saying what to use instead."""
-    kind = torch.device(device).type
-    if kind == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device {device!r} requested but torch sees no CUDA GPU here; use --device cpu")
-    if kind == "mps" and not torch.backends.mps.is_available():
-        raise ValueError(f"device {device!r} requested but MPS is not available here; use --device cpu")
+    """Refuse a device this machine does not have, saying what to use instead (each of a list
+    ``cuda:0,cuda:1``, over which the model is spread)."""
+    for one in parse_devices(device):
+        kind = torch.device(one).type
+        if kind == "cuda" and not torch.cuda.is_available():
+            raise ValueError(f"device {device!r} requested but torch sees no CUDA GPU here; use --device cpu")
+        if kind == "mps" and not torch.backends.mps.is_available():
+            raise ValueError(f"device {device!r} requested but MPS is not available here; use --device cpu")
     return device
 
 
@@ -195,9 +198,9 @@ class ExperimentConfig(BaseModel):
     @classmethod
     def _known_device(cls, value: str) -> str:
         try:
-            torch.device(value)
+            parse_devices(value) if "," in value else torch.device(value)
         except RuntimeError as err:
-            raise ValueError(f"unknown device {value!r} (use cpu, cuda, cuda:1, mps)") from err
+            raise ValueError(f"unknown device {value!r} (use cpu, cuda, cuda:1, mps, cuda:0,cuda:1)") from err
         return value
 
     @classmethod

@@ -59,7 +59,7 @@ def controllers() -> dict:
     }
 
 
-def run(out_dir: str, *, resume: bool = False, delay: float = 0.0, prompts_per_batch: int = 2):
+def run(out_dir: str, *, resume: bool = False, delay: float = 0.0, prompts_per_batch: int = 2, world=None):
     return compare(
         PROMPTS,
         controllers(),
@@ -72,8 +72,12 @@ def run(out_dir: str, *, resume: bool = False, delay: float = 0.0, prompts_per_b
         prompts_per_batch=prompts_per_batch,
         settings={"system": "fake"},
         progress=False,
+        world=world,
     )
 
 
-if __name__ == "__main__":
-    run(sys.argv[1], delay=float(sys.argv[2]))
+if __name__ == "__main__":  # python fake_text.py OUT DELAY [resume]; under torchrun: one rank each
+    from mpc_llm.evaluation.distributed import launch
+
+    with launch() as world:
+        run(sys.argv[1], delay=float(sys.argv[2]), resume=sys.argv[3:] == ["resume"], world=world)

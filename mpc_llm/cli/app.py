@@ -11,7 +11,8 @@ import sys
 import warnings
 from collections.abc import Sequence
 
-from mpc_llm.cli.commands import cmd_align, cmd_compare, cmd_info
+from mpc_llm.cli.commands import cmd_align, cmd_info
+from mpc_llm.cli.compare import cmd_compare
 from mpc_llm.cli.errors import EXIT_INTERRUPTED, EXIT_USAGE, CLIError, one_line, one_line_warning
 from mpc_llm.cli.parser import build_parser
 

@@ -1,4 +1,4 @@
-"""The ``align``, ``compare`` and ``info`` commands: each takes the parsed flags, returns an exit status."""
+"""The ``align`` and ``info`` commands (``compare``: `mpc_llm.cli.compare`): flags in, exit status out."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import sys
 from typing import Any
 
 from mpc_llm.cli.errors import CLIError
-from mpc_llm.cli.options import controller_fields, experiment_config
+from mpc_llm.cli.options import experiment_config
 
 
 def cmd_align(args: argparse.Namespace) -> int:
@@ -53,66 +53,6 @@ def cmd_align(args: argparse.Namespace) -> int:
         print(f"unsteered (reward {outcome.baseline_reward:+.3f}): {outcome.baseline_response}")
         rounds = f" in {b['iterations']} iterations" if b["iterations"] else ""
         print(f"{b['samples']} samples scored{rounds}, {b['tokens']} tokens generated, {b['seconds']:.1f} s")
-    return 0
-
-
-def cmd_compare(args: argparse.Namespace) -> int:
-    from mpc_llm.controllers import Controller
-    from mpc_llm.evaluation.compare import check_budgets, compare
-    from mpc_llm.evaluation.prompts import load_prompts
-    from mpc_llm.experiment import Experiment, build_controller
-    from mpc_llm.rewards import reward_class_of
-
-    config = experiment_config(args, strict=False)
-    specs: dict[str, Any]
-    if args.controllers is None and config.controllers:
-        specs = dict(config.controllers)
-    else:
-        names = [n.strip() for n in (args.controllers or "aisp,best_of_n").split(",") if n.strip()]
-        if not names:
-            raise CLIError("--controllers needs at least one name")
-        specs = {name: config.controllers.get(name, name) for name in names}  # labels from the file first
-    resolved = {
-        label: experiment_config(args, spec, strict=False).controller for label, spec in specs.items()
-    }
-    controllers = {label: build_controller(spec) for label, spec in resolved.items()}
-    accepted = set().union(
-        *(controller_fields(spec["name"]) for spec in resolved.values()),
-        *(controller_fields(spec["inner"]["name"]) for spec in resolved.values() if "inner" in spec),
-    )
-    if unknown := sorted({k for k, _ in args.set} - accepted):
-        raise CLIError(f"--set {', '.join(unknown)}: no selected controller has this setting")
-    check_budgets(controllers, args.budgets, args.budget_unit, config.lm.max_new_tokens)
-    for controller in controllers.values():  # sequential settings fail before any model loads
-        if not isinstance(controller, Controller):
-            controller.check(config.lm.max_new_tokens, reward_class_of(config.reward))
-    prompts = load_prompts(args.prompts, limit=args.num_prompts)
-    experiment = Experiment(config)
-    rows = compare(
-        prompts,
-        controllers,
-        experiment.dynamics,
-        experiment.reward.as_cost(),
-        budgets=args.budgets,
-        budget_unit=args.budget_unit,
-        seeds=args.seeds,
-        out_dir=args.out,
-        resume=args.resume,
-        overwrite=args.overwrite,
-        prompts_per_batch=args.prompts_per_batch,
-        settings={
-            "model": config.model,
-            "lm": config.lm.model_dump(mode="json"),
-            "reward": config.reward,
-            "prompts": str(args.prompts),
-            "dtype": config.dtype,
-        },
-        progress=not args.quiet,
-    )
-    from mpc_llm.evaluation.summary import markdown_table
-
-    print(markdown_table(rows))
-    print(f"records, summary.md and reward_vs_samples.png are in {args.out}")
     return 0
 
 

@@ -111,6 +111,13 @@ def build_parser() -> argparse.ArgumentParser:
     compare.add_argument("--out", type=Path, required=True, help="run folder")
     compare.add_argument("--resume", action="store_true", help="continue an interrupted run")
     compare.add_argument("--overwrite", action="store_true", help="replace the run in --out")
+    compare.add_argument(
+        "--gpus-per-rank",
+        type=int,
+        dest="gpus_per_rank",
+        help="under torchrun / srun: CUDA devices each rank holds, l*k .. l*k+k-1 for local rank l "
+        "(default 1, or $MPC_LLM_GPUS_PER_RANK); its model is spread over them (--device local:J: one)",
+    )
 
     sub.add_parser("info", help="versions, devices and the embedded model's cache")
     return parser

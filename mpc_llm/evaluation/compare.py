@@ -14,6 +14,14 @@ scored sample. Every record says the ``samples`` and ``tokens`` it spent (`mpc_l
 Problem ``p`` under run seed ``s`` draws from seed ``s * 1_000_003 + p``, whatever chunk it is in,
 so results do not depend on ``prompts_per_batch`` (up to floating-point effects of batch shapes) and
 a resumed run equals an uninterrupted one.
+
+Many processes (``world``, `mpc_llm.evaluation.distributed`). The jobs still to do are listed by
+rank 0 in one order (`pending_jobs`: seed, controller, prompt chunk) and dealt out round robin
+(`distributed.assign`); each rank appends its records to its own shard of the run folder, and rank
+0 merges the shards into ``records.jsonl`` sorted by prompt, controller, seed and budget once every
+rank has finished, then writes the summary. A job's records do not depend on the rank that ran it,
+so the merged records equal a one-process run's, whatever the number of processes; a resumed run
+reads every shard, so it may run on another number of processes.
 """
 
 from __future__ import annotations
@@ -23,12 +31,13 @@ import json
 import warnings
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from tqdm.auto import tqdm
 
 from mpc_llm.controllers import Controller, SequentialController
 from mpc_llm.core import CostFunction, Dynamics
+from mpc_llm.evaluation.distributed import DistributedError, World, assign
 from mpc_llm.evaluation.records import BudgetUnit, anytime_records, final_records
 from mpc_llm.evaluation.store import RunStore
 from mpc_llm.evaluation.summary import summarize, write_summary
@@ -39,6 +48,40 @@ Planner = Controller | SequentialController
 
 SEED_STRIDE = 1_000_003
 KEY = ("prompt_index", "controller", "seed")
+#: The order of a merged ``records.jsonl``: one record per value.
+ORDER = (*KEY, "budget")
+
+
+class Job(NamedTuple):
+    """One run of a controller on a chunk of prompts under one seed: the unit a rank takes."""
+
+    seed: int
+    controller: str
+    start: int  # the chunk's first prompt
+    indices: list[int]  # the chunk's prompts not done yet
+
+
+def pending_jobs(
+    num_prompts: int,
+    controllers: Sequence[str],
+    seeds: Sequence[int],
+    prompts_per_batch: int,
+    done: set[tuple[Any, ...]],
+) -> list[Job]:
+    """The jobs with prompts not ``done`` (keys ``KEY``), in the order seed, controller, chunk.
+
+    Example:
+        >>> [tuple(j) for j in pending_jobs(3, ["a"], [0], 2, done={(0, "a", 0)})]
+        [(0, 'a', 0, [1]), (0, 'a', 2, [2])]
+    """
+    jobs = []
+    for seed in seeds:
+        for name in controllers:
+            for start in range(0, num_prompts, prompts_per_batch):
+                chunk = range(start, min(start + prompts_per_batch, num_prompts))
+                if indices := [i for i in chunk if (i, name, seed) not in done]:
+                    jobs.append(Job(seed, name, start, indices))
+    return jobs
 
 
 def check_budgets(
@@ -118,6 +161,7 @@ def compare(
     settings: Mapping[str, Any] | None = None,
     baseline: str | None = "best_of_n",
     progress: bool = True,
+    world: World | None = None,
 ) -> list[dict[str, Any]]:
     """Run every controller on every prompt and seed; write records, ``summary.md`` and the plot.
 
@@ -137,10 +181,13 @@ def compare(
         prompts_per_batch: prompts optimised together in one batch (does not change results).
         settings: extra JSON-serialisable settings to record (model, reward, dynamics options).
         baseline: controller name for win rates (None: no win rates).
-        progress: show a progress bar.
+        progress: show a progress bar (rank 0's only, on many processes).
+        world: this process's rank among many (`mpc_llm.evaluation.distributed.launch`): the jobs
+            are shared out, each rank appends to its own shard, rank 0 merges the shards and writes
+            the summary once every rank has finished. None: this process does every job.
 
     Returns:
-        The summary rows (one per controller and budget), as written to ``summary.md``.
+        The summary rows (one per controller and budget), as written to ``summary.md`` (on every rank).
     """
     if not prompts:
         raise ValueError("compare needs at least one prompt")
@@ -156,32 +203,64 @@ def compare(
     for controller in controllers.values():
         if not isinstance(controller, Controller):
             controller.check(episode, cost)
-    store = RunStore(
-        out_dir,
-        run_settings(prompts, controllers, budgets, seeds, settings or {}, budget_unit),
-        resume=resume,
-        overwrite=overwrite,
-    )
-    done = store.done(KEY, per_key=len(budgets))
-    store.discard(KEY, store.done(KEY) - done)  # jobs torn mid-write are redone from scratch
-    jobs = [
-        (start, name, seed)
-        for seed in seeds
-        for name in controllers
-        for start in range(0, len(prompts), prompts_per_batch)
-    ]
-    bar = tqdm(jobs, desc="compare", disable=not progress, unit="job")
-    for start, name, seed in bar:
-        chunk = range(start, min(start + prompts_per_batch, len(prompts)))
-        indices = [i for i in chunk if (i, name, seed) not in done]
-        if not indices:
-            continue
-        bar.set_postfix_str(f"{name} seed={seed} prompts {indices[0]}..{indices[-1]}")
-        dynamics = make_dynamics([prompts[i] for i in indices])
-        store.append(_run_job(controllers[name], dynamics, cost, indices, name, seed, budgets, budget_unit))
-    rows = summarize(store.records, baseline=baseline)
-    write_summary(rows, Path(out_dir), store.settings)
-    return rows
+    settings = run_settings(prompts, controllers, budgets, seeds, settings or {}, budget_unit)
+    if world is not None:
+        world.check_same(settings)  # ranks given different settings stop here, every one of them
+    shard = None if world is None else world.rank
+
+    def open_run() -> tuple[RunStore, list[Job]]:
+        """The store (settings checked or written, torn jobs dropped) and the jobs left to do."""
+        store = RunStore(out_dir, settings, resume=resume, overwrite=overwrite, shard=shard)
+        done = store.done(KEY, per_key=len(budgets))
+        store.discard(KEY, store.done(KEY) - done)  # jobs torn mid-write are redone from scratch
+        return store, pending_jobs(len(prompts), list(controllers), seeds, prompts_per_batch, done)
+
+    if world is None:
+        store, jobs = open_run()
+        mine = jobs
+    else:  # rank 0 opens the folder while the others wait; then each joins and takes its share
+        opened = world.on_main(open_run)
+        jobs = world.broadcast(opened[1] if opened is not None else None)
+        store = opened[0] if opened is not None else RunStore(out_dir, settings, shard=shard, join=True)
+        mine = assign(jobs, world.rank, world.size)
+    label = "compare" if world is None else f"compare (rank {world.rank} of {world.size})"
+    quiet = not progress or (world is not None and not world.is_main)
+    bar = tqdm(mine, desc=label, disable=quiet, unit="job")
+    for job in bar:
+        bar.set_postfix_str(f"{job.controller} seed={job.seed} prompts {job.indices[0]}..{job.indices[-1]}")
+        dynamics = make_dynamics([prompts[i] for i in job.indices])
+        records = _run_job(
+            controllers[job.controller], dynamics, cost, job.indices, job.controller, job.seed, budgets,
+            budget_unit,
+        )  # fmt: skip
+        store.append(records)
+
+    def finish() -> list[dict[str, Any]]:
+        """Merge the shards (if any), check that every job is there, write the summary."""
+        if world is not None or store.has_shards():
+            store.merge(ORDER)
+        missing = pending_jobs(len(prompts), list(controllers), seeds, prompts_per_batch,
+                               store.done(KEY, per_key=len(budgets)))  # fmt: skip
+        if missing:
+            raise DistributedError(
+                f"{len(missing)} jobs of {out_dir} have no records (a rank stopped early?); "
+                "run the same command with resume (--resume) to finish them"
+            )
+        names = list(controllers)  # rows in the controllers' order, however the records are sorted
+        rows = summarize(sorted(store.records, key=lambda r: names.index(r["controller"])), baseline=baseline)
+        write_summary(rows, Path(out_dir), store.settings)
+        return rows
+
+    if world is None:
+        return finish()
+    try:
+        world.barrier()  # every rank has written its share
+    except RuntimeError as err:
+        raise DistributedError(
+            f"rank {world.rank}: another rank stopped before finishing its jobs; the records written are "
+            "kept: run the same command with resume (--resume) to finish the run"
+        ) from err
+    return world.broadcast(world.on_main(finish))
 
 
 def _run_job(

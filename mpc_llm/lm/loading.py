@@ -8,6 +8,9 @@
 - a ``.gguf`` file (its tokenizer is read from the same file), or a folder plus ``gguf_file=``,
   through the fast-load cache of `mpc_llm.lm.gguf`;
 - a Hugging Face hub id (needs a reachable hub or a populated local hub cache).
+
+A model too large for one GPU is spread over several with ``device="cuda:2,cuda:3"`` (`spread_over`:
+``device_map="auto"`` restricted to those GPUs), e.g. by a rank of a run on many processes.
 """
 
 from __future__ import annotations
@@ -98,7 +101,8 @@ def load_model(
             or a hub id.
         tokenizer: a tokenizer object or where to load one from (default: next to the model).
         gguf_file: the GGUF file name inside the folder ``name_or_path``.
-        device: where to put the model (ignored with ``device_map``).
+        device: where to put the model (ignored with ``device_map``); several CUDA devices
+            (``"cuda:0,cuda:1"``) spread it over those GPUs (`spread_over`; not for GGUF files).
         dtype: e.g. ``torch.bfloat16`` or ``"bfloat16"`` (default: the checkpoint's, float32 for GGUF).
         device_map: passed to ``from_pretrained`` (e.g. ``"auto"`` to shard a large model; needs
             ``accelerate``).
@@ -121,7 +125,15 @@ def load_model(
         if not path.is_file():
             check_gguf_file(path)  # says whether it is missing or a folder
         path, gguf_file = path.parent, path.name
-    options = {"local_files_only": local_files_only, "trust_remote_code": trust_remote_code}
+    options: dict[str, Any] = {"local_files_only": local_files_only, "trust_remote_code": trust_remote_code}
+    if (spread := spread_over(device)) is not None:
+        if device_map is not None or gguf_file is not None:
+            raise ValueError(
+                f"device {device!r} spreads a model folder over several GPUs; pass one device "
+                "(not with device_map, and not for a .gguf file)"
+            )
+        device_map, device = spread.pop("device_map"), None
+        options.update(spread)
     if gguf_file is not None:
         model, tok = load_gguf(path / gguf_file, torch_dtype, use_cache, device_map)
     else:
@@ -131,6 +143,7 @@ def load_model(
         model = load_pretrained(
             tf.AutoModelForCausalLM, source, what="model", dtype=torch_dtype, device_map=device_map, **options
         )
+        options.pop("max_memory", None)
         tok = (
             None
             if tokenizer is not None
@@ -145,6 +158,43 @@ def load_model(
     if device is not None and device_map is None:
         model = model.to(device)
     return model.eval(), tok
+
+
+def parse_devices(device: str | torch.device | None) -> list[str]:
+    """The devices of ``"cuda:2,cuda:3"`` (several: CUDA GPUs with an index, each once), or ``[device]``.
+
+    Example:
+        >>> parse_devices("cuda:2, cuda:3"), parse_devices("cpu")
+        (['cuda:2', 'cuda:3'], ['cpu'])
+    """
+    if device is None or isinstance(device, torch.device) or "," not in device:
+        return [] if device is None else [str(device)]
+    parts = [part.strip() for part in device.split(",") if part.strip()]
+    try:
+        parsed = [torch.device(part) for part in parts]
+    except RuntimeError:
+        raise ValueError(f"unknown device in {device!r}; list CUDA devices as cuda:0,cuda:1") from None
+    if any(d.type != "cuda" or d.index is None for d in parsed) or len(set(parts)) < len(parts):
+        raise ValueError(
+            f"{device!r}: a model spreads over distinct CUDA devices with an index, e.g. cuda:0,cuda:1"
+        )
+    return parts
+
+
+def spread_over(device: str | torch.device | None) -> dict[str, Any] | None:
+    """``from_pretrained`` options that spread a model over the GPUs listed in ``device``
+    (``"cuda:2,cuda:3"``: ``device_map="auto"`` with memory on those GPUs only); None for one device."""
+    devices = parse_devices(device)
+    if len(devices) < 2:
+        return None
+    require("accelerate", extra="hf", feature="to spread a model over several GPUs")
+    indices = [torch.device(d).index for d in devices]
+    if not torch.cuda.is_available() or max(indices) >= torch.cuda.device_count():
+        raise ValueError(f"device {device!r} requested but torch sees {torch.cuda.device_count()} CUDA GPUs")
+    return {
+        "device_map": "auto",
+        "max_memory": {i: int(torch.cuda.mem_get_info(i)[0] * 0.9) for i in indices},
+    }
 
 
 def resolve_dtype(dtype: torch.dtype | str | None) -> torch.dtype | str | None:

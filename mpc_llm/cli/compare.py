@@ -1,0 +1,96 @@
+"""``mpc-llm compare``: controllers at equal budgets, on one process or on many.
+
+Launched by torchrun, ``accelerate launch`` or srun (``WORLD_SIZE`` or a Slurm step with several
+tasks), each process is one rank: it takes its device from its local rank (`--gpus-per-rank`),
+joins the others, and runs its share of the jobs (`mpc_llm.evaluation.distributed`); only rank 0
+prints the table. Alone, it runs every job, as it always did.
+"""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+from mpc_llm.cli.errors import CLIError
+from mpc_llm.cli.options import controller_fields, experiment_config
+
+
+def _file_device(args: argparse.Namespace) -> str | None:
+    """The ``device`` the config file asks for, if any."""
+    if not args.config:
+        return None
+    from mpc_llm.core import read_mapping
+
+    device = read_mapping(args.config).get("device")
+    return None if device is None else str(device)
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    from mpc_llm.controllers import Controller
+    from mpc_llm.evaluation import distributed
+    from mpc_llm.evaluation.compare import check_budgets, compare
+    from mpc_llm.evaluation.prompts import load_prompts
+    from mpc_llm.evaluation.summary import markdown_table
+    from mpc_llm.experiment import Experiment, build_controller
+    from mpc_llm.rewards import reward_class_of
+
+    place = distributed.place_from_env()  # None: this process runs alone, as it always did
+    gpus = distributed.owned_gpus(place, distributed.gpus_per_rank(args.gpus_per_rank))
+    requested = args.device or _file_device(args)
+    if place is not None or (requested or "").startswith(distributed.LOCAL_PREFIX):
+        args.device = distributed.rank_device(requested, gpus)
+    config = experiment_config(args, strict=False)
+    specs: dict[str, Any]
+    if args.controllers is None and config.controllers:
+        specs = dict(config.controllers)
+    else:
+        names = [n.strip() for n in (args.controllers or "aisp,best_of_n").split(",") if n.strip()]
+        if not names:
+            raise CLIError("--controllers needs at least one name")
+        specs = {name: config.controllers.get(name, name) for name in names}  # labels from the file first
+    resolved = {
+        label: experiment_config(args, spec, strict=False).controller for label, spec in specs.items()
+    }
+    controllers = {label: build_controller(spec) for label, spec in resolved.items()}
+    accepted = set().union(
+        *(controller_fields(spec["name"]) for spec in resolved.values()),
+        *(controller_fields(spec["inner"]["name"]) for spec in resolved.values() if "inner" in spec),
+    )
+    if unknown := sorted({k for k, _ in args.set} - accepted):
+        raise CLIError(f"--set {', '.join(unknown)}: no selected controller has this setting")
+    check_budgets(controllers, args.budgets, args.budget_unit, config.lm.max_new_tokens)
+    for controller in controllers.values():  # sequential settings fail before any model loads
+        if not isinstance(controller, Controller):
+            controller.check(config.lm.max_new_tokens, reward_class_of(config.reward))
+    prompts = load_prompts(args.prompts, limit=args.num_prompts)
+    with distributed.launch(place, config.device) as world:
+        # settings record the reward spec as given (device: local:J), the same on every rank
+        experiment = Experiment(
+            config.model_copy(update={"reward": distributed.localise(config.reward, gpus)})
+        )
+        rows = compare(
+            prompts,
+            controllers,
+            experiment.dynamics,
+            experiment.reward.as_cost(),
+            budgets=args.budgets,
+            budget_unit=args.budget_unit,
+            seeds=args.seeds,
+            out_dir=args.out,
+            resume=args.resume,
+            overwrite=args.overwrite,
+            prompts_per_batch=args.prompts_per_batch,
+            settings={
+                "model": config.model,
+                "lm": config.lm.model_dump(mode="json"),
+                "reward": config.reward,
+                "prompts": str(args.prompts),
+                "dtype": config.dtype,
+            },
+            progress=not args.quiet,
+            world=world,
+        )
+    if world is None or world.is_main:
+        print(markdown_table(rows))
+        print(f"records, summary.md and reward_vs_samples.png are in {args.out}")
+    return 0
