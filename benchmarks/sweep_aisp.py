@@ -4,7 +4,11 @@
         --sigmas 0.5,1,2,4 --lambdas 0.05,0.2 --knots 1
 
 Prints the summary table (mean best reward with 95% CI, win rate against best-of-N). The run folder
-is resumable (same command again continues).
+is resumable (same command again continues). On many processes, each rank on its own GPU (or the
+CPU), the (sigma, lambda) candidates and prompt chunks are shared out as in ``mpc-llm compare``
+(docs/distributed.md), and a resume may use another number of processes:
+
+    torchrun --nproc_per_node=4 benchmarks/sweep_aisp.py --out runs/sweep --prompts 32 --batch 8
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ import argparse
 from mpc_llm.controllers import BestOfN
 from mpc_llm.dynamics import LMDynamics
 from mpc_llm.evaluation.compare import compare
+from mpc_llm.evaluation.distributed import World, launch
 from mpc_llm.evaluation.prompts import load_prompts
 from mpc_llm.evaluation.summary import markdown_table
 from mpc_llm.evaluation.sweep import aisp_grid
@@ -39,9 +44,17 @@ def main() -> None:
     p.add_argument("--temperature", type=float, default=0.7)
     p.add_argument("--reward", default="vader")
     p.add_argument("--seeds", type=lambda t: [int(x) for x in t.split(",")], default=[0])
+    p.add_argument("--batch", type=int, default=None, help="prompts per batch (default: all; lower it to "
+                   "share a sweep over more processes)")  # fmt: skip
     args = p.parse_args()
+    with launch() as world:  # alone: None, as before; under torchrun / srun: this process's rank
+        sweep(args, world)
 
-    lm = LMDynamics("SmolLM2-135M-Instruct", max_new_tokens=args.max_new_tokens, temperature=args.temperature)
+
+def sweep(args: argparse.Namespace, world: World | None) -> None:
+    device = world.device if world is not None else None
+    lm = LMDynamics("SmolLM2-135M-Instruct", device=device, max_new_tokens=args.max_new_tokens,
+                    temperature=args.temperature)  # fmt: skip
     controllers = {"best_of_n": BestOfN(num_samples=args.samples)}
     controllers.update(
         aisp_grid(
@@ -56,10 +69,12 @@ def main() -> None:
     rows = compare(
         load_prompts("bundled", limit=args.prompts), controllers, lm.with_prompts,
         reward_from_spec(args.reward).as_cost(), budgets=[args.budget], seeds=args.seeds, out_dir=args.out,
-        resume=True, prompts_per_batch=args.prompts,
+        resume=True, prompts_per_batch=args.batch or args.prompts,
         settings={"model": "SmolLM2", "reward": args.reward, "lm": lm.config.model_dump(mode="json")},
+        world=world, progress=world is None or world.is_main,
     )  # fmt: skip
-    print(markdown_table(rows))
+    if world is None or world.is_main:
+        print(markdown_table(rows))
 
 
 if __name__ == "__main__":

@@ -2,7 +2,10 @@
 
 The pre-logit norm sets the scale of sigma (a perturbation matters relative to ``||z_t||``), and the
 reward's spread sets the scale of lambda. Build the candidates here, then run them through
-`mpc_llm.evaluation.compare.compare` beside the baseline and read the table.
+`mpc_llm.evaluation.compare.compare` beside the baseline and read the table. A sweep is a comparison
+like any other: on many processes (``compare(..., world=...)``, `mpc_llm.evaluation.distributed`)
+its candidates and prompt chunks are shared out over the ranks, and it resumes on any number of them
+(``benchmarks/sweep_aisp.py`` under ``torchrun``).
 
 Example:
     >>> sorted(aisp_grid(sigmas=[0.5, 1.0], lambdas=[0.1], num_samples=8))
