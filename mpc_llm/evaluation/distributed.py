@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any, TypeVar
@@ -250,6 +250,8 @@ class World:
         self.rank, self.size, self.local_rank = place.rank, place.size, place.local_rank
         self.device = device
         self._group = group  # gloo: the coordination
+        #: set when every rank raises at the same collective (settings differ, rank 0 failed)
+        self.stopped_together = False
 
     @property
     def is_main(self) -> bool:
@@ -275,6 +277,7 @@ class World:
     def check_same(self, settings: Mapping[str, Any]) -> None:
         """Stop every rank with one error when the ranks were given different settings."""
         if (difference := settings_difference(self.gather(dict(settings)))) is not None:
+            self.stopped_together = True
             raise DistributedError(difference)
 
     def on_main(self, work: Callable[[], T]) -> T | None:
@@ -285,10 +288,12 @@ class World:
             try:
                 value = work()
             except Exception as err:
+                self.stopped_together = True
                 self.broadcast(str(err) or type(err).__name__)  # one broadcast on every path
                 raise
         error = self.broadcast(None)
         if error is not None:
+            self.stopped_together = True
             raise DistributedError(f"rank 0 stopped: {error}")
         return value
 
@@ -343,8 +348,8 @@ def launch(
     """``with launch() as world:`` the `World` of a launched process (None when it runs alone).
 
     ``place`` defaults to `place_from_env`; ``device`` to the rank's GPUs (`rank_device`: one per
-    rank, or ``MPC_LLM_GPUS_PER_RANK``), else the CPU. The process group is left at the end, error
-    or not (after a barrier when no error).
+    rank, or ``MPC_LLM_GPUS_PER_RANK``), else the CPU. The ranks leave the process group together
+    at the end, or when they all stopped on the same error; a rank that fails alone just leaves.
     """
     place = place_from_env() if place is None else place
     if place is None:
@@ -353,6 +358,11 @@ def launch(
     world = init(place, device or rank_device(None, owned_gpus(place, gpus_per_rank())), backend)
     try:
         yield world
-        world.barrier()  # leave together: a rank that leaves first can abort another's gloo
-    finally:
-        shutdown()
+    except BaseException:
+        if world.stopped_together:  # every rank raised at the same point: they can leave together
+            with suppress(Exception):
+                world.barrier()
+            shutdown()
+        raise  # a rank failing alone just leaves; the others notice at their next collective
+    world.barrier()  # leave together: a rank that leaves first can abort another's gloo
+    shutdown()
