@@ -152,7 +152,14 @@ class ModelAdapter:
         return post(logits, text_config(self.model)) if post is not None else logits
 
     def forward(
-        self, input_ids: Tensor, mask: Tensor, positions: Tensor, cache: Any = None, *, use_cache: bool = True
+        self,
+        input_ids: Tensor,
+        mask: Tensor,
+        positions: Tensor,
+        cache: Any = None,
+        *,
+        use_cache: bool = True,
+        module: Any = None,
     ) -> Any:
         """One forward pass that computes the last position's logits only (when the model can).
 
@@ -160,13 +167,15 @@ class ModelAdapter:
             input_ids, mask, positions: ``(R, L)`` token ids, attention mask (over the cache and
                 the new tokens: ``(R, cached + L)``) and position ids.
             cache: the key/value cache to extend (None: start one when ``use_cache``).
+            module: what to call instead of the model (e.g. its `torch.compile` wrapper).
         """
         kwargs: dict[str, Any] = {"use_cache": use_cache}
         if use_cache:
             kwargs[self.cache_keyword] = cache
         if self.keeps_last_logits:
             kwargs["logits_to_keep"] = 1
-        return self.model(input_ids=input_ids, attention_mask=mask, position_ids=positions, **kwargs)
+        model = self.model if module is None else module
+        return model(input_ids=input_ids, attention_mask=mask, position_ids=positions, **kwargs)
 
     @staticmethod
     def output_cache(out: Any) -> Any:

@@ -4,6 +4,14 @@ The prompts' cache is computed once (``B`` rows) and kept; each rollout works on
 ``B * N``-row copy (row ``b * N + n``), so the kept one is never modified. Full-attention layers
 of the copy are preallocated for the whole response: a decoding step then writes one position
 instead of concatenating the whole cache (``O(T^2)`` copying per rollout with `DynamicLayer`).
+
+Two kinds of preallocated layer:
+
+- growing (default): keys / values are views of the first ``length`` positions of the buffer, so
+  attention covers only the tokens so far (the cheapest in eager mode);
+- static (``static=True``, the `torch.compile` path): `transformers`' ``StaticLayer``, whose keys /
+  values are the whole buffer, the positions not yet written masked out by causality; every step
+  then has the same shapes, which a compiled step (and CUDA graphs) needs.
 """
 
 from __future__ import annotations
@@ -15,18 +23,20 @@ from typing import Any
 from torch import Tensor
 
 
-def expand_cache(cache: Any, n: int, extra: int) -> Any:
+def expand_cache(cache: Any, n: int, extra: int, static: bool = False) -> Any:
     """A ``B * n``-row copy of a ``B``-row cache, with room for ``extra`` more tokens.
 
     Args:
         cache: a `transformers` cache of ``B`` rows (or None).
         n: copies of each row (consecutive: row ``b`` becomes rows ``b * n .. b * n + n - 1``).
         extra: tokens the copy will receive (its full-attention layers are preallocated for them).
+        static: make full-attention layers static (fixed shapes, for a compiled step) instead of
+            growing; a static layer holds exactly ``length + extra`` positions.
 
     Returns:
         The new cache (None if ``cache`` is None); ``cache`` itself is left untouched. Plain dynamic
-        (and growing) layers become growing layers (see `growing_layer_class`); other kinds (sliding
-        windows...) are repeated as they are.
+        (and growing) layers become growing layers (see `growing_layer_class`) or static ones; other
+        kinds (sliding windows...) are repeated as they are.
     """
     if cache is None:
         return None
@@ -40,12 +50,33 @@ def expand_cache(cache: Any, n: int, extra: int) -> Any:
     layers = []
     for layer in cache.layers:
         if type(layer) in (DynamicLayer, growing_layer_class()) and layer.get_seq_length() > 0:
-            layers.append(growing_layer_class().from_prefix(layer, n, extra))
+            grow = static_layer if static else growing_layer_class().from_prefix
+            layers.append(grow(layer, n, extra))
         else:
             layer = copy.copy(layer)
             layer.batch_repeat_interleave(n)  # rebinds the copy's tensors to new, repeated ones
             layers.append(layer)
     new.layers = layers
+    return new
+
+
+def static_layer(layer: Any, n: int, extra: int) -> Any:
+    """A `transformers` ``StaticLayer`` of ``B * n`` rows and ``length + extra`` positions, holding ``layer``.
+
+    ``layer``'s keys / values ``(B, H, length, hd)`` are copied into the first ``length`` positions
+    (each row ``n`` times); the layer's write position starts after them.
+    """
+    from transformers.cache_utils import StaticLayer
+
+    B, H, L, _ = layer.keys.shape
+    new = StaticLayer(max_cache_len=L + extra)
+    new.lazy_initialization(
+        layer.keys.new_empty((B * n, H, 0, layer.keys.shape[-1])),
+        layer.values.new_empty((B * n, H, 0, layer.values.shape[-1])),
+    )
+    for buf, src in ((new.keys, layer.keys), (new.values, layer.values)):
+        buf[:, :, :L].view(B, n, H, L, -1).copy_(src.unsqueeze(1))
+    new.cumulative_length.fill_(L)
     return new
 
 

@@ -23,6 +23,15 @@ class LMConfig(BaseModel):
         return_logprobs: record per-token log-probs under the controlled and the unperturbed model.
         eos_token_id: end-of-sequence id(s) (default: the tokenizer's and the generation config's).
         sync_every: check "all finished" every this many steps (default 1 on CPU, 8 elsewhere).
+        compile: run each decoding step through `torch.compile` (static key/value cache; on CUDA,
+            CUDA graphs by default). The first rollout pays the compilation (tens of seconds);
+            later ones of the same ``(B * N)`` reuse it. Tokens equal the eager path's up to the
+            rounding of fused kernels (bit for bit with ``compile_backend="eager"``).
+        static_cache: preallocate the whole response's key/value cache as fixed-shape tensors
+            (None: when compiling). Same tokens as the default growing cache, slower in eager mode.
+        compile_backend: the `torch.compile` backend ("inductor", or "eager" / "aot_eager" to check).
+        compile_mode: the `torch.compile` mode (None: "reduce-overhead", i.e. CUDA graphs, on CUDA,
+            the default mode elsewhere).
 
     The number of controlled tokens, ``tau``, is not a decoding option: it is the length of the
     controls (``(B, N, tau, d)``), set by the controller's ``tau``.
@@ -41,6 +50,10 @@ class LMConfig(BaseModel):
     return_logprobs: bool = False
     eos_token_id: int | tuple[int, ...] | None = None
     sync_every: int | None = Field(None, ge=1)
+    compile: bool = False
+    static_cache: bool | None = None
+    compile_backend: str = "inductor"
+    compile_mode: str | None = None
 
     @model_validator(mode="before")
     @classmethod
@@ -52,6 +65,19 @@ class LMConfig(BaseModel):
                 "file, or --tau on the command line)"
             )
         return data
+
+    @property
+    def uses_static_cache(self) -> bool:
+        """Whether decoding preallocates a fixed-shape cache (``static_cache``, default: ``compile``)."""
+        return self.compile if self.static_cache is None else self.static_cache
+
+    @model_validator(mode="after")
+    def _static_cache_for_compile(self) -> LMConfig:
+        if self.compile and self.static_cache is False:
+            raise ValueError(
+                "compile=True needs the static cache (fixed shapes at every step): drop static_cache=False"
+            )
+        return self
 
     @model_validator(mode="after")
     def _logprobs_of_the_sampling_policy(self) -> LMConfig:

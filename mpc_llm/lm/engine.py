@@ -20,6 +20,11 @@ How a decode runs:
    ``pad``, their length stops growing). The loop ends when every row has finished or after
    ``max_new_tokens`` steps.
 
+Compiled decoding (``LMConfig(compile=True)``): the cache copy is static (fixed shapes, see
+`mpc_llm.lm.cache`), every step calls the model through one `torch.compile` wrapper kept per model,
+and the head hook stays registered between decodes (inactive outside them) so that no decode
+changes the traced module. Prefill and `extend` stay eager.
+
 Batching: with prompts of equal length, a problem decodes bit for bit as it would alone. With
 left padding, batch shapes change the floating-point reductions slightly (logits differ by about
 1e-5), so a sampled token can, rarely, differ from the one drawn alone.
@@ -27,7 +32,8 @@ left padding, batch shapes change the floating-point reductions slightly (logits
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import weakref
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -96,6 +102,28 @@ class _PreLogitControl:
         if self.with_base:
             zv = torch.cat([zv, z], dim=0)
         return (zv, *args[1:])
+
+
+#: model -> {(backend, mode): (compiled model, its persistent head hook)}
+_COMPILED: weakref.WeakKeyDictionary[Any, dict[tuple[str, str | None], tuple[Any, _PreLogitControl]]] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def compiled_step(adapter: ModelAdapter, backend: str, mode: str | None) -> tuple[Any, _PreLogitControl]:
+    """The `torch.compile` wrapper of ``adapter.model`` and its persistent head hook (made once per model).
+
+    ``mode`` None means "reduce-overhead" (CUDA graphs) on CUDA and the default mode elsewhere.
+    """
+    per_model = _COMPILED.setdefault(adapter.model, {})
+    key = (backend, mode)
+    if key not in per_model:
+        if mode is None and adapter.device.type == "cuda":
+            mode = "reduce-overhead"
+        hook = _PreLogitControl()
+        adapter.head.register_forward_pre_hook(hook)
+        per_model[key] = (torch.compile(adapter.model, backend=backend, mode=mode), hook)
+    return per_model[key]
 
 
 class DecodeEngine:
@@ -254,7 +282,10 @@ class DecodeEngine:
         self.check_context(prefix.lengths, T)
         R, P = B * N, prefix.mask.shape[1]
         tau = 0 if controls is None else controls.shape[1]
-        cache = expand_cache(prefix.cache, N, T)
+        static = cfg.uses_static_cache
+        cache = expand_cache(prefix.cache, N, T, static=static)
+        if cache is None and static:
+            cache = self._empty_static_cache(T)
         mask = torch.ones((R, P + T), dtype=torch.long, device=device)
         mask[:, :P] = prefix.mask.repeat_interleave(N, dim=0)
         input_ids = prefix.last_tokens.repeat_interleave(N).unsqueeze(1)  # (R, 1)
@@ -267,15 +298,16 @@ class DecodeEngine:
         eos = torch.tensor(self.eos_token_ids, dtype=torch.long, device=device) if cfg.stop_at_eos else None
         sync_every = cfg.sync_every or (1 if device.type == "cpu" else 8)
 
-        hook = _PreLogitControl()
-        handle = adapter.head.register_forward_pre_hook(hook)
+        hook, release = self._hook()
+        module = compiled_step(adapter, cfg.compile_backend, cfg.compile_mode)[0] if cfg.compile else None
         ran = T
         try:
             for t in range(T):
                 controlled = controls is not None and t < tau
                 hook.control = controls[:, t] if controlled else None  # type: ignore[index]
                 hook.with_base = controlled and logp is not None
-                out = adapter.forward(input_ids, mask[:, : P + t + 1], positions, cache)
+                step_mask = mask if static else mask[:, : P + t + 1]
+                out = adapter.forward(input_ids, step_mask, positions, cache, module=module)
                 self._check_hook(hook)
                 if cache is None:
                     cache = adapter.output_cache(out)
@@ -309,7 +341,8 @@ class DecodeEngine:
                 input_ids = next_tokens.unsqueeze(1)
                 positions = positions + 1
         finally:
-            handle.remove()
+            hook.control, hook.with_base = None, False
+            release()
         return Decoded(
             tokens=tokens[:, :ran],
             lengths=lengths,
@@ -323,6 +356,21 @@ class DecodeEngine:
         rows = [row[:n] for row, n in zip(tokens.tolist(), lengths.tolist(), strict=True)]
         texts = self.tokenizer.batch_decode(rows, skip_special_tokens=True)
         return [self.stops.truncate(text) for text in texts] if self.stops else texts
+
+    def _hook(self) -> tuple[_PreLogitControl, Callable[[], None]]:
+        """The head hook for one decode, and what to call after it (the compiled one stays registered)."""
+        if self.config.compile:
+            hook = compiled_step(self.adapter, self.config.compile_backend, self.config.compile_mode)[1]
+            hook.fired = False
+            return hook, lambda: None
+        hook = _PreLogitControl()
+        return hook, self.adapter.head.register_forward_pre_hook(hook).remove
+
+    def _empty_static_cache(self, length: int) -> Any:
+        """A `transformers` ``StaticCache`` of ``length`` tokens (one-token prompts: nothing cached yet)."""
+        from transformers import StaticCache
+
+        return StaticCache(config=self.model.config, max_cache_len=length)
 
     def _check_hook(self, hook: _PreLogitControl) -> None:
         if self._hook_checked:
