@@ -349,6 +349,15 @@ def test_the_command_refuses_a_half_set_environment(monkeypatch, capsys) -> None
     )
 
 
+def test_gpus_per_rank_without_a_launcher_is_refused(monkeypatch, capsys) -> None:
+    from mpc_llm.cli import main
+
+    for name in ("WORLD_SIZE", "SLURM_STEP_ID"):
+        monkeypatch.delenv(name, raising=False)
+    assert main(["compare", "--out", "x", "--gpus-per-rank", "2", "--quiet"]) == 2
+    assert "--gpus-per-rank is for the ranks of a launched run" in capsys.readouterr().err
+
+
 def test_nccl_without_gpus_is_refused(monkeypatch) -> None:
     from mpc_llm.evaluation.distributed import init
 

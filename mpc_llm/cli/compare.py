@@ -35,6 +35,11 @@ def cmd_compare(args: argparse.Namespace) -> int:
     from mpc_llm.rewards import reward_class_of
 
     place = distributed.place_from_env()  # None: this process runs alone, as it always did
+    if place is None and args.gpus_per_rank is not None:
+        raise CLIError(
+            "--gpus-per-rank is for the ranks of a launched run (torchrun, accelerate launch, srun); "
+            "to spread one process's model over GPUs pass --device cuda:0,cuda:1"
+        )
     gpus = distributed.owned_gpus(place, distributed.gpus_per_rank(args.gpus_per_rank))
     requested = args.device or _file_device(args)
     if place is not None or (requested or "").startswith(distributed.LOCAL_PREFIX):
