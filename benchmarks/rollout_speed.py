@@ -4,13 +4,19 @@ Same model, prompt, N, T and seed for all three; every run generates exactly ``N
 (end-of-sequence is ignored by default so that the work is identical), and sampling is over the full
 vocabulary (no top-k / top-p) in all three. Each engine run includes its own prompt prefill (a fresh
 binding), as one `generate` call does. Prints tokens/s, the ratios engine/generate and
-controlled/zero (from median times over ``--repeats`` runs; min and max printed beside), and the
-peak memory each run added (peak RSS on CPU, allocated memory on CUDA).
+controlled/zero (from median times over ``--repeats`` runs; min and max printed beside, and the
+ratio's range from the extreme pairs of repeats), the peak memory each run added (peak RSS on CPU,
+allocated memory on CUDA), and a profile of one run of each: milliseconds per decoding step in
+model forward, cache writes, the control hook, sampling, bookkeeping and Python / host overhead
+(`step_profile`). ``--compile`` adds the compiled engine (``LMConfig(compile=True)``): its
+compilation time, whether its responses equal the eager path's, and its speed.
 
 Examples::
 
-    python benchmarks/rollout_speed.py                       # embedded SmolLM2, CPU, N=32, T=64
-    python benchmarks/rollout_speed.py --model random-llama-1b --device cuda --dtype bfloat16 -N 64 -T 128
+    python benchmarks/rollout_speed.py                       # embedded SmolLM2, CPU, N=32 and 8, T=64
+    python benchmarks/rollout_speed.py --compile -N 32       # also the compiled engine
+    python benchmarks/rollout_speed.py --model random-llama-1b --device cuda --dtype bfloat16 \
+        -N 64 -T 128 --compile
     python benchmarks/rollout_speed.py --model /path/to/hf-folder --device cuda --dtype bfloat16
 """
 
@@ -26,6 +32,7 @@ from collections.abc import Callable
 from typing import Any
 
 import torch
+from step_profile import print_profile, profile_decode
 
 from mpc_llm.dynamics import LMDynamics, make_generators
 from mpc_llm.lm.loading import DEFAULT_MODEL, load_default_tokenizer, load_model, resolve_dtype
@@ -115,6 +122,9 @@ def timed(fn: Callable[[], int], device: torch.device, repeats: int) -> tuple[li
     return times, tokens, peak
 
 
+TARGETS = {"engine/generate": {32: 2.0, 8: 1.5}, "controlled/zero": 0.95}
+
+
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -124,25 +134,41 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     )
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--dtype", default=None, help="float32, bfloat16, float16 (default: the model's)")
-    parser.add_argument("-N", type=int, default=32, help="samples per prompt")
+    parser.add_argument("-N", type=int, nargs="+", default=[32, 8], help="samples per prompt (one or more)")
     parser.add_argument("-T", type=int, default=64, help="new tokens per sample")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--sigma", type=float, default=1.0, help="std of the random controls")
-    parser.add_argument("--repeats", type=int, default=3, help="runs of each; the median time counts")
+    parser.add_argument("--repeats", type=int, default=5, help="runs of each; the median time counts")
     parser.add_argument("--prompt", default=PROMPT)
     parser.add_argument("--eos", action="store_true", help="stop at end-of-sequence (lengths then differ)")
+    parser.add_argument("--compile", action="store_true", help="also time LMConfig(compile=True)")
+    parser.add_argument("--no-profile", action="store_true", help="skip the per-step profile")
     parser.add_argument("--json", default=None, help="also write the figures to this JSON file")
     args = parser.parse_args(argv)
 
     device = torch.device(args.device)
     model, tokenizer = load(args.model, args.device, resolve_dtype(args.dtype))
-    lm = LMDynamics(model, tokenizer, [args.prompt], max_new_tokens=args.T, stop_at_eos=args.eos)
-    N, T, d = args.N, args.T, lm.control_dim
+    results: dict[str, Any] = {"model": args.model, "device": str(device), "T": args.T, "by_N": {}}
+    for N in args.N:
+        results["by_N"][N] = measure(model, tokenizer, args, N, device)
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(results, f, indent=2)
+    return results
+
+
+def measure(
+    model: Any, tokenizer: Any, args: argparse.Namespace, N: int, device: torch.device
+) -> dict[str, Any]:
+    """Time generate and the engine at ``N`` samples; print the table, the ratios and the profile."""
+    T = args.T
+    lm = LMDynamics(model, tokenizer, [args.prompt], max_new_tokens=T, stop_at_eos=args.eos)
+    d = lm.control_dim
     ids = torch.tensor([lm.encode_prompts()[0]], device=device)
     print(
-        f"model={args.model} ({type(model).__name__}, d={d}, dtype={lm.model_dtype}) device={device} "
+        f"\nmodel={args.model} ({type(model).__name__}, d={d}, dtype={lm.model_dtype}) device={device} "
         f"threads={torch.get_num_threads()} N={N} T={T} prompt_tokens={ids.shape[1]} "
-        f"stop_at_eos={args.eos}"
+        f"stop_at_eos={args.eos} repeats={args.repeats}"
     )
 
     def run_generate(n_tokens: int = T) -> int:
@@ -171,8 +197,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     zeros = torch.zeros((1, N, T, d), device=device, dtype=lm.dtype)
     controls = args.sigma * torch.randn((1, N, T, d), generator=gen, device=device, dtype=lm.dtype)
 
-    def run_engine(c: torch.Tensor, dyn: LMDynamics | None = None) -> int:
-        dyn = dyn or lm.with_prompts([args.prompt])  # fresh binding: the prefill is timed too
+    def run_engine(c: torch.Tensor, dyn: LMDynamics = lm) -> int:
+        dyn = dyn.with_prompts([args.prompt])  # fresh binding: the prefill is timed too
         return dyn.rollout(c, make_generators(args.seed, 1, device)).tokens_generated
 
     # warm-up (kernels, allocator, lazy init)
@@ -180,12 +206,28 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     run_generate(4)
     short.rollout(zeros[:, :, :4], make_generators(0, 1, device))
 
-    results: dict[str, Any] = {"model": args.model, "device": str(device), "N": N, "T": T}
-    rows = [
+    results: dict[str, Any] = {"N": N, "T": T}
+    rows: list[tuple[str, Callable[[], int]]] = [
         ("generate", lambda: run_generate()),
         ("engine, zero control", lambda: run_engine(zeros)),
         ("engine, random control", lambda: run_engine(controls)),
     ]
+    if args.compile:
+        fast = lm.with_options(compile=True)
+        tic = time.perf_counter()
+        fast.with_prompts([args.prompt]).rollout(controls, make_generators(args.seed, 1, device))
+        fast.with_prompts([args.prompt]).rollout(zeros, make_generators(args.seed, 1, device))
+        results["compile_seconds"] = time.perf_counter() - tic
+        eager = lm.with_prompts([args.prompt]).rollout(controls, make_generators(args.seed, 1, device))
+        compiled = fast.with_prompts([args.prompt]).rollout(controls, make_generators(args.seed, 1, device))
+        same = (eager.tokens == compiled.tokens).all(-1).float().mean().item()
+        results["compiled_same_responses"] = same
+        print(f"compile: first two rollouts {results['compile_seconds']:.1f} s; "
+              f"responses identical to the eager path's (same seed): {100 * same:.0f}%")  # fmt: skip
+        rows += [
+            ("compiled, zero control", lambda: run_engine(zeros, fast)),
+            ("compiled, random control", lambda: run_engine(controls, fast)),
+        ]
     print(f"{'run':<26}{'median s':>9}{'min s':>8}{'max s':>8}{'tokens':>8}{'tokens/s':>10}{'peak MiB':>10}")
 
     def report(name: str, times: list[float], tokens: int, peak: int) -> None:
@@ -205,18 +247,36 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
     for name, fn in rows:
         report(name, *timed(fn, device, args.repeats))
-    cached = lm.with_prompts([args.prompt])
-    cached.prefill()
-    report("(random, cached prefill)", *timed(lambda: run_engine(controls, cached), device, args.repeats))
 
-    tps = {k: results[k]["tokens_per_s"] for k, _ in rows}
-    results["engine/generate"] = tps["engine, zero control"] / tps["generate"]
-    results["controlled/zero"] = tps["engine, random control"] / tps["engine, zero control"]
-    print(f"engine/generate  = {results['engine/generate']:.2f}   (target >= 1.2)")
-    print(f"controlled/zero  = {results['controlled/zero']:.2f}   (target >= 0.95)")
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(results, f, indent=2)
+    def ratio(a: str, b: str) -> str:
+        """Median ratio of tokens/s, with the range from the extreme pairs of repeats."""
+        ra, rb = results[a], results[b]
+        lo, hi = rb["seconds_min"] / ra["seconds_max"], rb["seconds_max"] / ra["seconds_min"]
+        return f"{ra['tokens_per_s'] / rb['tokens_per_s']:.2f} (range {lo:.2f}-{hi:.2f})"
+
+    target = TARGETS["engine/generate"].get(N)
+    for name, a, b, goal in [
+        ("engine/generate", "engine, zero control", "generate", target),
+        ("controlled/zero", "engine, random control", "engine, zero control", TARGETS["controlled/zero"]),
+        *([("compiled/generate", "compiled, zero control", "generate", target)] if args.compile else []),
+        *(
+            [("compiled/eager", "compiled, zero control", "engine, zero control", None)]
+            if args.compile
+            else []
+        ),
+    ]:
+        results[name] = results[a]["tokens_per_s"] / results[b]["tokens_per_s"]
+        print(f"{name:<18} = {ratio(a, b)}" + (f"   (target >= {goal})" if goal else ""))
+    ours, theirs = results["engine, random control"]["peak_bytes"], results["generate"]["peak_bytes"]
+    print(f"peak added memory: engine {ours / 2**20:.1f} MiB, generate {theirs / 2**20:.1f} MiB")
+    if not args.no_profile:
+        profiles = {
+            "generate": profile_decode(run_generate, model, T, device),
+            "engine, zero": profile_decode(lambda: run_engine(zeros), model, T, device),
+            "engine, random": profile_decode(lambda: run_engine(controls), model, T, device),
+        }
+        print_profile(profiles)
+        results["profile_ms_per_step"] = profiles
     return results
 
 

@@ -32,7 +32,6 @@ left padding, batch shapes change the floating-point reductions slightly (logits
 
 from __future__ import annotations
 
-import weakref
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -43,6 +42,7 @@ from torch import Tensor
 from mpc_llm.lm.adapters import ModelAdapter
 from mpc_llm.lm.cache import expand_cache
 from mpc_llm.lm.config import LMConfig
+from mpc_llm.lm.control import PreLogitControl, compiled_step
 from mpc_llm.lm.sampling import StopStrings, choose_tokens, token_logprobs
 
 
@@ -83,47 +83,6 @@ class Decoded:
     logprobs: Tensor | None
     base_logprobs: Tensor | None
     finished: Tensor
-
-
-class _PreLogitControl:
-    """Forward pre-hook on the LM head: ``z -> z + v`` (and ``[z + v; z]`` when the base is wanted)."""
-
-    def __init__(self) -> None:
-        self.control: Tensor | None = None  # (R, d)
-        self.with_base = False
-        self.fired = False
-
-    def __call__(self, module: torch.nn.Module, args: tuple[Any, ...]) -> tuple[Any, ...] | None:
-        self.fired = True
-        if self.control is None:
-            return None
-        z = args[0]
-        zv = z + self.control.to(z.dtype).unsqueeze(1)  # (R, 1, d), broadcast over positions
-        if self.with_base:
-            zv = torch.cat([zv, z], dim=0)
-        return (zv, *args[1:])
-
-
-#: model -> {(backend, mode): (compiled model, its persistent head hook)}
-_COMPILED: weakref.WeakKeyDictionary[Any, dict[tuple[str, str | None], tuple[Any, _PreLogitControl]]] = (
-    weakref.WeakKeyDictionary()
-)
-
-
-def compiled_step(adapter: ModelAdapter, backend: str, mode: str | None) -> tuple[Any, _PreLogitControl]:
-    """The `torch.compile` wrapper of ``adapter.model`` and its persistent head hook (made once per model).
-
-    ``mode`` None means "reduce-overhead" (CUDA graphs) on CUDA and the default mode elsewhere.
-    """
-    per_model = _COMPILED.setdefault(adapter.model, {})
-    key = (backend, mode)
-    if key not in per_model:
-        if mode is None and adapter.device.type == "cuda":
-            mode = "reduce-overhead"
-        hook = _PreLogitControl()
-        adapter.head.register_forward_pre_hook(hook)
-        per_model[key] = (torch.compile(adapter.model, backend=backend, mode=mode), hook)
-    return per_model[key]
 
 
 class DecodeEngine:
@@ -357,13 +316,13 @@ class DecodeEngine:
         texts = self.tokenizer.batch_decode(rows, skip_special_tokens=True)
         return [self.stops.truncate(text) for text in texts] if self.stops else texts
 
-    def _hook(self) -> tuple[_PreLogitControl, Callable[[], None]]:
+    def _hook(self) -> tuple[PreLogitControl, Callable[[], None]]:
         """The head hook for one decode, and what to call after it (the compiled one stays registered)."""
         if self.config.compile:
             hook = compiled_step(self.adapter, self.config.compile_backend, self.config.compile_mode)[1]
             hook.fired = False
             return hook, lambda: None
-        hook = _PreLogitControl()
+        hook = PreLogitControl()
         return hook, self.adapter.head.register_forward_pre_hook(hook).remove
 
     def _empty_static_cache(self, length: int) -> Any:
@@ -372,7 +331,7 @@ class DecodeEngine:
 
         return StaticCache(config=self.model.config, max_cache_len=length)
 
-    def _check_hook(self, hook: _PreLogitControl) -> None:
+    def _check_hook(self, hook: PreLogitControl) -> None:
         if self._hook_checked:
             return
         if not hook.fired:

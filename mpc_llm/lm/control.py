@@ -1,0 +1,62 @@
+"""How the control gets into the model: a forward pre-hook on its LM head, and the compiled step.
+
+`PreLogitControl` is registered on the model's head (`ModelAdapter.head`) for a decode: the head's
+input ``z`` becomes ``z + v``, or ``[z + v; z]`` stacked along the batch when the log-probs of the
+unperturbed model are wanted too (one head call gives both). The model's own forward runs as it
+is, so whatever it does after the head (soft-capping, scaling) stays in place.
+
+For a compiled decode (`compiled_step`), one `torch.compile` wrapper is kept per model with a hook
+that stays registered (inactive, ``control`` None, outside decodes): registering a hook per decode
+would change the traced module and recompile it every time.
+"""
+
+from __future__ import annotations
+
+import weakref
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from mpc_llm.lm.adapters import ModelAdapter
+
+
+class PreLogitControl:
+    """Forward pre-hook on the LM head: ``z -> z + v`` (and ``[z + v; z]`` when the base is wanted)."""
+
+    def __init__(self) -> None:
+        self.control: Tensor | None = None  # (R, d)
+        self.with_base = False
+        self.fired = False
+
+    def __call__(self, module: torch.nn.Module, args: tuple[Any, ...]) -> tuple[Any, ...] | None:
+        self.fired = True
+        if self.control is None:
+            return None
+        z = args[0]
+        zv = z + self.control.to(z.dtype).unsqueeze(1)  # (R, 1, d), broadcast over positions
+        if self.with_base:
+            zv = torch.cat([zv, z], dim=0)
+        return (zv, *args[1:])
+
+
+#: model -> {(backend, mode): (compiled model, its persistent head hook)}
+_COMPILED: weakref.WeakKeyDictionary[Any, dict[tuple[str, str | None], tuple[Any, PreLogitControl]]] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def compiled_step(adapter: ModelAdapter, backend: str, mode: str | None) -> tuple[Any, PreLogitControl]:
+    """The `torch.compile` wrapper of ``adapter.model`` and its persistent head hook (made once per model).
+
+    ``mode`` None means "reduce-overhead" (CUDA graphs) on CUDA and the default mode elsewhere.
+    """
+    per_model = _COMPILED.setdefault(adapter.model, {})
+    key = (backend, mode)
+    if key not in per_model:
+        if mode is None and adapter.device.type == "cuda":
+            mode = "reduce-overhead"
+        hook = PreLogitControl()
+        adapter.head.register_forward_pre_hook(hook)
+        per_model[key] = (torch.compile(adapter.model, backend=backend, mode=mode), hook)
+    return per_model[key]
