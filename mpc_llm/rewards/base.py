@@ -71,7 +71,8 @@ class Reward(ABC):
     """Scores (prompt, response) pairs; higher is better.
 
     Subclasses implement `score_batch` for one chunk of at most ``batch_size`` pairs; `score` does
-    the input checks, chunking and output checks.
+    the input checks, chunking and output checks. A reward that batches its own forward passes
+    (by length, sharing prefixes) sets `batches_itself`: `score` then hands it every pair at once.
 
     Args:
         batch_size: pairs per call to `score_batch` (None: all at once).
@@ -91,6 +92,10 @@ class Reward(ABC):
         self.batch_size = None if batch_size is None else int(batch_size)
         self.device = torch.device(device) if device is not None else torch.device("cpu")
         self.name = name or type(self).__name__
+
+    #: Whether `score_batch` takes any number of pairs and batches its own work by ``batch_size``
+    #: (model rewards that sort by length or share prompt prefixes); `score` then does not chunk.
+    batches_itself: bool = False
 
     @abstractmethod
     def score_batch(self, prompts: list[Prompt], responses: list[str]) -> Tensor | Sequence[float]:
@@ -124,7 +129,7 @@ class Reward(ABC):
             raise ValueError(f"got {len(prompts)} prompts but {len(responses)} responses; they must pair up")
         if not responses:
             return torch.empty(0, dtype=torch.float32)
-        step = self.batch_size or len(responses)
+        step = len(responses) if self.batches_itself else (self.batch_size or len(responses))
         chunks = []
         for i in range(0, len(responses), step):
             p, r = prompts[i : i + step], responses[i : i + step]

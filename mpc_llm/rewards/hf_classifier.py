@@ -38,6 +38,9 @@ class HFRewardModel(Reward):
     prompt keeps its own messages) with that template; otherwise it is encoded as the text pair
     ``(prompt, response)``. Inputs are truncated to ``max_length`` tokens (the tokenizer's
     ``truncation_side``, usually the end) and right-padded; decoder models read the last non-pad token.
+    By default (``sort_by_length``) the pairs are tokenised once to count their tokens and scored in
+    batches of ``batch_size`` inputs of similar lengths (then put back in order), so little padding
+    is computed; a pair's score does not depend on its batch.
 
     Output: ``logits[:, 0]`` when the model has one label, else ``logits[:, output_index]``.
 
@@ -49,7 +52,8 @@ class HFRewardModel(Reward):
             model's ``max_position_embeddings``).
         use_chat_template: force (True) or disable (False) the chat template (default: use it when
             the tokenizer has one).
-        batch_size: pairs per forward pass.
+        batch_size: pairs per forward pass (None: all at once).
+        sort_by_length: batch pairs of similar token counts together (False: in the given order).
         device: where to run the model (default: where it is; loaded models start on the CPU).
         dtype: the model's dtype (e.g. ``torch.bfloat16``); default: as loaded.
         local_files_only: never try to download.
@@ -71,6 +75,7 @@ class HFRewardModel(Reward):
     """
 
     accepts_partial = False  # trained / prompted on complete answers
+    batches_itself = True  # sorts all pairs by length before batching
 
     def __init__(
         self,
@@ -81,6 +86,7 @@ class HFRewardModel(Reward):
         max_length: int | None = None,
         use_chat_template: bool | None = None,
         batch_size: int | None = 8,
+        sort_by_length: bool = True,
         device: str | torch.device | None = None,
         dtype: torch.dtype | None = None,
         local_files_only: bool = False,
@@ -115,6 +121,7 @@ class HFRewardModel(Reward):
         )
         self.model = model
         self.tokenizer = tokenizer
+        self.sort_by_length = bool(sort_by_length)
 
         num_labels = int(getattr(model.config, "num_labels", 1))
         if num_labels != 1 and output_index is None:
@@ -144,33 +151,55 @@ class HFRewardModel(Reward):
             tokenizer, use_chat_template, who=f"the tokenizer of {self.name!r}"
         )
 
-    def encode(self, prompts: list[Prompt], responses: list[str]) -> dict[str, Tensor]:
-        """Tokenize ``m`` pairs: ``input_ids`` and ``attention_mask`` ``(m, L)``, right-padded."""
-        common: dict[str, Any] = {
-            "padding": True,
-            "truncation": self.max_length is not None,
-            "max_length": self.max_length,
-            "padding_side": "right",
-            "return_tensors": "pt",
-        }
+    def _tokenize(self, prompts: list[Prompt], responses: list[str], **options: Any) -> Any:
+        """The tokenizer's output for ``m`` pairs (chat template or text pairs), truncated."""
+        common: dict[str, Any] = {"truncation": self.max_length is not None, "max_length": self.max_length}
         tok = self.tokenizer
         if self.use_chat_template:
             texts = [
                 tok.apply_chat_template(to_messages(p, r), tokenize=False)
                 for p, r in zip(prompts, responses, strict=True)
             ]
-            enc = tok(texts, add_special_tokens=False, **common)
-        else:
-            enc = tok([render_prompt(p) for p in prompts], responses, **common)
+            return tok(texts, add_special_tokens=False, **common, **options)
+        return tok([render_prompt(p) for p in prompts], responses, **common, **options)
+
+    def encode(self, prompts: list[Prompt], responses: list[str]) -> dict[str, Tensor]:
+        """Tokenize ``m`` pairs: ``input_ids`` and ``attention_mask`` ``(m, L)``, right-padded."""
+        enc = self._tokenize(prompts, responses, padding=True, padding_side="right", return_tensors="pt")
         return {k: v.to(self.device) for k, v in enc.items()}
 
     @torch.inference_mode()
     def score_batch(self, prompts: list[Prompt], responses: list[str]) -> Tensor:
-        logits = self.model(**self.encode(prompts, responses)).logits
-        if logits.dim() != 2 or logits.shape[0] != len(responses):
+        """Scores ``(m,)`` from forward passes of ``batch_size`` pairs.
+
+        With ``sort_by_length`` the pairs are tokenised once, sorted by token count, padded per
+        batch and their scores put back in order; otherwise each batch of consecutive pairs is
+        encoded on its own (`encode`).
+        """
+        m = len(responses)
+        step = self.batch_size or max(m, 1)
+        scores = torch.empty(m, dtype=torch.float32)
+        if not self.sort_by_length:
+            for start in range(0, m, step):
+                enc = self.encode(prompts[start : start + step], responses[start : start + step])
+                scores[start : start + step] = self._forward(enc, min(step, m - start))
+            return scores
+        tokens = self._tokenize(prompts, responses)
+        order = sorted(range(m), key=lambda i: len(tokens["input_ids"][i]))
+        for start in range(0, m, step):
+            chunk = order[start : start + step]
+            rows = {key: [tokens[key][i] for i in chunk] for key in tokens}
+            enc = self.tokenizer.pad(rows, padding=True, padding_side="right", return_tensors="pt")
+            scores[chunk] = self._forward({k: v.to(self.device) for k, v in enc.items()}, len(chunk))
+        return scores
+
+    def _forward(self, enc: dict[str, Tensor], m: int) -> Tensor:
+        """One forward pass over encoded inputs ``(m, L)``: ``(m,)`` float32 CPU scores."""
+        logits = self.model(**enc).logits
+        if logits.dim() != 2 or logits.shape[0] != m:
             raise ValueError(
                 f"reward model {self.name!r} returned logits of shape {tuple(logits.shape)} for "
-                f"{len(responses)} inputs; expected ({len(responses)}, num_labels)"
+                f"{m} inputs; expected ({m}, num_labels)"
             )
         if not -logits.shape[1] <= self.output_index < logits.shape[1]:
             raise ValueError(

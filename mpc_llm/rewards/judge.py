@@ -28,6 +28,7 @@ from torch import Tensor
 from mpc_llm.lm.adapters import ModelAdapter
 from mpc_llm.lm.hub import model_device, resolve_tokenizer, transformers_module
 from mpc_llm.lm.loading import DEFAULT_MODEL, load_model
+from mpc_llm.lm.prefix import left_pad, next_token_logits
 from mpc_llm.lm.prompts import Prompt, render_prompt, uses_chat_template
 from mpc_llm.rewards.base import Reward
 
@@ -55,9 +56,17 @@ class JudgeReward(Reward):
 
     The rubric is filled with the prompt (rendered as text) and the response, wrapped in the judge's
     chat template as one user message when the tokenizer has one (plus ``answer_prefix``), and the
-    next-token logits after it are read. Inputs are left-padded with explicit position ids, so a
-    pair gets the same score alone or in a batch; inputs longer than ``max_length`` keep their last
+    next-token logits after it are read. Inputs longer than ``max_length`` keep their last
     ``max_length`` tokens (the question is at the end).
+
+    Speed: the inputs for one prompt are identical up to the response, so by default
+    (``share_prefix``) their longest common token prefix is run through the judge once and only
+    each input's own suffix (response, rubric tail, template tail) is computed, in batches of
+    ``batch_size`` sorted by length (`mpc_llm.lm.prefix.next_token_logits`, which states why the
+    scores are those of the whole inputs, to float rounding). Truncated inputs are scored whole.
+    ``share_prefix=False, sort_by_length=False`` is the plain path: whole inputs, left-padded with
+    explicit position ids, in the given order. Either way a pair gets the same score alone or in a
+    batch.
 
     Args:
         model: a causal LM object; a model id, local folder or ``.gguf`` file; or None for the
@@ -72,7 +81,9 @@ class JudgeReward(Reward):
         use_chat_template: force (True) or disable (False) the chat template (default: if present).
         max_length: the most tokens per input (default: the model's context length).
         gguf_file: a GGUF file name inside the folder ``model`` (for quantised checkpoints).
-        batch_size: pairs per forward pass.
+        batch_size: inputs per forward pass (None: all of a prompt's at once).
+        share_prefix: compute each prompt's common prefix once (default True).
+        sort_by_length: batch inputs of similar lengths together (default True).
         device: where to run the model (default: where it is).
         dtype: the model's dtype; default as loaded.
         local_files_only: never try to download.
@@ -88,6 +99,7 @@ class JudgeReward(Reward):
     """
 
     accepts_partial = False  # trained / prompted on complete answers
+    batches_itself = True  # groups a prompt's inputs to share their prefix
 
     def __init__(
         self,
@@ -103,6 +115,8 @@ class JudgeReward(Reward):
         max_length: int | None = None,
         gguf_file: str | None = None,
         batch_size: int | None = 8,
+        share_prefix: bool = True,
+        sort_by_length: bool = True,
         device: str | torch.device | None = None,
         dtype: torch.dtype | None = None,
         local_files_only: bool = False,
@@ -140,6 +154,8 @@ class JudgeReward(Reward):
         self.tokenizer = tokenizer
         self.rubric = rubric
         self.system_prompt = system_prompt
+        self.share_prefix = bool(share_prefix)
+        self.sort_by_length = bool(sort_by_length)
 
         self.use_chat_template = uses_chat_template(tokenizer, use_chat_template, who="the judge's tokenizer")
         if answer_prefix is None:
@@ -179,22 +195,22 @@ class JudgeReward(Reward):
         text = self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
         return text + self.answer_prefix
 
-    def encode(self, prompts: list[Prompt], responses: list[str]) -> dict[str, Tensor]:
-        """Left-padded ``input_ids``, ``attention_mask`` and ``position_ids``, each ``(m, L)``."""
-        rows = []
+    def token_rows(self, prompts: list[Prompt], responses: list[str]) -> tuple[list[list[int]], list[bool]]:
+        """The token ids of each pair's judge input (at most ``max_length``, the last ones kept) and
+        whether it was truncated."""
+        rows, truncated = [], []
         for p, r in zip(prompts, responses, strict=True):
-            ids = self.tokenizer(self.query(p, r), add_special_tokens=not self.use_chat_template)["input_ids"]
-            if self.max_length is not None and len(ids) > self.max_length:
-                ids = ids[-self.max_length :]
-            rows.append(list(ids))
-        L = max(len(ids) for ids in rows)
-        input_ids = torch.full((len(rows), L), self.pad_token_id, dtype=torch.long)
-        mask = torch.zeros((len(rows), L), dtype=torch.long)
-        for i, ids in enumerate(rows):
-            if ids:
-                input_ids[i, L - len(ids) :] = torch.tensor(ids, dtype=torch.long)
-                mask[i, L - len(ids) :] = 1
-        position_ids = (mask.cumsum(dim=1) - 1).clamp(min=0)
+            text = self.query(p, r)
+            ids = list(self.tokenizer(text, add_special_tokens=not self.use_chat_template)["input_ids"])
+            cut = self.max_length is not None and len(ids) > self.max_length
+            rows.append(ids[-self.max_length :] if cut else ids)
+            truncated.append(bool(cut))
+        return rows, truncated
+
+    def encode(self, prompts: list[Prompt], responses: list[str]) -> dict[str, Tensor]:
+        """The plain path's ``input_ids``, ``attention_mask`` and ``position_ids``, each ``(m, L)``,
+        left-padded."""
+        input_ids, mask, position_ids = left_pad(self.token_rows(prompts, responses)[0], self.pad_token_id)
         return {
             "input_ids": input_ids.to(self.device),
             "attention_mask": mask.to(self.device),
@@ -203,13 +219,26 @@ class JudgeReward(Reward):
 
     @torch.inference_mode()
     def score_batch(self, prompts: list[Prompt], responses: list[str]) -> Tensor:
-        enc = self.encode(prompts, responses)
-        out = self.adapter.forward(
-            enc["input_ids"], enc["attention_mask"], enc["position_ids"], use_cache=False
+        """Scores ``(m,)`` of ``m`` pairs: each prompt's inputs share one prefix pass (``share_prefix``)."""
+        rows, truncated = self.token_rows(prompts, responses)
+        # inputs for the same prompt are tried for a common prefix; truncated ones are scored whole
+        groups = [
+            ("cut", i) if cut else render_prompt(p)
+            for i, (p, cut) in enumerate(zip(prompts, truncated, strict=True))
+        ]
+        logits = next_token_logits(
+            self.adapter,
+            rows,
+            groups=groups,
+            columns=[*self.yes_ids, *self.no_ids],
+            batch_size=self.batch_size,
+            pad_token_id=self.pad_token_id,
+            share_prefix=self.share_prefix,
+            sort_by_length=self.sort_by_length,
         )
-        logits = out.logits[:, -1].float()
-        yes = torch.logsumexp(logits[:, self.yes_ids], dim=-1)
-        no = torch.logsumexp(logits[:, self.no_ids], dim=-1)
+        k = len(self.yes_ids)
+        yes = torch.logsumexp(logits[:, :k], dim=-1)
+        no = torch.logsumexp(logits[:, k:], dim=-1)
         return (yes - no).cpu()
 
     def __repr__(self) -> str:
