@@ -14,26 +14,50 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
-from pydantic import Field
+from pydantic import Field, field_validator, model_validator
 from torch import Tensor
 
 from mpc_llm.controllers.base import Controller
-from mpc_llm.controllers.state import ControllerState, GaussianConfig
-from mpc_llm.core import effective_sample_size, importance_weights, likelihood_log_ratio
+from mpc_llm.controllers.state import ControllerState, GaussianConfig, one_of
+from mpc_llm.core import effective_sample_size, importance_weights, likelihood_log_ratio, temperature_for_ess
 
 
 class AISPConfig(GaussianConfig):
     """AISP settings.
 
     Attributes:
-        sigma: proposal and prior standard deviation, ``> 0``.
-        lambda_: temperature ``lambda > 0`` (``lambda`` in YAML / JSON); small -> greedy on reward.
+        sigma: proposal and prior standard deviation, ``> 0`` (or ``sigma_relative``: a fraction of
+            the model's pre-logit RMS, see `GaussianConfig`).
+        lambda_: a fixed temperature ``lambda > 0`` (``lambda`` in YAML / JSON), in reward units;
+            small -> greedy on reward.
+        ess_target: instead of ``lambda``, the effective sample size to reach at every iteration, as
+            a fraction of the samples in ``(0, 1]``: each iteration and problem gets the ``lambda``
+            at which the weights' ESS is that fraction (`mpc_llm.core.temperature_for_ess`), so no
+            reward scale has to be tuned. Give one of the two (neither: ``lambda = 1``). The
+            ``lambda`` used is reported in each iteration's ``stats["lambda"]``.
         alpha: weight in ``[0, 1]`` that removes the likelihood-ratio term (1 = MPPI).
     """
 
-    sigma: float = Field(1.0, gt=0.0, allow_inf_nan=False)
-    lambda_: float = Field(1.0, gt=0.0, alias="lambda", allow_inf_nan=False)
+    sigma: float | None = Field(None, gt=0.0, allow_inf_nan=False)
+    lambda_: float | None = Field(None, gt=0.0, alias="lambda", allow_inf_nan=False)
+    ess_target: float | None = None
     alpha: float = Field(0.0, ge=0.0, le=1.0)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _lambda_or_ess_target(cls, data: object) -> object:
+        return one_of(data, ("lambda", "lambda_"), ("ess_target",), 1.0, "lambda (a fixed temperature)",
+                      "ess_target (the temperature chosen for a target ESS fraction)")  # fmt: skip
+
+    @field_validator("ess_target")
+    @classmethod
+    def _target_in_zero_one(cls, value: float | None) -> float | None:
+        if value is not None and not 0.0 < value <= 1.0:
+            raise ValueError(
+                f"ess_target is the effective sample size to reach as a fraction of num_samples and must be "
+                f"in (0, 1]; got {value}"
+            )
+        return value
 
 
 class AISP(Controller[AISPConfig]):
@@ -59,6 +83,11 @@ class AISP(Controller[AISPConfig]):
     def update(self, state: ControllerState, knots: Tensor, costs: Tensor) -> ControllerState:
         cfg = self.config
         log_ratio = (1.0 - cfg.alpha) * likelihood_log_ratio(state.mean, knots, state.sigma)
-        weights = importance_weights(costs, cfg.lambda_, log_ratio)
+        B = costs.shape[0]
+        if cfg.ess_target is not None:
+            lambda_ = temperature_for_ess(costs, cfg.ess_target, log_ratio)
+        else:
+            lambda_ = torch.full((B,), float(cfg.lambda_), dtype=torch.float64, device=costs.device)
+        weights = importance_weights(costs, lambda_, log_ratio)
         mean = (weights.unsqueeze(-1).unsqueeze(-1) * knots).sum(dim=1)
-        return state.replace(mean=mean, stats={"ess": effective_sample_size(weights)})
+        return state.replace(mean=mean, stats={"ess": effective_sample_size(weights), "lambda": lambda_})

@@ -111,14 +111,23 @@ class Controller(ABC, Generic[C]):
         return ZeroOrderHold(tau, self.config.num_knots or tau)
 
     def init_state(self, dynamics: Dynamics, mean: Tensor | None = None) -> ControllerState:
-        """The initial state: mean ``U`` (zeros unless given, ``(B, K, d)``) and ``sigma``."""
+        """The initial state: mean ``U`` (zeros unless given, ``(B, K, d)``) and ``sigma``.
+
+        With ``sigma_relative`` the sigma of problem ``b`` is that fraction of
+        ``dynamics.control_scale()[b]`` (a language model's pre-logit RMS on prompt ``b``), measured
+        here, once; the state's ``stats["control_scale"]`` holds the scale until the first update.
+        """
         shape = (dynamics.batch_size, self.parameterization(dynamics).num_knots, dynamics.control_dim)
         if mean is None:
             mean = torch.zeros(shape, device=dynamics.device, dtype=dynamics.dtype)
         elif tuple(mean.shape) != shape:
             raise ValueError(f"initial mean must have shape (B, K, d) = {shape}, got {tuple(mean.shape)}")
-        sigma = self.config.initial_sigma()
-        return ControllerState(mean=mean, sigma=torch.full_like(mean, sigma))
+        fraction = getattr(self.config, "sigma_relative", None)
+        if fraction is None:
+            return ControllerState(mean=mean, sigma=torch.full_like(mean, self.config.initial_sigma()))
+        scale = dynamics.control_scale().to(device=mean.device, dtype=mean.dtype)  # (B,), measured once
+        sigma = (fraction * scale).view(-1, 1, 1).expand_as(mean).clone()
+        return ControllerState(mean=mean, sigma=sigma, stats={"control_scale": scale})
 
     @staticmethod
     def gaussian(state: ControllerState, num_samples: int, generators: Sequence[torch.Generator]) -> Tensor:
@@ -191,6 +200,9 @@ class Controller(ABC, Generic[C]):
         else:
             budget = num_iterations * self.config.num_samples
         state = state.restart() if state is not None else self.init_state(dynamics)
+        settings = {"sigma": state.sigma[:, 0, 0].detach().to("cpu", torch.float64)}
+        if "control_scale" in state.stats:
+            settings["control_scale"] = state.stats["control_scale"].detach().to("cpu", torch.float64)
         generators = self._generators(state, seed, dynamics.batch_size)
         history: list[IterationRecord] = []
         used = 0
@@ -248,6 +260,7 @@ class Controller(ABC, Generic[C]):
             ),
             state=state,
             best_metrics=dict(state.best_metrics),
+            settings=settings,
         )
 
     @staticmethod

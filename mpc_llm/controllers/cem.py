@@ -23,7 +23,7 @@ class CEMConfig(GaussianConfig):
         sigma_min: floor of the refitted sigma, ``>= 0``.
     """
 
-    sigma: float = Field(1.0, gt=0.0, allow_inf_nan=False)
+    sigma: float | None = Field(None, gt=0.0, allow_inf_nan=False)
     elite_fraction: float = Field(0.1, gt=0.0, le=1.0)
     smoothing: float = Field(0.0, ge=0.0, lt=1.0)
     refit_sigma: bool = False

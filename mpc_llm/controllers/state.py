@@ -53,12 +53,45 @@ class ControllerConfig(BaseModel):
 
 
 class GaussianConfig(ControllerConfig):
-    """A controller that samples ``V = U + sigma * eps``, ``eps ~ N(0, I)``."""
+    """A controller that samples ``V = U + sigma * eps``, ``eps ~ N(0, I)``.
 
-    sigma: float = Field(1.0, ge=0.0, allow_inf_nan=False)
+    Attributes:
+        sigma: the proposal's standard deviation in absolute control units (for a language model,
+            pre-logit units, whose scale differs between models by an order of magnitude).
+        sigma_relative: instead of ``sigma``, a fraction of the dynamics' natural control scale
+            (`mpc_llm.core.Dynamics.control_scale`: a language model's pre-logit RMS on each prompt,
+            measured once when a run starts); the absolute sigma used is reported in the result
+            (``OptimizeResult.settings["sigma"]``). Give one of the two (neither: ``sigma = 1``).
+    """
+
+    sigma: float | None = Field(None, ge=0.0, allow_inf_nan=False)
+    sigma_relative: float | None = Field(None, gt=0.0, allow_inf_nan=False)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _sigma_or_relative(cls, data: object) -> object:
+        return one_of(data, ("sigma",), ("sigma_relative",), 1.0, "sigma (absolute control units)",
+                      "sigma_relative (a fraction of the model's pre-logit RMS)")  # fmt: skip
 
     def initial_sigma(self) -> float:
-        return self.sigma
+        """The absolute sigma (``sigma_relative`` is resolved by `Controller.init_state`)."""
+        return 0.0 if self.sigma is None else self.sigma
+
+
+def one_of(
+    data: object, first: tuple[str, ...], second: tuple[str, ...], default: float, what: str, other: str
+) -> object:
+    """Settings with exactly one of two alternatives given (keys ``first`` or ``second``, names and
+    aliases; None counts as not given): both is an error; neither gives ``first`` its ``default``."""
+    if not isinstance(data, Mapping):
+        return data
+    a = next((data[k] for k in first if data.get(k) is not None), None)
+    b = next((data[k] for k in second if data.get(k) is not None), None)
+    if a is not None and b is not None:
+        raise ValueError(f"give either {what} or {other}, not both (got {first[0]}={a}, {second[0]}={b})")
+    if a is None and b is None:
+        return {**{k: v for k, v in data.items() if k not in first}, first[0]: default}
+    return data
 
 
 @dataclass(frozen=True)

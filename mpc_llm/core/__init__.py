@@ -3,7 +3,8 @@
 - `Dynamics`: ``B`` problems driven by ``(B, N, tau, d)`` control sequences -> a `Rollout`;
 - `CostFunction`: rollout -> ``(B, N)`` costs (and the named quantities scored on the way);
 - `OptimizeResult`, `IterationRecord`, `Budget`: what a controller returns;
-- `importance_weights`, `effective_sample_size`, `likelihood_log_ratio`: the AISP / MPPI weights;
+- `importance_weights`, `effective_sample_size`, `likelihood_log_ratio`: the AISP / MPPI weights,
+  and `temperature_for_ess`: the temperature that reaches a target effective sample size;
 - `ZeroOrderHold`: ``K`` knots held over ``tau`` controlled steps;
 - `make_generators`: one seeded `torch.Generator` per problem.
 
@@ -13,7 +14,12 @@ This package imports nothing else of mpc_llm (checked by the import-linter contr
 from mpc_llm.core.config import read_mapping, validated
 from mpc_llm.core.cost import CostFunction, FunctionCost, Metrics, SumCost
 from mpc_llm.core.dynamics import Dynamics
-from mpc_llm.core.importance import effective_sample_size, importance_weights, likelihood_log_ratio
+from mpc_llm.core.importance import (
+    effective_sample_size,
+    importance_weights,
+    likelihood_log_ratio,
+    temperature_for_ess,
+)
 from mpc_llm.core.optional import MissingDependencyError, require
 from mpc_llm.core.parameterization import ZeroOrderHold
 from mpc_llm.core.random import draw_seeds, make_generators
@@ -42,5 +48,6 @@ __all__ = [
     "make_generators",
     "read_mapping",
     "require",
+    "temperature_for_ess",
     "validated",
 ]

@@ -66,6 +66,30 @@ class Dynamics(ABC):
             A rollout with ``B`` problems and ``N`` samples each.
         """
 
+    def control_scale(self) -> Tensor:
+        """``(B,)`` the natural size of a control for each problem, which ``sigma_relative`` scales.
+
+        A language model's is the RMS of its pre-logit on each prompt (`LMDynamics.prelogit_rms`).
+
+        Raises:
+            ValueError: for systems that have no such scale (the default).
+        """
+        raise ValueError(
+            f"sigma_relative needs dynamics with pre-logits (a language model) to measure the control "
+            f"scale; {type(self).__name__} has none: give an absolute sigma instead"
+        )
+
+    def closeness_to_base(self, rollout: Rollout, controls: Tensor | None = None) -> dict[str, Tensor]:
+        """How close each response of ``rollout`` is to the unperturbed system, ``(B, N)`` each.
+
+        Systems with a base model (a language model) report, per response, its mean per-token
+        log-likelihood under the base model at temperature 1 (``base_logp_mean``) and, given the
+        ``(B, N, tau, d)`` ``controls`` that produced it, the steering log-ratio
+        ``kl_estimate = sum_t log p_u(y_t) - log p_0(y_t)`` at the sampling temperature. The
+        default reports nothing (``{}``).
+        """
+        return {}
+
     def check_controls(self, controls: Tensor) -> None:
         """Raise a `ValueError` that says what was expected when ``controls`` has the wrong shape.
 

@@ -75,6 +75,10 @@ class OptimizeResult:
         history: one record per iteration.
         budget: resources spent.
         state: the final controller state, to warm-start a later call.
+        settings: per-problem settings resolved when the run started, each ``(B,)`` on the CPU:
+            ``sigma``, the absolute initial standard deviation of the proposal (resolved from
+            ``sigma_relative`` when given), and then ``control_scale``, the measured scale it is a
+            fraction of (a language model's pre-logit RMS on each prompt).
     """
 
     best_rollout: Rollout
@@ -85,6 +89,7 @@ class OptimizeResult:
     budget: Budget
     state: object
     best_metrics: dict[str, Tensor] = field(default_factory=dict)
+    settings: dict[str, Tensor] = field(default_factory=dict)
 
     def all_metric(self, name: str) -> Tensor:
         """``(B, M)`` the metric ``name`` (e.g. ``"reward"``) of every scored sample, in draw order.

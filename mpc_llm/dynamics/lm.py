@@ -23,6 +23,7 @@ import torch
 from torch import Tensor
 
 from mpc_llm.core import Dynamics, validated
+from mpc_llm.dynamics import lm_closeness
 from mpc_llm.lm import LMConfig, LMRollout, Prompt, load_model, resolve_dtype
 from mpc_llm.lm.engine import DecodeEngine, Prefix
 from mpc_llm.lm.prompts import as_prompt_list, encode_prompt, uses_chat_template
@@ -201,6 +202,24 @@ class LMDynamics(Dynamics):
         super().check_controls(controls)
         if controls.shape[1] < 1:
             raise ValueError("controls must hold at least one sample per prompt (N >= 1)")
+
+    def prelogit_rms(self) -> Tensor:
+        """``(B,)`` float64 RMS over ``d`` of each prompt's pre-logit at the first response position."""
+        return lm_closeness.prelogit_rms(self.engine, self.prefill())
+
+    def control_scale(self) -> Tensor:
+        """The scale ``sigma_relative`` is a fraction of: `prelogit_rms`, measured once per call."""
+        return self.prelogit_rms()
+
+    def closeness_to_base(self, rollout: LMRollout, controls: Tensor | None = None) -> dict[str, Tensor]:  # type: ignore[override]
+        """``(B, N)`` ``base_logp_mean`` (temperature 1) and, given ``controls`` ``(B, N, tau, d)``,
+        ``kl_estimate`` of ``rollout``'s responses, by one teacher-forced pass (`lm_closeness`)."""
+        B, N = rollout.batch_size, rollout.num_samples
+        ids = [p for p in self.encode_prompts() for _ in range(N)]
+        flat = None if controls is None else controls.reshape(B * N, *controls.shape[2:])
+        out = lm_closeness.closeness(self.engine, ids, rollout.tokens.reshape(B * N, -1),
+                                     rollout.lengths.reshape(-1), flat)  # fmt: skip
+        return {k: v.view(B, N) for k, v in out.items()}
 
     # ------------------------------------------------------------------ prompts
     def encode_prompts(self) -> list[list[int]]:
