@@ -38,10 +38,12 @@ from tqdm.auto import tqdm
 from mpc_llm.controllers import Controller, SequentialController
 from mpc_llm.core import CostFunction, Dynamics
 from mpc_llm.evaluation.distributed import DistributedError, World, assign
+from mpc_llm.evaluation.heldout import score_held_out
 from mpc_llm.evaluation.records import BudgetUnit, anytime_records, final_records
 from mpc_llm.evaluation.store import RunStore
 from mpc_llm.evaluation.summary import summarize, write_summary
 from mpc_llm.lm import Prompt
+from mpc_llm.rewards import Reward
 
 #: An open-loop controller or a sequential one: anything with ``optimize`` that compare can run.
 Planner = Controller | SequentialController
@@ -162,6 +164,8 @@ def compare(
     baseline: str | None = "best_of_n",
     progress: bool = True,
     world: World | None = None,
+    eval_rewards: Mapping[str, Reward] | None = None,
+    closeness: bool = True,
 ) -> list[dict[str, Any]]:
     """Run every controller on every prompt and seed; write records, ``summary.md`` and the plot.
 
@@ -185,6 +189,10 @@ def compare(
         world: this process's rank among many (`mpc_llm.evaluation.distributed.launch`): the jobs
             are shared out, each rank appends to its own shard, rank 0 merges the shards and writes
             the summary once every rank has finished. None: this process does every job.
+        eval_rewards: held-out rewards, ``label -> Reward``, scored on every returned response and
+            never given to the controllers (records' ``eval``; `mpc_llm.evaluation.heldout`).
+        closeness: score each returned response's closeness to the base model (one teacher-forced
+            pass over the returned responses; `mpc_llm.evaluation.closeness`).
 
     Returns:
         The summary rows (one per controller and budget), as written to ``summary.md`` (on every rank).
@@ -203,7 +211,8 @@ def compare(
     for controller in controllers.values():
         if not isinstance(controller, Controller):
             controller.check(episode, cost)
-    settings = run_settings(prompts, controllers, budgets, seeds, settings or {}, budget_unit)
+    extra = {**(settings or {}), **({"eval_rewards": list(eval_rewards)} if eval_rewards else {})}
+    settings = run_settings(prompts, controllers, budgets, seeds, extra, budget_unit)
     if world is not None:
         world.check_same(settings)  # ranks given different settings stop here, every one of them
     shard = None if world is None else world.rank
@@ -231,8 +240,9 @@ def compare(
         dynamics = make_dynamics([prompts[i] for i in job.indices])
         records = _run_job(
             controllers[job.controller], dynamics, cost, job.indices, job.controller, job.seed, budgets,
-            budget_unit,
+            budget_unit, closeness,
         )  # fmt: skip
+        score_held_out(records, {i: prompts[i] for i in job.indices}, eval_rewards or {})
         store.append(records)
 
     def finish() -> list[dict[str, Any]]:
@@ -272,17 +282,19 @@ def _run_job(
     seed: int,
     budgets: list[int],
     unit: BudgetUnit,
+    closeness: bool = True,
 ) -> list[dict[str, Any]]:
     """The records of one (prompt chunk, controller, seed) at every budget."""
+    scorer = dynamics if closeness else None
     seeds = [seed * SEED_STRIDE + i for i in indices]
     if controller.anytime:  # open loop: one run, read at every budget
         limit = {"max_samples": budgets[-1]} if unit == "samples" else {"max_tokens": budgets[-1]}
         assert isinstance(controller, Controller), "anytime controllers are Controller subclasses"
         result = controller.optimize(dynamics, cost, seed=seeds, keep_rollouts=True, **limit)
-        return anytime_records(result, indices, name, seed, budgets, unit)
+        return anytime_records(result, indices, name, seed, budgets, unit, scorer)
     records = []
     for k in budgets:  # sequential: one run per budget
         limit = {"max_samples": k} if unit == "samples" else {"max_tokens": k}
         result = controller.optimize(dynamics, cost, seed=seeds, **limit)
-        records.extend(final_records(result, indices, name, seed, k))
+        records.extend(final_records(result, indices, name, seed, k, scorer))
     return records

@@ -113,3 +113,67 @@ def rep_n(text: str, n: int = 2) -> float:
     """
     grams = ngrams(text.split(), n)
     return 1.0 - len(set(grams)) / len(grams) if grams else 0.0
+
+
+@dataclass(frozen=True)
+class PairedBootstrap:
+    """Paired differences against a baseline, with percentile bootstrap intervals over groups.
+
+    Attributes:
+        diff / diff_low / diff_high: mean of ``ours - baseline`` and its interval.
+        win / win_low / win_high: win rate (ties count one half) and its interval.
+        n: groups (prompts).
+    """
+
+    diff: float
+    diff_low: float
+    diff_high: float
+    win: float
+    win_low: float
+    win_high: float
+    n: int
+
+
+def paired_bootstrap(
+    ours: Sequence[float],
+    baseline: Sequence[float],
+    groups: Sequence[object],
+    num_resamples: int = 2000,
+    level: float = 0.95,
+    seed: int = 0,
+) -> PairedBootstrap:
+    """Bootstrap over groups (prompts) of the paired reward difference and win rate.
+
+    Each group's pairs (its seeds) are averaged first: prompts are the independent unit. The
+    groups are resampled with replacement ``num_resamples`` times through a seeded
+    `torch.Generator` (the same intervals on every run) and the intervals are the percentiles
+    ``(1 - level) / 2`` and ``(1 + level) / 2`` of the resampled means.
+
+    Example:
+        >>> b = paired_bootstrap([1.0, 2.0, 3.0], [0.0, 2.0, 4.0], groups=[0, 1, 2])
+        >>> b.diff, b.win, b.n
+        (0.0, 0.5, 3)
+    """
+    import torch
+
+    if not len(ours) == len(baseline) == len(groups) or not ours:
+        raise ValueError("paired_bootstrap needs three non-empty sequences of the same length")
+    if not 0 < level < 1 or num_resamples < 1:
+        raise ValueError(f"need 0 < level < 1 and num_resamples >= 1, got {level}, {num_resamples}")
+    index = {g: i for i, g in enumerate(dict.fromkeys(groups))}
+    G = len(index)
+    diff = torch.zeros(G, dtype=torch.float64)
+    win = torch.zeros(G, dtype=torch.float64)
+    count = torch.zeros(G, dtype=torch.float64)
+    for a, b, g in zip(ours, baseline, groups, strict=True):
+        i = index[g]
+        diff[i] += a - b
+        win[i] += 1.0 if a > b else 0.5 if a == b else 0.0
+        count[i] += 1
+    diff, win = diff / count, win / count
+    gen = torch.Generator().manual_seed(seed)
+    draws = torch.randint(0, G, (num_resamples, G), generator=gen)
+    q = torch.tensor([(1 - level) / 2, (1 + level) / 2], dtype=torch.float64)
+    d_lo, d_hi = torch.quantile(diff[draws].mean(dim=1), q).tolist()
+    w_lo, w_hi = torch.quantile(win[draws].mean(dim=1), q).tolist()
+    return PairedBootstrap(float(diff.mean()), d_lo, d_hi, float(win.mean()), w_lo, w_hi, G)

@@ -2,8 +2,14 @@
 
 A record holds the chosen response's ``cost`` (the objective) and, apart, its ``reward`` as the
 reward term scored it (the negated cost when the objective reports no reward), the fields its
-rollout describes (for a language model ``response``, ``length``, ``kl``), the ``samples`` it
-scored and the ``tokens`` it generated to get there, and the ``seconds`` it took.
+rollout describes (for a language model ``response``, ``length``, and ``kl`` when the decode kept
+log-probs), the ``samples`` it scored and the ``tokens`` it generated to get there, and the
+``seconds`` it took; the absolute ``sigma`` a Gaussian controller started from (resolved from
+``sigma_relative``) and AISP's mean temperature ``lambda_mean`` (chosen per iteration with
+``ess_target``). Given the dynamics, the closeness of the response to the base model:
+``base_logp_mean``, ``base_ppl``, ``kl_estimate`` and ``selection_bound``
+(`mpc_llm.evaluation.closeness`, which says which is an estimate and which a bound); a comparison
+with held-out rewards adds ``eval`` (`mpc_llm.evaluation.heldout`).
 
 Two ways to read a budget ``k``:
 
@@ -22,21 +28,30 @@ the means. A record only ever holds finite numbers or null (the store writes str
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from typing import Any, Literal
 
 import torch
 
-from mpc_llm.core import OptimizeResult
+from mpc_llm.core import Dynamics, OptimizeResult
+from mpc_llm.evaluation.closeness import chosen_rollout, closeness_fields, selection_bound
 from mpc_llm.evaluation.store import finite
 
 BudgetUnit = Literal["samples", "tokens"]
 
 
 def anytime_records(
-    result: OptimizeResult, indices: list[int], name: str, seed: int, budgets: list[int], unit: BudgetUnit
+    result: OptimizeResult,
+    indices: list[int],
+    name: str,
+    seed: int,
+    budgets: list[int],
+    unit: BudgetUnit,
+    dynamics: Dynamics | None = None,
 ) -> list[dict[str, Any]]:
-    """Records at every budget from one run kept with ``keep_rollouts=True``."""
+    """Records at every budget from one run kept with ``keep_rollouts=True``; with the ``dynamics``,
+    each returned response's closeness to the base model (`mpc_llm.evaluation.closeness`)."""
     history = result.history
     costs = result.all_costs()
     rewards = result.all_metric("reward") if "reward" in history[0].metrics else -costs
@@ -44,8 +59,10 @@ def anytime_records(
     sizes = [r.costs.shape[1] for r in history]
     ends = torch.tensor(sizes).cumsum(0).tolist()
     per_sample = [s for r in history for s in [r.seconds / r.costs.shape[1]] * r.costs.shape[1]]
-    records = []
-    for k in budgets:
+    records: list[dict[str, Any]] = []
+    picks: list[list[int]] = [[0] * len(budgets) for _ in indices]  # sample chosen per budget
+    where: list[tuple[int, int, int]] = []  # (record, b, budget index) of the valid records
+    for ki, k in enumerate(budgets):
         for b, prompt_index in enumerate(indices):
             # in tokens: the samples whose tokens fit in k (at least one)
             used = k if unit == "samples" else max(1, int((counts[b] <= k).sum()))
@@ -63,18 +80,45 @@ def anytime_records(
             if not bool(valid.any()):
                 records.append(invalid_record(key, spent))
                 continue
+            picks[b][ki] = j
+            where.append((len(records), b, ki))
             records.append(
-                finite_record(
-                    {
-                        **key,
-                        "reward": float(rewards[b, j]),
-                        "cost": float(costs[b, j]),
-                        **rollout.describe(b, j - (ends[it] - sizes[it])),
-                        **spent,
-                    }
-                )
+                {
+                    **key,
+                    "reward": float(rewards[b, j]),
+                    "cost": float(costs[b, j]),
+                    **rollout.describe(b, j - (ends[it] - sizes[it])),
+                    "selection_bound": selection_bound(used),
+                    **_settings(result, b, history, used, sizes),
+                    **spent,
+                }
             )
-    return records
+    if dynamics is not None and where:
+        fields = closeness_fields(dynamics, chosen_rollout(history, picks))
+        for i, b, ki in where:
+            records[i].update(fields[b][ki])
+    return [r if r.get("invalid") else finite_record(r) for r in records]
+
+
+def _settings(
+    result: OptimizeResult, b: int, history: list[Any], used: int, sizes: list[int]
+) -> dict[str, Any]:
+    """The absolute ``sigma`` problem ``b`` started from and, for controllers that weight samples, the
+    mean temperature ``lambda`` of the updates within the first ``used`` samples (updates whose
+    costs were all equal, where the temperature does not matter, are left out)."""
+    out: dict[str, Any] = {}
+    if "sigma" in result.settings:
+        out["sigma"] = float(result.settings["sigma"][b])
+    seen, lambdas = 0, []
+    for record, size in zip(history, sizes, strict=True):
+        seen += size
+        if seen > used:
+            break
+        if "lambda" in record.stats and math.isfinite(value := float(record.stats["lambda"][b])):
+            lambdas.append(value)  # +inf: all costs equal, any lambda gives the same weights
+    if lambdas:
+        out["lambda_mean"] = sum(lambdas) / len(lambdas)
+    return out
 
 
 def invalid_record(key: Mapping[str, Any], spent: Mapping[str, Any]) -> dict[str, Any]:
@@ -93,10 +137,19 @@ def finite_record(record: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def final_records(
-    result: OptimizeResult, indices: list[int], name: str, seed: int, budget: int
+    result: OptimizeResult,
+    indices: list[int],
+    name: str,
+    seed: int,
+    budget: int,
+    dynamics: Dynamics | None = None,
 ) -> list[dict[str, Any]]:
-    """Records of one run at one budget: each problem's answer is the run's own best."""
+    """Records of one run at one budget: each problem's answer is the run's own best (with the
+    ``dynamics``, its base log-likelihood; no selection bound: such a run selects at every step)."""
     rewards = result.best_metrics.get("reward")
+    fields = (
+        None if dynamics is None else closeness_fields(dynamics, result.best_rollout, with_controls=False)
+    )
     records = []
     for b, prompt_index in enumerate(indices):
         cost = float(result.best_cost[b])
@@ -110,6 +163,7 @@ def final_records(
                     "reward": float(rewards[b]) if rewards is not None else -cost,
                     "cost": cost,
                     **result.best_rollout.describe(b, 0),
+                    **(fields[b][0] if fields is not None else {}),
                     "samples": result.budget.samples_per_problem[b],
                     "tokens": result.budget.tokens_per_problem[b],
                     "seconds": result.budget.seconds / len(indices),

@@ -9,7 +9,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from mpc_llm.evaluation.metrics import distinct_n, mean_ci, rep_n, win_rate
+from mpc_llm.evaluation.metrics import distinct_n, mean_ci, paired_bootstrap, rep_n, win_rate
 
 
 def summarize(
@@ -25,6 +25,15 @@ def summarize(
     and ``seconds`` per prompt, and ``invalid``: the records whose every sample within the budget
     was invalid (NaN or infinite reward). Those are left out of every mean and of the win rates;
     when a group has only such records, its reward and interval are None.
+
+    Against the baseline, paired by prompt and seed and bootstrapped over prompts
+    (`paired_bootstrap`, 95% percentile intervals): ``diff`` (mean reward difference) with
+    ``diff_low`` / ``diff_high``, and ``win_low`` / ``win_high`` around the win rate. Closeness to the
+    base model, when recorded (`mpc_llm.evaluation.closeness`): mean ``base_logp_mean``,
+    ``base_ppl`` (``exp(-mean base_logp_mean)``), mean ``kl_estimate`` (an estimate) and mean
+    ``selection_bound`` (a bound). Held-out rewards (records' ``eval``): ``eval[label]`` with the
+    mean, its t-interval, ``n``, ``missing`` (records whose score was null, left out) and the
+    bootstrap difference against the baseline's held-out score.
     """
     groups: dict[tuple[str, int], list[Mapping[str, Any]]] = defaultdict(list)
     for record in records:
@@ -33,6 +42,13 @@ def summarize(
         (r["prompt_index"], r["seed"], int(r["budget"])): float(r["reward"])
         for r in records
         if r["controller"] == baseline and is_valid(r)
+    }
+    eval_base = {
+        (r["prompt_index"], r["seed"], int(r["budget"]), label): value
+        for r in records
+        if r["controller"] == baseline and is_valid(r)
+        for label, value in (r.get("eval") or {}).items()
+        if value is not None
     }
     order = list(dict.fromkeys(r["controller"] for r in records))
     rows = []
@@ -53,15 +69,25 @@ def summarize(
             "reward_high": ci.high if ci else None,
             "invalid": len(everything) - len(group),
         }
-        pairs = [(float(r["reward"]), base.get((r["prompt_index"], r["seed"], budget))) for r in group]
-        pairs = [(a, b) for a, b in pairs if b is not None]
-        row["win_rate"] = win_rate([a for a, _ in pairs], [b for _, b in pairs]) if pairs else None
+        pairs = [
+            (float(r["reward"]), base.get((r["prompt_index"], r["seed"], budget)), r["prompt_index"])
+            for r in group
+        ]
+        pairs = [(a, b, p) for a, b, p in pairs if b is not None]
+        row["win_rate"] = win_rate([a for a, _, _ in pairs], [b for _, b, _ in pairs]) if pairs else None
+        row.update(_bootstrap_fields(pairs))
         responses = [r["response"] for r in group if "response" in r]
         if responses:
             row["distinct_2"] = distinct_n(responses, 2)
             row["rep_2"] = sum(rep_n(t, 2) for t in responses) / len(responses)
         kls = [float(r["kl"]) for r in group if r.get("kl") is not None]
         row["kl"] = sum(kls) / len(kls) if kls else None
+        for key in ("base_logp_mean", "kl_estimate", "selection_bound"):
+            values = [float(r[key]) for r in group if r.get(key) is not None]
+            row[key] = sum(values) / len(values) if values else None
+        row["base_ppl"] = math.exp(-row["base_logp_mean"]) if row["base_logp_mean"] is not None else None
+        if labels := list(dict.fromkeys(k for r in group for k in (r.get("eval") or {}))):
+            row["eval"] = {label: _held_out(group, label, eval_base, budget) for label in labels}
         # what was spent counts every record, invalid ones included
         tokens = [int(r["tokens"]) for r in everything if "tokens" in r]
         row["tokens"] = sum(tokens) / len(tokens) if tokens else None
@@ -70,6 +96,45 @@ def summarize(
         row["seconds"] = sum(float(r["seconds"]) for r in everything) / len(everything)
         rows.append(row)
     return rows
+
+
+BOOTSTRAP_KEYS = ("diff", "diff_low", "diff_high", "win_low", "win_high")
+
+
+def _bootstrap_fields(pairs: Sequence[tuple[float, float, Any]]) -> dict[str, Any]:
+    """``diff``, ``diff_low``, ``diff_high``, ``win_low``, ``win_high`` of (ours, baseline, prompt) pairs."""
+    if not pairs:
+        return dict.fromkeys(BOOTSTRAP_KEYS)
+    b = paired_bootstrap([a for a, _, _ in pairs], [x for _, x, _ in pairs], [p for _, _, p in pairs])
+    return {k: getattr(b, k) for k in BOOTSTRAP_KEYS}
+
+
+def _held_out(
+    group: Sequence[Mapping[str, Any]], label: str, base: Mapping[tuple[Any, ...], float], budget: int
+) -> dict[str, Any]:
+    """Mean held-out score ``label`` over prompts (seeds first), its t-interval, the records without
+    a score, and the bootstrap difference against the baseline's held-out score."""
+    per_prompt: dict[Any, list[float]] = defaultdict(list)
+    pairs = []
+    missing = 0
+    for r in group:
+        value = (r.get("eval") or {}).get(label)
+        if value is None:
+            missing += 1
+            continue
+        per_prompt[r["prompt_index"]].append(float(value))
+        other = base.get((r["prompt_index"], r["seed"], budget, label))
+        if other is not None:
+            pairs.append((float(value), other, r["prompt_index"]))
+    ci = mean_ci([sum(v) / len(v) for v in per_prompt.values()]) if per_prompt else None
+    return {
+        "mean": ci.mean if ci else None,
+        "low": ci.low if ci else None,
+        "high": ci.high if ci else None,
+        "n": ci.n if ci else 0,
+        "missing": missing,
+        **_bootstrap_fields(pairs),
+    }
 
 
 def is_valid(record: Mapping[str, Any]) -> bool:
@@ -95,20 +160,63 @@ def _reward_cell(row: Mapping[str, Any]) -> str:
     return f"{cell} ({invalid} invalid, excluded)" if invalid else cell
 
 
+def _interval(mean: Any, low: Any, high: Any, digits: int = 3) -> str:
+    return "–" if mean is None else f"{_fmt(mean, digits)} [{_fmt(low, digits)}, {_fmt(high, digits)}]"
+
+
 def markdown_table(rows: Sequence[Mapping[str, Any]]) -> str:
-    """The summary rows as a Markdown table (a reward cell counts the records that had no valid sample)."""
+    """The summary rows as Markdown: the optimised reward (a reward cell counts the records that had no
+    valid sample), then, when recorded, closeness to the base model and the held-out rewards."""
     header = (
-        "| controller | budget | prompts | mean best reward [95% CI] | win rate vs baseline | distinct-2 "
-        "| rep-2 | KL to base | scored / prompt | tokens / prompt | s / prompt |\n"
-        "|---|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|\n"
+        "| controller | budget | prompts | mean best reward [95% t-CI] "
+        "| Δ reward vs baseline [95% bootstrap] | win rate vs baseline [95% bootstrap] "
+        "| distinct-2 | rep-2 | scored / prompt | tokens / prompt "
+        "| s / prompt |\n|---|---:|---:|---|---|---|---:|---:|---:|---:|---:|\n"
     )
     lines = [
-        f"| {r['controller']} | {r['budget']} | {r['n']} | {_reward_cell(r)} | {_fmt(r['win_rate'], 2)} "
-        f"| {_fmt(r.get('distinct_2'))} | {_fmt(r.get('rep_2'))} | {_fmt(r['kl'], 2)} "
+        f"| {r['controller']} | {r['budget']} | {r['n']} | {_reward_cell(r)} "
+        f"| {_interval(r.get('diff'), r.get('diff_low'), r.get('diff_high'))} "
+        f"| {_interval(r['win_rate'], r.get('win_low'), r.get('win_high'), 2)} "
+        f"| {_fmt(r.get('distinct_2'))} | {_fmt(r.get('rep_2'))} "
         f"| {_fmt(r.get('samples'), 1)} | {_fmt(r['tokens'], 0)} | {_fmt(r['seconds'], 2)} |"
         for r in rows
     ]
-    return header + "\n".join(lines) + "\n"
+    text = header + "\n".join(lines) + "\n"
+    return text + closeness_table(rows)
+
+
+def closeness_table(rows: Sequence[Mapping[str, Any]]) -> str:
+    """Closeness to the base model and held-out rewards per row ('' when neither was recorded).
+
+    ``base log-lik / token`` and ``base ppl`` are exact (teacher-forced, temperature 1); the steering
+    log-ratio is a one-sample estimate of ``KL(steered || base)``; the selection bound
+    ``log n - (n - 1) / n`` bounds what choosing the best of ``n`` adds (all of best-of-N's KL).
+    """
+    labels = list(dict.fromkeys(k for r in rows for k in (r.get("eval") or {})))
+    closeness = any(r.get("base_logp_mean") is not None or r.get("selection_bound") is not None for r in rows)
+    if not labels and not closeness:
+        return ""
+    cols = ["controller", "budget", "base log-lik / token", "base ppl", "steering log-ratio (estimate)",
+            "selection bound", "steering estimate + selection bound"]  # fmt: skip
+    for label in labels:
+        cols += [f"held-out {label} [95% t-CI]", f"Δ held-out {label} vs baseline [95% bootstrap]"]
+    lines = ["| " + " | ".join(cols) + " |", "|---|---:|" + "---:|" * 5 + "---|---|" * len(labels)]
+    for r in rows:
+        kl, sel = r.get("kl_estimate"), r.get("selection_bound")
+        both = None if kl is None and sel is None else (kl or 0.0) + (sel or 0.0)
+        cells = [r["controller"], str(r["budget"]), _fmt(r.get("base_logp_mean")), _fmt(r.get("base_ppl"), 2),
+                 _fmt(kl, 2), _fmt(sel, 2), _fmt(both, 2)]  # fmt: skip
+        for label in labels:
+            e = (r.get("eval") or {}).get(label) or {}
+            cell = _interval(e.get("mean"), e.get("low"), e.get("high"))
+            if e.get("missing"):
+                cell += f" ({e['missing']} unscored, excluded)"
+            cells += [cell, _interval(e.get("diff"), e.get("diff_low"), e.get("diff_high"))]
+        lines.append("| " + " | ".join(cells) + " |")
+    return (
+        "\nCloseness to the base model (base log-likelihood: exact; steering log-ratio: an estimate; "
+        "selection bound: a bound) and held-out rewards:\n\n" + "\n".join(lines) + "\n"
+    )
 
 
 def plot_reward_vs_samples(
