@@ -9,6 +9,7 @@ Example (YAML):
     device: cpu                       # or cuda, cuda:1, or cuda:0,cuda:1 (a model spread over two)
     lm: {max_new_tokens: 48, temperature: 0.7}
     reward: vader                     # or {name: hf, model: path/to/reward-model}, or a list to sum
+    eval_reward: [judge]              # held-out rewards: scored on the answers, never optimised
     controller: {name: aisp, sigma: 0.5, lambda: 0.1, tau: 24, num_samples: 8, num_knots: 1}
     controllers:                      # for `mpc-llm compare`: label -> settings
       best_of_n: {name: best_of_n, num_samples: 16}
@@ -19,7 +20,7 @@ Example (YAML):
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -27,9 +28,10 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from typing_extensions import Self
 
-from mpc_llm.controllers import CONTROLLERS, Controller, RecedingHorizon, SequentialController
-from mpc_llm.core import IterationRecord, OptimizeResult, make_generators, read_mapping
+from mpc_llm.controllers import CONTROLLERS, BestOfN, Controller, RecedingHorizon, SequentialController
+from mpc_llm.core import IterationRecord, OptimizeResult, read_mapping
 from mpc_llm.dynamics import LMDynamics
+from mpc_llm.evaluation.heldout import load_eval_rewards
 from mpc_llm.lm import DEFAULT_MODEL, LMConfig, Prompt
 from mpc_llm.lm.gguf import check_gguf_file
 from mpc_llm.lm.loading import parse_devices
@@ -71,7 +73,12 @@ def with_defaults(spec: Mapping[str, Any]) -> dict[str, Any]:
     """``spec`` over `controller_defaults` of its ``name`` (default ``"aisp"``); a receding-horizon
     spec's ``inner`` controller gets its own defaults."""
     name = spec.get("name", "aisp")
-    out = {"name": name, **controller_defaults(name), **spec}
+    defaults = controller_defaults(name)
+    if spec.get("ess_target") is not None and not {"lambda", "lambda_"} & set(spec):
+        defaults.pop("lambda", None)  # the temperature is chosen per iteration instead
+    if spec.get("sigma_relative") is not None and "sigma" not in spec:
+        defaults.pop("sigma", None)  # sigma is a fraction of the pre-logit RMS instead
+    out = {"name": name, **defaults, **spec}
     if name == "receding_horizon":
         inner = out.get("inner", {"name": "aisp"})
         out["inner"] = with_defaults(inner if isinstance(inner, Mapping) else {"name": inner})
@@ -120,6 +127,7 @@ class ExperimentConfig(BaseModel):
     reward: str | dict[str, Any] | list[str | dict[str, Any]] = "vader"
     controller: dict[str, Any] = Field(default_factory=lambda: dict(DEFAULT_CONTROLLER))
     controllers: dict[str, dict[str, Any]] = Field(default_factory=dict)
+    eval_reward: list[str | dict[str, Any] | list[str | dict[str, Any]]] = Field(default_factory=list)
     seed: int = 0
 
     @field_validator("lm", mode="before")
@@ -167,6 +175,21 @@ class ExperimentConfig(BaseModel):
     @classmethod
     def _valid_reward(cls, value: Any) -> Any:
         check_reward_spec(value)  # names and settings, before anything loads
+        return value
+
+    @field_validator("eval_reward", mode="before")
+    @classmethod
+    def _eval_reward_list(cls, value: Any) -> Any:
+        return [value] if isinstance(value, str | Mapping) else value
+
+    @field_validator("eval_reward")
+    @classmethod
+    def _valid_eval_rewards(cls, value: list[Any]) -> list[Any]:
+        for spec in value:
+            try:
+                check_reward_spec(spec)
+            except ValueError as err:
+                raise ValueError(f"eval reward {spec!r}: {err}") from None
         return value
 
     @model_validator(mode="after")
@@ -233,13 +256,19 @@ def merge(base: Mapping[str, Any], overrides: Mapping[str, Any]) -> dict[str, An
 
 @dataclass(frozen=True)
 class AlignOutcome:
-    """The steered response beside an unsteered sample of the same model.
+    """The steered response beside best-of-N at the same budget (scored responses), each with its
+    reward, held-out rewards and base log-likelihood: what the method buys, or that it buys nothing.
 
     Attributes:
         prompt: the prompt.
         response / reward: the best response the controller found and its reward.
-        baseline_response / baseline_reward: one sample of the model with zero control.
-        result: the controller's full `OptimizeResult` (history, budget, state).
+        baseline_response / baseline_reward: best-of-N's, with ``N`` the samples the controller scored.
+        held_out / baseline_held_out: label -> held-out reward (`ExperimentConfig.eval_reward`; NaN
+            where it could not score).
+        base_logp / baseline_base_logp: mean per-token log-likelihood under the base model at
+            temperature 1 (`mpc_llm.core.Dynamics.closeness_to_base`); ``kl_estimate``: the steered
+            response's steering log-ratio (an estimate; None for sequential controllers).
+        result / baseline_result: the two `OptimizeResult`s (history, budget, state).
     """
 
     prompt: Prompt
@@ -248,6 +277,12 @@ class AlignOutcome:
     baseline_response: str
     baseline_reward: float
     result: OptimizeResult
+    baseline_result: OptimizeResult | None = None
+    held_out: dict[str, float] = field(default_factory=dict)
+    baseline_held_out: dict[str, float] = field(default_factory=dict)
+    base_logp: float | None = None
+    baseline_base_logp: float | None = None
+    kl_estimate: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready summary (the fields the CLI's ``--json`` prints)."""
@@ -256,8 +291,14 @@ class AlignOutcome:
             "prompt": self.prompt,
             "response": self.response,
             "reward": self.reward,
+            "held_out": self.held_out,
+            "base_logp_mean": self.base_logp,
+            "kl_estimate": self.kl_estimate,
+            "baseline": f"best_of_n ({budget.samples} samples)",
             "baseline_response": self.baseline_response,
             "baseline_reward": self.baseline_reward,
+            "baseline_held_out": self.baseline_held_out,
+            "baseline_base_logp_mean": self.baseline_base_logp,
             "budget": {
                 "samples": budget.samples,
                 "iterations": budget.iterations,
@@ -294,6 +335,8 @@ class Experiment:
         if not isinstance(self.controller, Controller):  # bad settings fail before any model loads
             self.controller.check(config.lm.max_new_tokens, reward_class_of(config.reward))
         self.reward: Reward = reward_from_spec(config.reward)
+        #: held-out rewards, label -> reward: scored on returned responses, never optimised
+        self.eval_rewards: dict[str, Reward] = load_eval_rewards(config.eval_reward)
         self.lm = LMDynamics(config.model, device=config.device, dtype=config.dtype, config=config.lm)
 
     def dynamics(self, prompts: Sequence[Prompt]) -> LMDynamics:
@@ -303,19 +346,37 @@ class Experiment:
     def align(
         self, prompt: Prompt, callback: Callable[[IterationRecord], None] | None = None
     ) -> AlignOutcome:
-        """Steer one response to ``prompt``; also draw one unsteered sample for comparison."""
+        """Steer one response to ``prompt``; then run best-of-N on as many scored samples (same seed)."""
         if isinstance(prompt, str) and not prompt.strip():
             raise ValueError("the prompt is empty; give the text to respond to")
         system = self.dynamics([prompt])
         cost = self.reward.as_cost()
         result = self.controller.optimize(system, cost, seed=self.config.seed, callback=callback)
-        baseline = system.sample(1, make_generators(self.config.seed + 1, 1, system.device))
-        baseline_reward = float(self.reward.score([prompt], [baseline.texts[0][0]])[0])
+        if isinstance(self.controller, BestOfN):
+            baseline = result
+        else:
+            samples = result.budget.samples
+            baseline = BestOfN(num_samples=min(samples, self.controller.config.num_samples)
+                               if isinstance(self.controller, Controller) else samples).optimize(
+                system, cost, seed=self.config.seed, max_samples=samples)  # fmt: skip
+        texts = [r.best_rollout.texts[0][0] for r in (result, baseline)]  # type: ignore[attr-defined]
+        held = {k: reward.score([prompt, prompt], texts).tolist() for k, reward in self.eval_rewards.items()}
+        steered = system.closeness_to_base(
+            result.best_rollout,  # type: ignore[arg-type]
+            result.best_rollout.controls if isinstance(self.controller, Controller) else None,
+        )
+        plain = system.closeness_to_base(baseline.best_rollout)  # type: ignore[arg-type]
         return AlignOutcome(
             prompt=prompt,
-            response=result.best_rollout.texts[0][0],  # type: ignore[attr-defined]
+            response=texts[0],
             reward=float(result.best_metrics["reward"][0]),
-            baseline_response=baseline.texts[0][0],
-            baseline_reward=baseline_reward,
+            baseline_response=texts[1],
+            baseline_reward=float(baseline.best_metrics["reward"][0]),
             result=result,
+            baseline_result=baseline,
+            held_out={k: v[0] for k, v in held.items()},
+            baseline_held_out={k: v[1] for k, v in held.items()},
+            base_logp=float(steered["base_logp_mean"][0, 0]),
+            baseline_base_logp=float(plain["base_logp_mean"][0, 0]),
+            kl_estimate=float(steered["kl_estimate"][0, 0]) if "kl_estimate" in steered else None,
         )

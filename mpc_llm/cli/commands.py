@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 from typing import Any
 
@@ -49,11 +50,28 @@ def cmd_align(args: argparse.Namespace) -> int:
         print(json.dumps(finite(summary), indent=2, allow_nan=False))
     else:
         b = summary["budget"]
-        print(f"steered   (reward {outcome.reward:+.3f}): {outcome.response}")
-        print(f"unsteered (reward {outcome.baseline_reward:+.3f}): {outcome.baseline_response}")
+        best_of = f"best-of-{b['samples']}"
+        width = max(len("steered"), len(best_of))
+        for name, reward, held, logp, text in (
+            ("steered", outcome.reward, outcome.held_out, outcome.base_logp, outcome.response),
+            (best_of, outcome.baseline_reward, outcome.baseline_held_out, outcome.baseline_base_logp,
+             outcome.baseline_response),
+        ):  # fmt: skip
+            held_text = "".join(f", held-out {k} {_signed(v)}" for k, v in held.items())
+            base = "" if logp is None else f", base log-lik {logp:.2f}/token"
+            print(f"{name:<{width}} (reward {_signed(reward)}{held_text}{base}): {text}")
         rounds = f" in {b['iterations']} iterations" if b["iterations"] else ""
-        print(f"{b['samples']} samples scored{rounds}, {b['tokens']} tokens generated, {b['seconds']:.1f} s")
+        kl = "" if outcome.kl_estimate is None else f"; steering log-ratio {outcome.kl_estimate:.2f} nats"
+        print(
+            f"{b['samples']} samples scored{rounds} by each, {b['tokens']} tokens generated (steered), "
+            f"{b['seconds']:.1f} s{kl}; best-of-N at the same budget is the bar a steered response must clear"
+        )
     return 0
+
+
+def _signed(value: float) -> str:
+    """``+0.974``, or ``n/a`` where the reward could not score the response (NaN)."""
+    return f"{value:+.3f}" if math.isfinite(value) else "n/a"
 
 
 def cmd_info(args: argparse.Namespace) -> int:

@@ -89,11 +89,13 @@ def cmd_compare(args: argparse.Namespace) -> int:
                 "model": config.model,
                 "lm": config.lm.model_dump(mode="json"),
                 "reward": config.reward,
+                "eval_reward": config.eval_reward,
                 "prompts": str(args.prompts),
                 "dtype": config.dtype,
             },
             progress=not args.quiet,
             world=world,
+            eval_rewards=experiment.eval_rewards,
         )
     if world is None or world.is_main:
         print(markdown_table(rows))

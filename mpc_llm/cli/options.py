@@ -22,7 +22,9 @@ def _controller_overrides(args: argparse.Namespace, name: str, strict: bool) -> 
     an unknown key)."""
     fields = controller_fields(name)
     out: dict[str, Any] = {}
-    for flag in ("sigma", "lambda_", "alpha", "tau", "num_knots", "num_samples", "num_iterations"):
+    flags = ("sigma", "lambda_", "alpha", "tau", "num_knots", "num_samples", "num_iterations", "ess_target",
+             "sigma_relative")  # fmt: skip
+    for flag in flags:
         key = "lambda" if flag == "lambda_" else flag
         value = getattr(args, flag, None)
         if value is not None and key in fields:
@@ -54,6 +56,9 @@ def experiment_config(
     data["lm"] = {**data.get("lm", {}), **{k: v for k, v in lm.items() if v is not None}}
     if args.reward is not None:  # a path that does not exist is refused here, without asking a hub
         data["reward"] = spec_from_flag(args.reward, args.reward_index)
+    if getattr(args, "eval_reward", None):  # repeated or comma lists, each a name or a model's path
+        specs = [x.strip() for flag in args.eval_reward for x in flag.split(",") if x.strip()]
+        data["eval_reward"] = [spec_from_flag(x) for x in specs]
     if trust and "reward" in data:
         data["reward"] = allow_remote_code(data["reward"])
     base = dict(data.get("controller", {}))

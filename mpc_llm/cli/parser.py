@@ -48,6 +48,14 @@ def _add_shared(parser: argparse.ArgumentParser) -> None:
     g.add_argument(
         "--reward-index", type=int, dest="reward_index", help="output index of a multi-label model"
     )
+    g.add_argument(
+        "--eval-reward",
+        action="append",
+        dest="eval_reward",
+        metavar="SPEC",
+        help="held-out reward scored on the returned responses, never optimised (repeat it or give a "
+        "comma list: --eval-reward judge,vader)",
+    )
     g.add_argument("--trust-remote-code", action="store_true", dest="trust_remote_code",
                    help="let an HF reward model run its own code (a config file alone cannot)")  # fmt: skip
     g = parser.add_argument_group("controller")
@@ -55,6 +63,18 @@ def _add_shared(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--sigma", type=float)
     g.add_argument("--lambda", type=float, dest="lambda_")
     g.add_argument("--alpha", type=float)
+    g.add_argument(
+        "--ess-target",
+        type=float,
+        dest="ess_target",
+        help="instead of --lambda: the ESS fraction in (0, 1] each iteration's temperature reaches",
+    )
+    g.add_argument(
+        "--sigma-relative",
+        type=float,
+        dest="sigma_relative",
+        help="instead of --sigma: a fraction of the model's pre-logit RMS (measured per prompt)",
+    )
     g.add_argument("--tau", type=int, help="controlled tokens (default: all max_new_tokens)")
     g.add_argument("--num-knots", type=int, dest="num_knots", help="control knots held over the tau tokens")
     g.add_argument(
