@@ -9,6 +9,12 @@ CPU), the (sigma, lambda) candidates and prompt chunks are shared out as in ``mp
 (docs/distributed.md), and a resume may use another number of processes:
 
     torchrun --nproc_per_node=4 benchmarks/sweep_aisp.py --out runs/sweep --prompts 32 --batch 8
+
+The scale-free grid (sigma as a fraction of the pre-logit RMS, the temperature chosen for a target
+ESS fraction) at several budgets, with a held-out reward, fills the frontier plot (frontier.png):
+
+    python benchmarks/sweep_aisp.py --out runs/sweep_rel --prompts 20 --seeds 0,1 --budgets 8,16,32,64 \
+        --sigma-relatives 0.02,0.05,0.1,0.2 --ess-targets 0.1,0.3,0.6 --eval-reward judge
 """
 
 from __future__ import annotations
@@ -19,9 +25,10 @@ from mpc_llm.controllers import BestOfN
 from mpc_llm.dynamics import LMDynamics
 from mpc_llm.evaluation.compare import compare
 from mpc_llm.evaluation.distributed import World, launch
+from mpc_llm.evaluation.heldout import load_eval_rewards
 from mpc_llm.evaluation.prompts import load_prompts
 from mpc_llm.evaluation.summary import markdown_table
-from mpc_llm.evaluation.sweep import aisp_grid
+from mpc_llm.evaluation.sweep import aisp_grid, aisp_scale_free_grid
 from mpc_llm.rewards import reward_from_spec
 
 
@@ -37,6 +44,21 @@ def main() -> None:
     p.add_argument("--samples", type=int, default=8, help="AISP samples per iteration")
     p.add_argument("--sigmas", type=floats, default=[0.5, 1.0, 2.0, 4.0])
     p.add_argument("--lambdas", type=floats, default=[0.05, 0.2])
+    p.add_argument(
+        "--sigma-relatives",
+        type=floats,
+        default=None,
+        help="scale-free grid: sigma as a "
+        "fraction of the pre-logit RMS (with --ess-targets; replaces --sigmas / --lambdas)",
+    )
+    p.add_argument("--ess-targets", type=floats, default=None, help="scale-free grid: target ESS fractions")
+    p.add_argument(
+        "--budgets",
+        type=lambda t: [int(x) for x in t.split(",")],
+        default=None,
+        help="several budgets (default: --budget)",
+    )
+    p.add_argument("--eval-reward", action="append", default=[], help="held-out reward (repeatable)")
     p.add_argument("--alpha", type=float, default=0.0)
     p.add_argument("--knots", type=int, default=1)
     p.add_argument("--tau", type=int, default=None)
@@ -56,22 +78,20 @@ def sweep(args: argparse.Namespace, world: World | None) -> None:
     lm = LMDynamics("SmolLM2-135M-Instruct", device=device, max_new_tokens=args.max_new_tokens,
                     temperature=args.temperature)  # fmt: skip
     controllers = {"best_of_n": BestOfN(num_samples=args.samples)}
-    controllers.update(
-        aisp_grid(
-            args.sigmas,
-            args.lambdas,
-            alpha=args.alpha,
-            num_samples=args.samples,
-            num_knots=args.knots,
-            tau=args.tau,
-        )
-    )
+    common = {"alpha": args.alpha, "num_samples": args.samples, "num_knots": args.knots, "tau": args.tau}
+    if args.sigma_relatives or args.ess_targets:
+        grid = aisp_scale_free_grid(args.sigma_relatives or [0.05], args.ess_targets or [0.3], **common)
+    else:
+        grid = aisp_grid(args.sigmas, args.lambdas, **common)
+    controllers.update(grid)
+    budgets = args.budgets or [args.budget]
     rows = compare(
         load_prompts("bundled", limit=args.prompts), controllers, lm.with_prompts,
-        reward_from_spec(args.reward).as_cost(), budgets=[args.budget], seeds=args.seeds, out_dir=args.out,
+        reward_from_spec(args.reward).as_cost(), budgets=budgets, seeds=args.seeds, out_dir=args.out,
         resume=True, prompts_per_batch=args.batch or args.prompts,
         settings={"model": "SmolLM2", "reward": args.reward, "lm": lm.config.model_dump(mode="json")},
         world=world, progress=world is None or world.is_main,
+        eval_rewards=load_eval_rewards(args.eval_reward),
     )  # fmt: skip
     if world is None or world.is_main:
         print(markdown_table(rows))

@@ -108,3 +108,20 @@ def test_summary_rows_without_closeness_or_eval_keep_the_old_table() -> None:
         warnings.simplefilter("error")
         table = markdown_table(rows)
     assert "Closeness" not in table and rows[0]["diff"] is None
+
+
+def test_the_frontier_plot_and_the_scale_free_grid(tmp_path, tiny_lm) -> None:
+    from mpc_llm.evaluation.frontier import kl_figure
+    from mpc_llm.evaluation.sweep import aisp_scale_free_grid
+
+    grid = aisp_scale_free_grid([0.1, 0.3], [0.5], num_samples=4, num_knots=1)
+    assert all(c.config.sigma_relative in (0.1, 0.3) and c.config.lambda_ is None for c in grid.values())
+    lm = tiny(tiny_lm)
+    rows = compare(
+        PROMPTS[:2], {**grid, "best_of_n": BestOfN(num_samples=4)}, lm.with_prompts,
+        CallableReward(lambda p, r: float(len(set(r))), name="chars").as_cost(), budgets=[4, 8],
+        out_dir=tmp_path / "sweep", progress=False, eval_rewards={"kw": KeywordReward(["a"])},
+    )  # fmt: skip
+    assert (tmp_path / "sweep" / "frontier.png").stat().st_size > 0
+    best = [r for r in rows if r["controller"] == "best_of_n"]
+    assert [kl_figure(r) for r in best] == pytest.approx([selection_bound(4), selection_bound(8)])

@@ -9,6 +9,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from mpc_llm.evaluation.frontier import plot_frontier
 from mpc_llm.evaluation.metrics import distinct_n, mean_ci, paired_bootstrap, rep_n, win_rate
 
 
@@ -252,7 +253,8 @@ def plot_reward_vs_samples(
 
 
 def write_summary(rows: Sequence[Mapping[str, Any]], folder: Path, settings: Mapping[str, Any]) -> None:
-    """Write ``summary.md`` (settings and table), ``summary.json`` and ``reward_vs_samples.png``."""
+    """Write ``summary.md`` (settings and tables), ``summary.json``, ``reward_vs_samples.png`` and, when
+    closeness was recorded, ``frontier.png`` (`mpc_llm.evaluation.frontier`)."""
     text = "# Comparison\n\n" + markdown_table(rows)
     text += "\n<details><summary>settings</summary>\n\n```json\n"
     text += json.dumps(settings, indent=2, sort_keys=True, allow_nan=False) + "\n```\n</details>\n"
@@ -262,3 +264,4 @@ def write_summary(rows: Sequence[Mapping[str, Any]], folder: Path, settings: Map
     plot_reward_vs_samples(
         rows, folder / "reward_vs_samples.png", str(settings.get("budget_unit", "samples"))
     )
+    plot_frontier(rows, folder / "frontier.png")

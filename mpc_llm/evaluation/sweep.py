@@ -1,4 +1,5 @@
-"""A small sweep over AISP's sigma and lambda, whose useful scale depends on the model.
+"""Sweeps over AISP's settings: sigma x lambda (absolute: their useful scale depends on the model
+and the reward), or sigma_relative x ess_target (scale-free, `aisp_scale_free_grid`).
 
 The pre-logit norm sets the scale of sigma (a perturbation matters relative to ``||z_t||``), and the
 reward's spread sets the scale of lambda. Build the candidates here, then run them through
@@ -58,3 +59,24 @@ def aisp_random(
         sigma, lambda_ = log_uniform(a, *sigma_range), log_uniform(b, *lambda_range)
         out[_name(sigma, lambda_)] = AISP(sigma=sigma, lambda_=lambda_, **common)
     return out
+
+
+def aisp_scale_free_grid(
+    sigma_relatives: Sequence[float], ess_targets: Sequence[float], **common: Any
+) -> dict[str, AISP]:
+    """Every (``sigma_relative``, ``ess_target``) pair: the scale-free settings, whose values carry
+    over between models and rewards (sigma as a fraction of the pre-logit RMS, the temperature chosen
+    for a target ESS fraction). Labels share the ``aisp`` family, so the frontier plot draws them
+    as one family's curves.
+
+    Example:
+        >>> sorted(aisp_scale_free_grid([0.05, 0.1], [0.5], num_samples=8))
+        ['aisp[sigma_rel=0.05,ess=0.5]', 'aisp[sigma_rel=0.1,ess=0.5]']
+    """
+    if not sigma_relatives or not ess_targets:
+        raise ValueError("aisp_scale_free_grid needs at least one sigma_relative and one ess_target")
+    return {
+        f"aisp[sigma_rel={s:.3g},ess={e:.3g}]": AISP(sigma_relative=s, ess_target=e, **common)
+        for s in sigma_relatives
+        for e in ess_targets
+    }

@@ -1,0 +1,74 @@
+"""The frontier plot: reward against closeness to the base model, one curve per controller.
+
+Reward over-optimisation shows as a curve that keeps climbing in the optimised reward while the
+held-out reward stalls or falls as the KL grows. Panels: the optimised reward (top) and the first
+held-out reward (bottom, when recorded) against the KL figure ``kl_estimate + selection_bound``
+(left: the steering estimate plus the selection bound, nats) and against the base perplexity
+(right). Each controller label is one curve across its budgets; labels of one family (``aisp`` and
+the sweep's ``aisp[...]``) share a colour, so a sweep's settings trace the family's frontier and
+best-of-N's budgets trace it across ``N``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+
+def family(label: str) -> str:
+    """``aisp[sigma_rel=0.1,ess=0.5]`` -> ``aisp``."""
+    return label.split("[", 1)[0]
+
+
+def kl_figure(row: Mapping[str, Any]) -> float | None:
+    """``kl_estimate + selection_bound`` of a summary row (None when neither was recorded)."""
+    kl, sel = row.get("kl_estimate"), row.get("selection_bound")
+    return None if kl is None and sel is None else (kl or 0.0) + (sel or 0.0)
+
+
+def plot_frontier(rows: Sequence[Mapping[str, Any]], path: str | Path) -> Path | None:
+    """Write the frontier PNG; None (nothing written) when the rows hold no closeness figures."""
+    if not any(kl_figure(r) is not None for r in rows):
+        return None
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError as err:
+        raise ImportError("plotting needs matplotlib: pip install 'mpc_llm[plot]'") from err
+    label = next((k for r in rows for k in (r.get("eval") or {})), None)
+    ys: list[tuple[str, Any]] = [("optimised reward", lambda r: r.get("reward"))]
+    if label is not None:
+        ys.append((f"held-out {label}", lambda r: ((r.get("eval") or {}).get(label) or {}).get("mean")))
+    xs = [
+        ("steering estimate + selection bound (nats)", kl_figure),
+        ("base perplexity", lambda r: r.get("base_ppl")),
+    ]
+    fig, axes = plt.subplots(len(ys), 2, figsize=(10, 3.8 * len(ys)), dpi=110, squeeze=False)
+    colours = {f: f"C{i}" for i, f in enumerate(dict.fromkeys(family(r["controller"]) for r in rows))}
+    for i, (ylabel, y_of) in enumerate(ys):
+        for j, (xlabel, x_of) in enumerate(xs):
+            ax = axes[i][j]
+            for name in dict.fromkeys(r["controller"] for r in rows):
+                mine = sorted((r for r in rows if r["controller"] == name), key=lambda r: r["budget"])
+                points = [(x_of(r), y_of(r)) for r in mine]
+                points = [(x, y) for x, y in points if x is not None and y is not None]
+                if not points:
+                    continue
+                colour = colours[family(name)]
+                shown = name == family(name) or name == next(
+                    r["controller"] for r in rows if family(r["controller"]) == family(name)
+                )
+                ax.plot(*zip(*points, strict=True), marker="o", color=colour, alpha=0.8,
+                        label=family(name) if shown else None)  # fmt: skip
+            ax.set_xlabel(xlabel)
+            ax.set_ylabel(ylabel)
+            ax.grid(alpha=0.3)
+    axes[0][0].legend(fontsize="small")
+    fig.tight_layout()
+    path = Path(path)
+    fig.savefig(path)
+    plt.close(fig)
+    return path
