@@ -11,10 +11,12 @@ Judge: the embedded SmolLM2-135M-Instruct with the default rubric. Reward model:
 initialised Llama sequence classifier with SmolLM2's tokenizer and chat template (the shape of
 the work, not a real reward). VADER has no switch and runs once.
 
+The repeats of before and after alternate, so that both see the same load on a shared machine.
 Prints, per run, the median, min and max seconds of ``--repeats`` calls, responses per second (from
 the median), and the token positions the model ran per call (padding included: the work, free of
-timing noise); then after/before ratios of responses per second and the largest score difference
-between the two paths.
+timing noise); then the after/before ratio of responses per second (medians; the range from the
+extreme pairs of repeats; ``best``: fastest against fastest), the ratio of positions, and the
+largest score difference between the two paths.
 
 Examples::
 
@@ -111,18 +113,23 @@ class Positions:
             self.count += ids.numel()
 
 
-def timed(fn: Callable[[], Any], device: torch.device, repeats: int) -> tuple[list[float], Any]:
-    """Wall times of ``repeats`` calls of ``fn`` and its last result."""
-    times, result = [], None
+def alternate(
+    fns: list[Callable[[], Any]], device: torch.device, repeats: int
+) -> list[tuple[list[float], Any]]:
+    """Wall times of ``repeats`` calls of each of ``fns``, taken in turn (before, after, before, ...)
+    so that every one sees the same load on a shared machine; and each one's last result."""
+    times: list[list[float]] = [[] for _ in fns]
+    results: list[Any] = [None] * len(fns)
     for _ in range(repeats):
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        tic = time.perf_counter()
-        result = fn()
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        times.append(time.perf_counter() - tic)
-    return times, result
+        for k, fn in enumerate(fns):
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            tic = time.perf_counter()
+            results[k] = fn()
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            times[k].append(time.perf_counter() - tic)
+    return list(zip(times, results, strict=True))
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
@@ -153,32 +160,32 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         f"device={device} threads={torch.get_num_threads()} pairs={M} ({args.prompts} prompts x {args.N}) "
         f"response tokens={args.tokens}+-{args.spread} batch_size={args.batch_size} repeats={args.repeats}"
     )
-    runs: list[tuple[str, Reward, Any]] = []
+    groups: list[tuple[str, list[tuple[str, Reward]], Any]] = []  # (kind, [(label, reward)], model)
+    bs = args.batch_size
     if "vader" in only:
-        runs.append(("vader", VaderReward(), None))
+        groups.append(("vader", [("vader", VaderReward())], None))
     if "judge" in only:
         model, tok = load_default_model(device=args.device)
-        bs = args.batch_size
-        runs.append(
+        before = JudgeReward(model, tok, batch_size=bs, share_prefix=False, sort_by_length=False)
+        groups.append(
             (
-                "judge, before",
-                JudgeReward(model, tok, batch_size=bs, share_prefix=False, sort_by_length=False),
+                "judge",
+                [("judge, before", before), ("judge, after", JudgeReward(model, tok, batch_size=bs))],
                 model,
             )
         )
-        runs.append(("judge, after", JudgeReward(model, tok, batch_size=bs), model))
     if "hf" in only:
         tok = load_default_tokenizer()  # its own copy: the reward model may set a pad token
         model = random_classifier(tok, args.device)
         name = "random-llama-classifier"
-        runs.append(
+        before = HFRewardModel(model, tok, batch_size=bs, sort_by_length=False, name=name)
+        groups.append(
             (
-                "hf, before",
-                HFRewardModel(model, tok, batch_size=args.batch_size, sort_by_length=False, name=name),
+                "hf",
+                [("hf, before", before), ("hf, after", HFRewardModel(model, tok, batch_size=bs, name=name))],
                 model,
             )
         )
-        runs.append(("hf, after", HFRewardModel(model, tok, batch_size=args.batch_size, name=name), model))
 
     results: dict[str, Any] = {
         "device": str(device),
@@ -186,42 +193,56 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "tokens": args.tokens,
         "spread": args.spread,
     }
-    counters: dict[int, Positions] = {}
     scores: dict[str, torch.Tensor] = {}
     print(
         f"{'run':<16}{'median s':>9}{'min s':>8}{'max s':>8}{'responses':>10}{'resp/s':>9}{'positions':>10}"
     )
-    for name, reward, model in runs:
-        reward.score(prompts[:2], responses[:2])  # warm-up (kernels, allocator, lazy init)
-        counter = counters.setdefault(id(model), Positions(model))
-        before = counter.count
-        times, scores[name] = timed(lambda r=reward: r.score(prompts, responses), device, args.repeats)
-        positions = (counter.count - before) // args.repeats
-        median = statistics.median(times)
-        results[name] = {
-            "seconds": median,
-            "seconds_min": min(times),
-            "seconds_max": max(times),
-            "responses": M,
-            "responses_per_s": M / median,
-            "positions": positions,
-        }
-        print(
-            f"{name:<16}{median:>9.2f}{min(times):>8.2f}{max(times):>8.2f}{M:>10d}{M / median:>9.1f}"
-            f"{positions if model is not None else '':>10}"
-        )
+    for _, runs, model in groups:
+        counter = Positions(model)
+
+        def call(reward: Reward, counter: Positions = counter) -> tuple[torch.Tensor, int]:
+            start = counter.count
+            return reward.score(prompts, responses), counter.count - start
+
+        for _, reward in runs:
+            reward.score(prompts[:2], responses[:2])  # warm-up (kernels, allocator, lazy init)
+        timings = alternate([lambda r=r: call(r) for _, r in runs], device, args.repeats)
+        for (label, _), (times, (result, count)) in zip(runs, timings, strict=True):
+            scores[label] = result
+            median = statistics.median(times)
+            results[label] = {
+                "seconds": median,
+                "seconds_min": min(times),
+                "seconds_max": max(times),
+                "responses": M,
+                "responses_per_s": M / median,
+                "positions": count if model is not None else None,
+            }
+            shown = count if model is not None else ""
+            print(
+                f"{label:<16}{median:>9.2f}{min(times):>8.2f}{max(times):>8.2f}{M:>10d}{M / median:>9.1f}"
+                f"{shown:>10}"
+            )
     for kind, target in (("judge", 3.0), ("hf", None)):
         if f"{kind}, after" not in results:
             continue
         b, a = results[f"{kind}, before"], results[f"{kind}, after"]
         ratio = a["responses_per_s"] / b["responses_per_s"]
+        lo, hi = b["seconds_min"] / a["seconds_max"], b["seconds_max"] / a["seconds_min"]
+        best = b["seconds_min"] / a["seconds_min"]
         work = b["positions"] / max(a["positions"], 1)
         diff = float((scores[f"{kind}, after"] - scores[f"{kind}, before"]).abs().max())
-        results[f"{kind} after/before"] = {"speed": ratio, "positions": work, "max_abs_score_diff": diff}
+        results[f"{kind} after/before"] = {
+            "speed": ratio,
+            "speed_range": [lo, hi],
+            "speed_best": best,
+            "positions": work,
+            "max_abs_score_diff": diff,
+        }
         goal = f"   (target >= {target:g})" if target else ""
         print(
-            f"{kind + ' after/before':<18}= {ratio:.2f}{goal}   positions before/after = {work:.2f}   "
-            f"max |score diff| = {diff:.1e}"
+            f"{kind + ' after/before':<18}= {ratio:.2f} (range {lo:.2f}-{hi:.2f}, best {best:.2f}){goal}\n"
+            f"{'':<18}  positions before/after = {work:.2f}, max |score difference| = {diff:.1e}"
         )
     if args.json:
         with open(args.json, "w") as f:
