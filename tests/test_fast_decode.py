@@ -41,7 +41,19 @@ def test_static_cache_gives_the_tokens_of_the_growing_cache(tiny_lm, arch):
     lm = lm_for(tiny_lm, arch, return_logprobs=True, temperature=0.9)
     c = controls_for(lm)
     ref = lm.rollout(c, make_generators([3, 4, 5], 3))
-    assert_same_rollout(ref, lm.with_options(static_cache=True).rollout(c, make_generators([3, 4, 5], 3)))
+    static = lm.with_options(static_cache=True)
+    assert_same_rollout(ref, static.rollout(c, make_generators([3, 4, 5], 3)))
+
+    # the next decode refills the same buffers in place (fixed addresses, for CUDA graphs); the
+    # previous decode's values past the prompt stay hidden until overwritten
+    def pointers() -> list[int]:
+        layers = static.engine._static.layers
+        return [layer.keys.data_ptr() for layer in layers if hasattr(layer, "max_cache_len")]
+
+    before = pointers()
+    c2 = controls_for(lm, seed=1)
+    assert_same_rollout(lm.rollout(c2, make_generators(8, 3)), static.rollout(c2, make_generators(8, 3)))
+    assert before and pointers() == before
 
 
 @pytest.mark.parametrize("arch", ["llama", "gemma2"])

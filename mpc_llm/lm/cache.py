@@ -23,7 +23,7 @@ from typing import Any
 from torch import Tensor
 
 
-def expand_cache(cache: Any, n: int, extra: int, static: bool = False) -> Any:
+def expand_cache(cache: Any, n: int, extra: int, static: bool = False, into: Any = None) -> Any:
     """A ``B * n``-row copy of a ``B``-row cache, with room for ``extra`` more tokens.
 
     Args:
@@ -32,6 +32,7 @@ def expand_cache(cache: Any, n: int, extra: int, static: bool = False) -> Any:
         extra: tokens the copy will receive (its full-attention layers are preallocated for them).
         static: make full-attention layers static (fixed shapes, for a compiled step) instead of
             growing; a static layer holds exactly ``length + extra`` positions.
+        into: a previous static copy whose layers are refilled in place where shapes agree.
 
     Returns:
         The new cache (None if ``cache`` is None); ``cache`` itself is left untouched. Plain dynamic
@@ -48,10 +49,13 @@ def expand_cache(cache: Any, n: int, extra: int, static: bool = False) -> Any:
 
     new = copy.copy(cache)
     layers = []
-    for layer in cache.layers:
+    previous = list(getattr(into, "layers", [])) + [None] * len(cache.layers)
+    for i, layer in enumerate(cache.layers):
         if type(layer) in (DynamicLayer, growing_layer_class()) and layer.get_seq_length() > 0:
-            grow = static_layer if static else growing_layer_class().from_prefix
-            layers.append(grow(layer, n, extra))
+            if static:
+                layers.append(static_layer(layer, n, extra, into=previous[i]))
+            else:
+                layers.append(growing_layer_class().from_prefix(layer, n, extra))
         else:
             layer = copy.copy(layer)
             layer.batch_repeat_interleave(n)  # rebinds the copy's tensors to new, repeated ones
@@ -60,20 +64,33 @@ def expand_cache(cache: Any, n: int, extra: int, static: bool = False) -> Any:
     return new
 
 
-def static_layer(layer: Any, n: int, extra: int) -> Any:
+def static_layer(layer: Any, n: int, extra: int, into: Any = None) -> Any:
     """A `transformers` ``StaticLayer`` of ``B * n`` rows and ``length + extra`` positions, holding ``layer``.
 
     ``layer``'s keys / values ``(B, H, length, hd)`` are copied into the first ``length`` positions
-    (each row ``n`` times); the layer's write position starts after them.
+    (each row ``n`` times); the layer's write position starts after them. ``into``, a static layer
+    of the same shape, is refilled in place instead of allocating a new one, so its tensors keep
+    their addresses (what CUDA graphs replay on); positions past ``length`` keep stale values, which
+    causal masking hides until they are written.
     """
     from transformers.cache_utils import StaticLayer
 
     B, H, L, _ = layer.keys.shape
-    new = StaticLayer(max_cache_len=L + extra)
-    new.lazy_initialization(
-        layer.keys.new_empty((B * n, H, 0, layer.keys.shape[-1])),
-        layer.values.new_empty((B * n, H, 0, layer.values.shape[-1])),
+    shape = (B * n, H, L + extra, layer.keys.shape[-1])
+    reusable = (
+        type(into) is StaticLayer
+        and getattr(into, "is_initialized", False)
+        and tuple(into.keys.shape) == shape
+        and into.values.shape[-1] == layer.values.shape[-1]
+        and into.keys.dtype == layer.keys.dtype
+        and into.keys.device == layer.keys.device
     )
+    new = into if reusable else StaticLayer(max_cache_len=L + extra)
+    if not reusable:
+        new.lazy_initialization(
+            layer.keys.new_empty((B * n, H, 0, layer.keys.shape[-1])),
+            layer.values.new_empty((B * n, H, 0, layer.values.shape[-1])),
+        )
     for buf, src in ((new.keys, layer.keys), (new.values, layer.values)):
         buf[:, :, :L].view(B, n, H, L, -1).copy_(src.unsqueeze(1))
     new.cumulative_length.fill_(L)

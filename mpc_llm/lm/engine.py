@@ -45,6 +45,10 @@ from mpc_llm.lm.config import LMConfig
 from mpc_llm.lm.control import PreLogitControl, compiled_step
 from mpc_llm.lm.sampling import StopStrings, choose_tokens, token_logprobs
 
+#: static caches (and the attention mask) hold the prompt and response rounded up to a multiple of
+#: this many positions, so that prompts of nearby lengths share one compiled step
+STATIC_BUCKET = 64
+
 
 @dataclass(frozen=True)
 class Prefix:
@@ -107,6 +111,7 @@ class DecodeEngine:
         #: the vocabulary the head scores (the most candidates a step can have)
         self.vocab_size = int(out) if out else len(tokenizer)
         self._hook_checked = False
+        self._static: Any = None  # the last decode's static cache, refilled by the next one
 
     def check_context(self, lengths: Sequence[int], new_tokens: int | None = None) -> None:
         """Refuse prompts leaving no room for ``new_tokens`` (default ``max_new_tokens``) in the context."""
@@ -242,11 +247,11 @@ class DecodeEngine:
         R, P = B * N, prefix.mask.shape[1]
         tau = 0 if controls is None else controls.shape[1]
         static = cfg.uses_static_cache
-        cache = expand_cache(prefix.cache, N, T, static=static)
-        if cache is None and static:
-            cache = self._empty_static_cache(T)
-        mask = torch.ones((R, P + T), dtype=torch.long, device=device)
+        width = -(-(P + T) // STATIC_BUCKET) * STATIC_BUCKET if static else P + T
+        cache = self._static_cache(prefix.cache, N, R, width) if static else expand_cache(prefix.cache, N, T)
+        mask = torch.zeros((R, width), dtype=torch.long, device=device)
         mask[:, :P] = prefix.mask.repeat_interleave(N, dim=0)
+        mask[:, P : P + T] = 1
         input_ids = prefix.last_tokens.repeat_interleave(N).unsqueeze(1)  # (R, 1)
         positions = prefix.positions.repeat_interleave(N).unsqueeze(1)  # (R, 1)
         tokens = torch.full((R, T), self.pad_token_id, dtype=torch.long, device=device)
@@ -325,11 +330,29 @@ class DecodeEngine:
         hook = PreLogitControl()
         return hook, self.adapter.head.register_forward_pre_hook(hook).remove
 
-    def _empty_static_cache(self, length: int) -> Any:
-        """A `transformers` ``StaticCache`` of ``length`` tokens (one-token prompts: nothing cached yet)."""
-        from transformers import StaticCache
+    def _static_cache(self, prefix_cache: Any, N: int, R: int, width: int) -> Any:
+        """A static ``B * N``-row copy of ``prefix_cache`` holding ``width`` positions (prefix included).
 
-        return StaticCache(config=self.model.config, max_cache_len=length)
+        The previous decode's static cache is refilled in place when its shapes agree (its tensors
+        keep their addresses, which CUDA graphs need); one-token prompts (no prefix cache) get an
+        empty `transformers` ``StaticCache``.
+        """
+        if prefix_cache is None:
+            from transformers import StaticCache
+
+            old = self._static
+            if isinstance(old, StaticCache) and all(
+                layer.max_cache_len == width and getattr(layer, "batch_size", R) == R for layer in old.layers
+            ):
+                for layer in old.layers:
+                    if layer.is_initialized:
+                        layer.cumulative_length.zero_()
+                return old
+            self._static = StaticCache(config=self.model.config, max_cache_len=width)
+        else:
+            length = prefix_cache.get_seq_length()
+            self._static = expand_cache(prefix_cache, N, width - length, static=True, into=self._static)
+        return self._static
 
     def _check_hook(self, hook: PreLogitControl) -> None:
         if self._hook_checked:
