@@ -166,7 +166,8 @@ def test_merged_records_equal_a_one_process_run(tmp_path, alone, size: int) -> N
     assert without_time(merged) == without_time(alone)
     assert merged == sorted(merged, key=key)  # canonical order, whatever the world size
     assert sorted(p.name for p in (tmp_path / "run").iterdir()) == [
-        "records.jsonl", "reward_vs_samples.png", "settings.json", "summary.json", "summary.md"
+        "frontier.png", "records.jsonl", "reward_vs_samples.png", "settings.json", "summary.json",
+        "summary.md",
     ]  # fmt: skip
 
 
@@ -427,7 +428,7 @@ def test_torchrun_on_a_tiny_model_equals_one_process(tiny_model_dir, tmp_path) -
     proc = subprocess.run([*torchrun, *args, "--out", str(tmp_path / "two")], env=env, capture_output=True,
                           text=True, timeout=300)  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert proc.stdout.count("| controller |") == 1  # only rank 0 prints the table
+    assert proc.stdout.count("| controller | budget | prompts |") == 1  # only rank 0 prints the table
 
     from mpc_llm.cli import main
 

@@ -152,7 +152,7 @@ class RunStore:
 
     SETTINGS = "settings.json"
     RECORDS = "records.jsonl"
-    OUTPUTS = ("summary.md", "summary.json", "reward_vs_samples.png")
+    OUTPUTS = ("summary.md", "summary.json", "reward_vs_samples.png", "frontier.png")
 
     def __init__(
         self,
