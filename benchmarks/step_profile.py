@@ -117,7 +117,11 @@ def profile_decode(fn: Callable[[], Any], model: Any, steps: int, device: torch.
     us["python/host"] = max(0.0, wall_us - sum(us.values()))
     result = {k: v / 1e3 / steps for k, v in us.items()}
     if device.type == "cuda":
-        kernels = sum(e.self_device_time_total for e in prof.events() if e.device_type.name == "CUDA")
+        kernels = sum(
+            getattr(e, "self_device_time_total", 0.0)
+            for e in prof.events()
+            if str(getattr(e, "device_type", "")).endswith("CUDA")
+        )
         result["device_ms"] = kernels / 1e3 / steps
     return result
 
