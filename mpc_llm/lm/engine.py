@@ -262,8 +262,7 @@ class DecodeEngine:
         eos = torch.tensor(self.eos_token_ids, dtype=torch.long, device=device) if cfg.stop_at_eos else None
         sync_every = cfg.sync_every or (1 if device.type == "cpu" else 8)
 
-        hook, release = self._hook()
-        module = compiled_step(adapter, cfg.compile_backend, cfg.compile_mode)[0] if cfg.compile else None
+        module, hook, release = self._hook()
         ran = T
         try:
             for t in range(T):
@@ -321,14 +320,15 @@ class DecodeEngine:
         texts = self.tokenizer.batch_decode(rows, skip_special_tokens=True)
         return [self.stops.truncate(text) for text in texts] if self.stops else texts
 
-    def _hook(self) -> tuple[PreLogitControl, Callable[[], None]]:
-        """The head hook for one decode, and what to call after it (the compiled one stays registered)."""
+    def _hook(self) -> tuple[Any, PreLogitControl, Callable[[], None]]:
+        """What one decode calls (the compiled wrapper, or None: the model), its head hook, and what to
+        call after the decode (the compiled model's hook stays registered)."""
         if self.config.compile:
-            hook = compiled_step(self.adapter, self.config.compile_backend, self.config.compile_mode)[1]
+            module, hook = compiled_step(self.adapter, self.config.compile_backend, self.config.compile_mode)
             hook.fired = False
-            return hook, lambda: None
+            return module, hook, lambda: None
         hook = PreLogitControl()
-        return hook, self.adapter.head.register_forward_pre_hook(hook).remove
+        return None, hook, self.adapter.head.register_forward_pre_hook(hook).remove
 
     def _static_cache(self, prefix_cache: Any, N: int, R: int, width: int) -> Any:
         """A static ``B * N``-row copy of ``prefix_cache`` holding ``width`` positions (prefix included).
