@@ -25,6 +25,8 @@ import torch
 from torch import Tensor
 
 from mpc_llm.lm.engine import DecodeEngine, Prefix
+from mpc_llm.lm.prefix import left_pad
+from mpc_llm.lm.sampling import token_logprobs
 
 #: Most logits (rows x positions x vocabulary) one scoring forward holds at once.
 MAX_LOGITS = 2**25
@@ -102,20 +104,14 @@ def _score_chunk(
     R = len(prompt_ids)
     M = max(1, int(lengths.max()))  # the response positions every row is right-aligned to
     seqs = [list(p) + tokens[r, : int(lengths[r])].tolist() for r, p in enumerate(prompt_ids)]
-    L = max(len(s) for s in seqs)
-    ids = torch.full((R, L), engine.pad_token_id, dtype=torch.long)
-    mask = torch.zeros((R, L), dtype=torch.long)
+    ids, mask, positions = (x.to(device) for x in left_pad(seqs, engine.pad_token_id))
     targets = torch.full((R, M), engine.pad_token_id, dtype=torch.long)
     on = torch.zeros((R, M), dtype=torch.bool)  # response token t of row r sits at M - len_r + t
-    for r, seq in enumerate(seqs):
-        ids[r, L - len(seq) :] = torch.tensor(seq)
-        mask[r, L - len(seq) :] = 1
+    for r in range(R):
         n = int(lengths[r])
         if n:
             targets[r, M - n :] = tokens[r, :n].cpu()
             on[r, M - n :] = True
-    ids, mask = ids.to(device), mask.to(device)
-    positions = (mask.cumsum(-1) - 1).clamp_min(0)
     capture = _Capture()
     handle = adapter.head.register_forward_pre_hook(capture)
     try:
@@ -128,7 +124,7 @@ def _score_chunk(
     # the logit at column c predicts the token at c + 1: response positions are the last M + 1 but one
     logits = out.logits[:, -(M + 1) : -1].float()  # (R, M, V)
     targets_d, on_d = targets.to(device), on.to(device)
-    base = logits.log_softmax(dim=-1).gather(-1, targets_d.unsqueeze(-1)).squeeze(-1)  # (R, M)
+    base = token_logprobs(logits, targets_d, 1.0)  # (R, M)
     counts = on_d.sum(dim=1)
     mean = (base * on_d).sum(dim=1) / counts.clamp_min(1)
     mean = torch.where(counts > 0, mean, torch.full_like(mean, float("nan")))
@@ -144,9 +140,8 @@ def _score_chunk(
             if k:
                 v[r, M - n : M - n + k] = controls[r, :k].to(device=device, dtype=z.dtype)
         temperature = engine.config.temperature
-        steered = adapter.logits(z + v).float() / temperature
-        lp_u = steered.log_softmax(dim=-1).gather(-1, targets_d.unsqueeze(-1)).squeeze(-1)
-        plain = adapter.logits(z).float() / temperature  # as steered's, so uncontrolled steps give 0
-        lp_0 = plain.log_softmax(dim=-1).gather(-1, targets_d.unsqueeze(-1)).squeeze(-1)
+        lp_u = token_logprobs(adapter.logits(z + v).float(), targets_d, temperature)
+        # computed as steered's is, so uncontrolled steps give exactly 0
+        lp_0 = token_logprobs(adapter.logits(z).float(), targets_d, temperature)
         result["kl_estimate"] = ((lp_u - lp_0) * on_d).sum(dim=1).double().cpu()
     return result
