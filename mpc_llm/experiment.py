@@ -10,10 +10,10 @@ Example (YAML):
     lm: {max_new_tokens: 48, temperature: 0.7}
     reward: vader                     # or {name: hf, model: path/to/reward-model}, or a list to sum
     eval_reward: [judge]              # held-out rewards: scored on the answers, never optimised
-    controller: {name: aisp, sigma: 0.5, lambda: 0.1, tau: 24, num_samples: 8, num_knots: 1}
+    controller: {name: aisp, sigma_relative: 0.05, ess_target: 0.3, tau: 24, num_samples: 8}
     controllers:                      # for `mpc-llm compare`: label -> settings
       best_of_n: {name: best_of_n, num_samples: 16}
-      aisp: {name: aisp, sigma: 0.5, lambda: 0.1, num_samples: 8, num_knots: 1}
+      aisp: {name: aisp, sigma: 0.5, lambda: 0.1, num_samples: 8, num_knots: 1}   # absolute units
     seed: 0
 """
 
@@ -37,31 +37,37 @@ from mpc_llm.lm.gguf import check_gguf_file
 from mpc_llm.lm.loading import parse_devices
 from mpc_llm.rewards import Reward, check_reward_spec, refuse_remote_code, reward_class_of, reward_from_spec
 
-#: AISP settings that work on the embedded default (chosen with `benchmarks/sweep_aisp.py`: with one
-#: knot, sigma 2 and above make SmolLM2 degenerate).
+#: The project's AISP settings, scale-free so that they carry over to other models and rewards:
+#: sigma as a fraction of the model's pre-logit RMS, and each iteration's temperature chosen for a
+#: target ESS fraction (chosen with `benchmarks/sweep_aisp.py` on the embedded default; README).
 DEFAULT_CONTROLLER: dict[str, Any] = {
     "name": "aisp",
-    "sigma": 0.5,
-    "lambda": 0.1,
+    "sigma_relative": 0.05,
+    "ess_target": 0.3,
     "alpha": 0.0,
     "num_samples": 8,
     "num_iterations": 4,
     "num_knots": 1,
 }
+#: Settings that name the same quantity two ways: a spec giving one drops the default of the other.
+_EITHER: tuple[tuple[frozenset[str], frozenset[str]], ...] = (
+    (frozenset({"sigma"}), frozenset({"sigma_relative"})),
+    (frozenset({"lambda", "lambda_"}), frozenset({"ess_target"})),
+)
 DEFAULT_LM: dict[str, Any] = {"max_new_tokens": 48, "temperature": 0.7}
 #: Receding-horizon AISP: plan 16 tokens, commit 8, re-plan (6 plans for a 48-token response).
 DEFAULT_RECEDING_HORIZON: dict[str, Any] = {"horizon": 16, "commit": 8}
 
 
 def controller_defaults(name: str) -> dict[str, Any]:
-    """The project's defaults for controller ``name`` (AISP's tuned settings; the same sigma, knots
-    and samples for CEM and random shooting; samples and iterations for best-of-N)."""
+    """The project's defaults for controller ``name`` (AISP's chosen settings; the same relative
+    sigma, knots and samples for CEM and random shooting; samples and iterations for best-of-N)."""
     if name == "receding_horizon":
         return dict(DEFAULT_RECEDING_HORIZON)
     keys = {
         "aisp": [k for k in DEFAULT_CONTROLLER if k != "name"],
-        "cem": ["sigma", "num_knots", "num_samples", "num_iterations"],
-        "random_shooting": ["sigma", "num_knots", "num_samples", "num_iterations"],
+        "cem": ["sigma_relative", "num_knots", "num_samples", "num_iterations"],
+        "random_shooting": ["sigma_relative", "num_knots", "num_samples", "num_iterations"],
         "blockwise_best_of_n": ["num_samples"],
         "speculative_rejection": [],
         "args": [],
@@ -69,16 +75,26 @@ def controller_defaults(name: str) -> dict[str, Any]:
     return {k: DEFAULT_CONTROLLER[k] for k in keys}
 
 
+def override(spec: Mapping[str, Any], changes: Mapping[str, Any]) -> dict[str, Any]:
+    """``spec`` with ``changes`` over it; a change to one of two ways of giving a quantity drops the
+    other (``--sigma`` over a file's ``sigma_relative``, ``--lambda`` over ``ess_target``).
+
+    Example:
+        >>> override({"sigma_relative": 0.23, "ess_target": 0.3}, {"sigma": 1.0})
+        {'ess_target': 0.3, 'sigma': 1.0}
+    """
+    given = {key for key, value in changes.items() if value is not None}
+    pairs = [*_EITHER, *((b, a) for a, b in _EITHER)]
+    dropped = {key for a, b in pairs if a & given for key in b}
+    return {**{k: v for k, v in spec.items() if k not in dropped - given}, **changes}
+
+
 def with_defaults(spec: Mapping[str, Any]) -> dict[str, Any]:
     """``spec`` over `controller_defaults` of its ``name`` (default ``"aisp"``); a receding-horizon
     spec's ``inner`` controller gets its own defaults."""
     name = spec.get("name", "aisp")
     defaults = controller_defaults(name)
-    if spec.get("ess_target") is not None and not {"lambda", "lambda_"} & set(spec):
-        defaults.pop("lambda", None)  # the temperature is chosen per iteration instead
-    if spec.get("sigma_relative") is not None and "sigma" not in spec:
-        defaults.pop("sigma", None)  # sigma is a fraction of the pre-logit RMS instead
-    out = {"name": name, **defaults, **spec}
+    out = {"name": name, **override(defaults, spec)}  # a spec's sigma replaces the default sigma_relative
     if name == "receding_horizon":
         inner = out.get("inner", {"name": "aisp"})
         out["inner"] = with_defaults(inner if isinstance(inner, Mapping) else {"name": inner})

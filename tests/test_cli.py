@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from mpc_llm.cli import main
+from mpc_llm.experiment import DEFAULT_CONTROLLER
 
 JSON_FIELDS = {
     "prompt",
@@ -192,14 +193,14 @@ def test_flags_override_only_their_own_settings(tmp_path) -> None:
     for cfg in (plain, with_tau):
         assert (cfg.lm.max_new_tokens, cfg.lm.temperature) == (6, 0.7)  # project defaults fill the rest
         assert {k: v for k, v in cfg.controller.items() if k != "tau"} == {
-            "name": "aisp", "sigma": 1.0, "lambda": 0.1, "alpha": 0.0, "num_samples": 8,
-            "num_iterations": 4, "num_knots": 1}  # fmt: skip
+            "name": "aisp", "sigma": 1.0, "ess_target": DEFAULT_CONTROLLER["ess_target"], "alpha": 0.0,
+            "num_samples": 8, "num_iterations": 4, "num_knots": 1}  # fmt: skip
     assert ("tau" in plain.controller, with_tau.controller.get("tau")) == (False, 3)  # tau: the controller's
     args = build_parser().parse_args(["align", "Hi", "--controller", "cem", "--lambda", "2"])
     cem = experiment_config(args, args.controller)
     assert cem.controller == {
         "name": "cem",
-        "sigma": 0.5,
+        "sigma_relative": DEFAULT_CONTROLLER["sigma_relative"],
         "num_knots": 1,
         "num_samples": 8,
         "num_iterations": 4,

@@ -69,3 +69,28 @@ def test_bad_protocol_input_is_one_clear_error_line(capsys, extra: list[str], me
     assert main(["align", "Hi", *extra]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("mpc-llm: error: ") and len(err.splitlines()) == 1 and message in err
+
+
+def test_the_project_defaults_are_scale_free_and_a_flag_replaces_the_other_form(tmp_path) -> None:
+    from mpc_llm.cli.options import experiment_config
+    from mpc_llm.cli.parser import build_parser
+    from mpc_llm.experiment import DEFAULT_CONTROLLER, ExperimentConfig
+
+    default = ExperimentConfig().controller
+    assert default["sigma_relative"] == DEFAULT_CONTROLLER["sigma_relative"] and "sigma" not in default
+    assert default["ess_target"] == DEFAULT_CONTROLLER["ess_target"] and "lambda" not in default
+    config = tmp_path / "run.yaml"
+    config.write_text("controller: {name: aisp, sigma_relative: 0.1, lambda: 0.2}\n")
+
+    def controller(*flags: str) -> dict:
+        return experiment_config(build_parser().parse_args(["align", "Hi", "--config", str(config), *flags]))\
+            .controller  # fmt: skip
+
+    assert (controller()["sigma_relative"], controller()["lambda"]) == (0.1, 0.2)
+    assert "ess_target" not in controller()  # the file's lambda replaces the default ess_target
+    flagged = controller("--sigma", "1.5", "--ess-target", "0.6")  # each flag replaces the file's other form
+    assert (flagged["sigma"], flagged["ess_target"]) == (1.5, 0.6)
+    assert "sigma_relative" not in flagged and "lambda" not in flagged
+    args = build_parser().parse_args(["align", "Hi", "--controller", "receding_horizon", "--lambda", "0.3"])
+    rh = experiment_config(args, args.controller).controller
+    assert rh["inner"]["lambda"] == 0.3 and "ess_target" not in rh["inner"]

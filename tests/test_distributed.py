@@ -435,5 +435,14 @@ def test_torchrun_on_a_tiny_model_equals_one_process(tiny_model_dir, tmp_path) -
     assert main([*args, "--out", str(tmp_path / "one")]) == 0
     one, two = (records(tmp_path / name / "records.jsonl") for name in ("one", "two"))
     assert len(two) == 4 * 2 * 2 * 2
-    assert without_time(two) == without_time(one)
+    # The default sigma is relative to the measured pre-logit RMS, whose float reduction order depends
+    # on the thread count (two threads here, one per rank there): floats agree to rounding, the rest exactly.
+    for a, b in zip(without_time(two), without_time(one), strict=True):
+        assert a.keys() == b.keys()
+        assert {k: v for k, v in a.items() if not isinstance(v, float)} == {
+            k: v for k, v in b.items() if not isinstance(v, float)
+        }
+        assert {k: v for k, v in a.items() if isinstance(v, float)} == pytest.approx(
+            {k: v for k, v in b.items() if isinstance(v, float)}, rel=1e-5, abs=1e-5
+        )
     assert two == sorted(two, key=key)

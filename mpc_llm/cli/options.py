@@ -43,7 +43,7 @@ def experiment_config(
     defaults) or a full spec ``{"name": ..., **settings}``.
     """
     from mpc_llm.core import read_mapping
-    from mpc_llm.experiment import ExperimentConfig
+    from mpc_llm.experiment import ExperimentConfig, override
     from mpc_llm.rewards import allow_remote_code, refuse_remote_code, spec_from_flag
 
     data: dict[str, Any] = read_mapping(args.config) if args.config else {}
@@ -74,7 +74,7 @@ def experiment_config(
         own = controller_fields(name)
         to_inner = {k: v for k, v in _controller_overrides(args, inner.get("name", "aisp"), strict).items()
                     if k not in own}  # fmt: skip
-        base = {**base, "inner": {**inner, **to_inner}}
+        base = {**base, "inner": override(inner, to_inner)}
         overrides = {k: v for k, v in overrides.items() if k in own}
-    data["controller"] = {**base, **overrides}
+    data["controller"] = override(base, overrides)
     return ExperimentConfig.model_validate(data)
