@@ -43,6 +43,7 @@ from mpc_llm.lm.adapters import ModelAdapter
 from mpc_llm.lm.cache import expand_cache
 from mpc_llm.lm.config import LMConfig
 from mpc_llm.lm.control import PreLogitControl, compiled_step
+from mpc_llm.lm.prefix import left_pad
 from mpc_llm.lm.sampling import StopStrings, choose_tokens, token_logprobs
 
 #: static caches (and the attention mask) hold the prompt and response rounded up to a multiple of
@@ -134,17 +135,11 @@ class DecodeEngine:
         lengths = tuple(len(x) for x in ids)
         self.check_context(lengths)
         device = self.adapter.device
-        B, P = len(ids), max(lengths) - 1
-        prefix = torch.full((B, P), self.pad_token_id, dtype=torch.long)
-        mask = torch.zeros((B, P), dtype=torch.long)
-        for b, seq in enumerate(ids):
-            if len(seq) > 1:
-                prefix[b, P - len(seq) + 1 :] = torch.tensor(list(seq[:-1]))
-                mask[b, P - len(seq) + 1 :] = 1
-        prefix, mask = prefix.to(device), mask.to(device)
+        padded = left_pad([seq[:-1] for seq in ids], self.pad_token_id)
+        prefix, mask, positions = (t.to(device) for t in padded)
         cache = None
-        if P > 0:
-            positions = (mask.cumsum(-1) - 1).masked_fill(mask == 0, 1)
+        if prefix.shape[1] > 0:  # pad slots at position 1, as `generate` places them
+            positions = positions.masked_fill(mask == 0, 1)
             cache = self.adapter.output_cache(self.adapter.forward(prefix, mask, positions, None))
         return Prefix(
             cache=cache,
