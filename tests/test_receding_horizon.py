@@ -102,6 +102,28 @@ def test_a_committed_end_of_sequence_finishes_the_problem(tiny_lm) -> None:
     assert ended[1] == bool(rollout.lengths[1, 0] <= 4)
 
 
+def test_a_stop_string_spanning_the_commit_boundary_ends_the_response(tiny_lm) -> None:
+    probe = tiny(tiny_lm, prompts=PROMPTS[:1], max_new_tokens=12, greedy=True, stop_at_eos=False)
+    whole = probe.sample(1, make_generators(0, 1)).tokens[0, 0].tolist()
+    decode = probe.engine.tokenizer.decode
+    head, tail, text = decode(whole[:6]), decode(whole[6:]), decode(whole)
+    stop = next(  # a string that begins in the first 6 tokens and ends in the rest
+        (head[-i:] + tail[:j] for i in range(1, len(head) + 1) for j in range(1, len(tail) + 1)
+         if head[-i:] + tail[:j] not in head and head[-i:] + tail[:j] not in tail
+         and text.find(head[-i:] + tail[:j]) == len(head) - i),
+        None,
+    )  # fmt: skip
+    assert stop is not None and head + tail == text  # byte-level BPE: decoding is additive here
+    lm = probe.with_options(stop_strings=(stop,))
+    first = lm.with_horizon(6).sample(1, make_generators(0, 1))
+    assert not bool(first.finished.any())  # the stop string is not complete within 6 tokens
+    after = lm.advance(first, 6)
+    assert not bool(after.finished().any())
+    rest = after.sample(1, make_generators(0, 1))
+    assert bool(rest.finished.all())  # found across the boundary: the response ends there
+    assert rest.texts[0][0] == text[: text.find(stop)] and int(rest.lengths[0, 0]) < 12
+
+
 @settings(max_examples=6)
 @given(seed=st.integers(0, 1000), num_samples=st.integers(1, 4), tau=st.integers(1, 8))
 def test_one_plan_of_the_whole_response_is_the_inner_controller(tiny_lm, seed, num_samples, tau) -> None:

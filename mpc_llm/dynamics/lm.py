@@ -350,7 +350,9 @@ class LMDynamics(Dynamics):
     def _generate(self, controls: Tensor | None, N: int, generators: Sequence[torch.Generator]) -> LMRollout:
         B, m = self.batch_size, self.committed
         self.engine.check_generators(generators, B)
-        out = self.engine.decode(self.prefill(), controls, N, generators, steps=self.horizon)
+        out = self.engine.decode(
+            self.prefill(), controls, N, generators, steps=self.horizon, history=self._response
+        )
         tokens, lengths, logp, base_logp = out.tokens, out.lengths, out.logprobs, out.base_logprobs
         if self._response is not None:  # the committed tokens first: rollouts hold whole responses
             tokens = torch.cat([self._response.repeat_interleave(N, dim=0), tokens], dim=1)

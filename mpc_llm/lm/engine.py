@@ -224,6 +224,7 @@ class DecodeEngine:
         N: int,
         generators: Sequence[torch.Generator],
         steps: int | None = None,
+        history: Tensor | None = None,
     ) -> Decoded:
         """Decode ``N`` responses per prompt of ``prefix``.
 
@@ -233,6 +234,8 @@ class DecodeEngine:
             N: samples per prompt.
             generators: ``B`` generators; problem ``b`` samples only from ``generators[b]``.
             steps: the most tokens to generate (default ``max_new_tokens``).
+            history: ``(B, m)`` response tokens already in ``prefix`` (committed ones), so that a stop
+                string begun in them and ended in the new tokens ends the response.
         """
         cfg, adapter = self.config, self.adapter
         B, device = len(prefix.lengths), adapter.device
@@ -256,6 +259,11 @@ class DecodeEngine:
         base_logp = torch.zeros_like(logp) if logp is not None else None
         eos = torch.tensor(self.eos_token_ids, dtype=torch.long, device=device) if cfg.stop_at_eos else None
         sync_every = cfg.sync_every or (1 if device.type == "cpu" else 8)
+        before = (
+            self.stops.tails(history.repeat_interleave(N, dim=0))
+            if self.stops and history is not None
+            else None
+        )
 
         module, hook, release = self._hook()
         ran = T
@@ -292,7 +300,7 @@ class DecodeEngine:
                 if eos is not None:
                     done |= torch.isin(next_tokens, eos)
                 if self.stops:
-                    done |= self.stops.check(tokens, t, done)
+                    done |= self.stops.check(tokens, t, done, before)
                 if (t + 1) % sync_every == 0 and bool(done.all()):
                     ran = t + 1
                     break

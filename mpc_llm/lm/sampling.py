@@ -121,13 +121,28 @@ class StopStrings:
     def __bool__(self) -> bool:
         return bool(self.stop_strings)
 
-    def check(self, tokens: Tensor, step: int, done: Tensor) -> Tensor:
+    def tails(self, history: Tensor) -> tuple[list[list[int]], list[bool]]:
+        """The last tokens of ``history`` ``(R, m)`` (the response before this decode) that a stop
+        string ending in the new tokens can start in, and whether each row's tail already holds one."""
+        tails = history[:, max(0, history.shape[1] - self.window + 1) :].tolist()
+        texts = self.tokenizer.batch_decode(tails, skip_special_tokens=True)
+        return tails, [any(s in text for s in self.stop_strings) for text in texts]
+
+    def check(
+        self,
+        tokens: Tensor,
+        step: int,
+        done: Tensor,
+        before: tuple[list[list[int]], list[bool]] | None = None,
+    ) -> Tensor:
         """Rows whose response now contains a stop string.
 
         Args:
             tokens: ``(R, T)`` generated tokens, valid up to column ``step`` (inclusive).
             step: the step just taken.
             done: ``(R,)`` rows already finished (not checked).
+            before: `tails` of the response tokens that came before ``tokens`` (committed ones), so
+                that a stop string spanning the boundary is found; one already in a tail is not.
 
         Returns:
             ``(R,)`` bool on ``tokens.device``: live rows that hit a stop string.
@@ -135,12 +150,20 @@ class StopStrings:
         start = max(0, step + 1 - self.window)
         window = tokens[:, start : step + 1].tolist()
         live = (~done).tolist()
+        old = [False] * len(window)
+        if before is not None and step + 1 < self.window:
+            keep = self.window - step - 1
+            window = [
+                tail[len(tail) - min(keep, len(tail)) :] + w
+                for tail, w in zip(before[0], window, strict=True)
+            ]
+            old = before[1]
         texts = self.tokenizer.batch_decode(
             [w if alive else [] for w, alive in zip(window, live, strict=True)], skip_special_tokens=True
         )
         hits = [
-            alive and any(s in text for s in self.stop_strings)
-            for text, alive in zip(texts, live, strict=True)
+            alive and not seen and any(s in text for s in self.stop_strings)
+            for text, alive, seen in zip(texts, live, old, strict=True)
         ]
         return torch.tensor(hits, dtype=torch.bool, device=tokens.device)
 
