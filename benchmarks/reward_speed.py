@@ -30,12 +30,12 @@ from __future__ import annotations
 import argparse
 import json
 import random
-import statistics
 import time
 from collections.abc import Callable
 from typing import Any
 
 import torch
+from timing import spread
 
 from mpc_llm.lm.loading import load_default_model, load_default_tokenizer
 from mpc_llm.rewards import HFRewardModel, JudgeReward, Reward, VaderReward
@@ -209,15 +209,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         timings = alternate([lambda r=r: call(r) for _, r in runs], device, args.repeats)
         for (label, _), (times, (result, count)) in zip(runs, timings, strict=True):
             scores[label] = result
-            median = statistics.median(times)
             results[label] = {
-                "seconds": median,
-                "seconds_min": min(times),
-                "seconds_max": max(times),
-                "responses": M,
-                "responses_per_s": M / median,
+                **spread(times, M, "responses"),
                 "positions": count if model is not None else None,
             }
+            median = results[label]["seconds"]
             shown = count if model is not None else ""
             print(
                 f"{label:<16}{median:>9.2f}{min(times):>8.2f}{max(times):>8.2f}{M:>10d}{M / median:>9.1f}"

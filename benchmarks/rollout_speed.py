@@ -26,13 +26,13 @@ import argparse
 import contextlib
 import ctypes
 import json
-import statistics
 import time
 from collections.abc import Callable
 from typing import Any
 
 import torch
 from step_profile import print_profile, profile_decode
+from timing import spread
 
 from mpc_llm.dynamics import LMDynamics, make_generators
 from mpc_llm.lm.loading import DEFAULT_MODEL, load_default_tokenizer, load_model, resolve_dtype
@@ -231,15 +231,8 @@ def measure(
     print(f"{'run':<26}{'median s':>9}{'min s':>8}{'max s':>8}{'tokens':>8}{'tokens/s':>10}{'peak MiB':>10}")
 
     def report(name: str, times: list[float], tokens: int, peak: int) -> None:
-        median = statistics.median(times)
-        results[name] = {
-            "seconds": median,
-            "seconds_min": min(times),
-            "seconds_max": max(times),
-            "tokens": tokens,
-            "tokens_per_s": tokens / median,
-            "peak_bytes": peak,
-        }
+        results[name] = {**spread(times, tokens, "tokens"), "peak_bytes": peak}
+        median = results[name]["seconds"]
         print(
             f"{name:<26}{median:>9.2f}{min(times):>8.2f}{max(times):>8.2f}{tokens:>8d}"
             f"{tokens / median:>10.1f}{peak / 2**20:>10.1f}"
