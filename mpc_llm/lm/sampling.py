@@ -152,11 +152,8 @@ class StopStrings:
         live = (~done).tolist()
         old = [False] * len(window)
         if before is not None and step + 1 < self.window:
-            keep = self.window - step - 1
-            window = [
-                tail[len(tail) - min(keep, len(tail)) :] + w
-                for tail, w in zip(before[0], window, strict=True)
-            ]
+            keep = self.window - step - 1  # >= 1 here
+            window = [tail[-keep:] + w for tail, w in zip(before[0], window, strict=True)]
             old = before[1]
         texts = self.tokenizer.batch_decode(
             [w if alive else [] for w, alive in zip(window, live, strict=True)], skip_special_tokens=True
