@@ -8,8 +8,7 @@ from __future__ import annotations
 import torch
 from pydantic import Field
 
-from mpc_llm import Controller, ControllerState
-from mpc_llm.controllers import GaussianConfig
+from mpc_llm.controllers import GaussianConfig, GaussianController, GaussianState
 from mpc_llm.dynamics import LMDynamics
 from mpc_llm.rewards import VaderReward
 
@@ -18,15 +17,15 @@ class TopKConfig(GaussianConfig):
     k: int = Field(2, ge=1)
 
 
-class TopKMean(Controller[TopKConfig]):
+class TopKMean(GaussianController[TopKConfig]):
     """Gaussian samples around the mean; the new mean is the average of the ``k`` lowest costs."""
 
     config_class = TopKConfig
 
-    def sample(self, state: ControllerState, num_samples: int, generators) -> torch.Tensor:
+    def sample(self, state: GaussianState, num_samples: int, generators) -> torch.Tensor:
         return self.gaussian(state, num_samples, generators)  # (B, N, K, d)
 
-    def update(self, state: ControllerState, knots: torch.Tensor, costs: torch.Tensor) -> ControllerState:
+    def update(self, state: GaussianState, knots: torch.Tensor, costs: torch.Tensor) -> GaussianState:
         best = costs.topk(min(self.config.k, costs.shape[1]), dim=1, largest=False).indices  # (B, k)
         elites = knots[torch.arange(knots.shape[0])[:, None], best]  # (B, k, K, d)
         return state.replace(mean=elites.mean(dim=1))

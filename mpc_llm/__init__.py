@@ -30,6 +30,10 @@ _EXPORTS = {
     "Controller": "mpc_llm.controllers",
     "ControllerConfig": "mpc_llm.controllers",
     "ControllerState": "mpc_llm.controllers",
+    "GaussianController": "mpc_llm.controllers",
+    "GaussianState": "mpc_llm.controllers",
+    "Planner": "mpc_llm.controllers",
+    "SequentialController": "mpc_llm.controllers",
 }
 
 __all__ = [*sorted(_EXPORTS), "__version__"]

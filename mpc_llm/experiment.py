@@ -28,7 +28,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from typing_extensions import Self
 
-from mpc_llm.controllers import CONTROLLERS, BestOfN, Controller, RecedingHorizon, SequentialController
+from mpc_llm.controllers import AISP, BestOfN, Planner, build, with_preset
 from mpc_llm.core import IterationRecord, OptimizeResult, read_mapping
 from mpc_llm.dynamics import LMDynamics
 from mpc_llm.evaluation.heldout import load_eval_rewards
@@ -37,86 +37,15 @@ from mpc_llm.lm.gguf import check_gguf_file
 from mpc_llm.lm.loading import parse_devices
 from mpc_llm.rewards import Reward, check_reward_spec, refuse_remote_code, reward_class_of, reward_from_spec
 
-#: The project's AISP settings, scale-free so that they carry over to other models and rewards:
-#: sigma as a fraction of the model's pre-logit RMS, and each iteration's temperature chosen for a
-#: target ESS fraction (chosen with `benchmarks/sweep_aisp.py` on the embedded default; README).
-DEFAULT_CONTROLLER: dict[str, Any] = {
-    "name": "aisp",
-    "sigma_relative": 0.05,
-    "ess_target": 0.3,
-    "alpha": 0.0,
-    "num_samples": 8,
-    "num_iterations": 4,
-    "num_knots": 1,
-}
-#: Settings that name the same quantity two ways: a spec giving one drops the default of the other.
-_EITHER: tuple[tuple[frozenset[str], frozenset[str]], ...] = (
-    (frozenset({"sigma"}), frozenset({"sigma_relative"})),
-    (frozenset({"lambda", "lambda_"}), frozenset({"ess_target"})),
-)
+#: The controller an experiment runs when none is given: AISP with its project preset (scale-free,
+#: chosen with `benchmarks/sweep_aisp.py` on the embedded default; README).
+DEFAULT_CONTROLLER: dict[str, Any] = {"name": "aisp", **AISP.preset}
 DEFAULT_LM: dict[str, Any] = {"max_new_tokens": 48, "temperature": 0.7}
-#: Receding-horizon AISP: plan 16 tokens, commit 8, re-plan (6 plans for a 48-token response).
-DEFAULT_RECEDING_HORIZON: dict[str, Any] = {"horizon": 16, "commit": 8}
 
 
-def controller_defaults(name: str) -> dict[str, Any]:
-    """The project's defaults for controller ``name`` (AISP's chosen settings; the same relative
-    sigma, knots and samples for CEM and random shooting; samples and iterations for best-of-N)."""
-    if name == "receding_horizon":
-        return dict(DEFAULT_RECEDING_HORIZON)
-    keys = {
-        "aisp": [k for k in DEFAULT_CONTROLLER if k != "name"],
-        "cem": ["sigma_relative", "num_knots", "num_samples", "num_iterations"],
-        "random_shooting": ["sigma_relative", "num_knots", "num_samples", "num_iterations"],
-        "blockwise_best_of_n": ["num_samples"],
-        "speculative_rejection": [],
-        "args": [],
-    }.get(name, ["num_samples", "num_iterations"])
-    return {k: DEFAULT_CONTROLLER[k] for k in keys}
-
-
-def override(spec: Mapping[str, Any], changes: Mapping[str, Any]) -> dict[str, Any]:
-    """``spec`` with ``changes`` over it; a change to one of two ways of giving a quantity drops the
-    other (``--sigma`` over a file's ``sigma_relative``, ``--lambda`` over ``ess_target``).
-
-    Example:
-        >>> override({"sigma_relative": 0.23, "ess_target": 0.3}, {"sigma": 1.0})
-        {'ess_target': 0.3, 'sigma': 1.0}
-    """
-    given = {key for key, value in changes.items() if value is not None}
-    pairs = [*_EITHER, *((b, a) for a, b in _EITHER)]
-    dropped = {key for a, b in pairs if a & given for key in b}
-    return {**{k: v for k, v in spec.items() if k not in dropped - given}, **changes}
-
-
-def with_defaults(spec: Mapping[str, Any]) -> dict[str, Any]:
-    """``spec`` over `controller_defaults` of its ``name`` (default ``"aisp"``); a receding-horizon
-    spec's ``inner`` controller gets its own defaults."""
-    name = spec.get("name", "aisp")
-    defaults = controller_defaults(name)
-    out = {"name": name, **override(defaults, spec)}  # a spec's sigma replaces the default sigma_relative
-    if name == "receding_horizon":
-        inner = out.get("inner", {"name": "aisp"})
-        out["inner"] = with_defaults(inner if isinstance(inner, Mapping) else {"name": inner})
-    return out
-
-
-def build_controller(spec: Mapping[str, Any]) -> Controller | SequentialController:
-    """A controller from ``{"name": "aisp", **settings}``; unknown names list the valid ones.
-
-    ``{"name": "receding_horizon", "inner": {"name": "aisp", ...}, "horizon": 16, "commit": 8}``
-    wraps the inner controller in model predictive control.
-    """
-    options = dict(spec)
-    name = options.pop("name", "aisp")
-    if name not in CONTROLLERS:
-        raise ValueError(f"unknown controller {name!r}; valid names: {', '.join(sorted(CONTROLLERS))}")
-    if name == "receding_horizon":
-        inner = build_controller(options.pop("inner", {"name": "aisp"}))
-        if not isinstance(inner, Controller):
-            raise ValueError("the inner controller of receding_horizon must plan open-loop (aisp, cem, ...)")
-        return RecedingHorizon(inner, options)
-    return CONTROLLERS[name](options)
+def build_controller(spec: Mapping[str, Any]) -> Planner:
+    """A controller from ``{"name": "aisp", **settings}`` (`mpc_llm.controllers.build`)."""
+    return build(spec)
 
 
 def check_device(device: str) -> str:
@@ -154,29 +83,29 @@ class ExperimentConfig(BaseModel):
 
     @field_validator("controller", mode="before")
     @classmethod
-    def _controller_defaults(cls, value: Any) -> Any:
-        return with_defaults(value) if isinstance(value, Mapping) else value
+    def _controller_preset(cls, value: Any) -> Any:
+        return with_preset(value) if isinstance(value, Mapping) else value
 
     @field_validator("controllers", mode="before")
     @classmethod
-    def _controllers_defaults(cls, value: Any) -> Any:
+    def _controllers_preset(cls, value: Any) -> Any:
         if not isinstance(value, Mapping):
             return value
         return {
-            label: with_defaults(spec) if isinstance(spec, Mapping) else spec for label, spec in value.items()
+            label: with_preset(spec) if isinstance(spec, Mapping) else spec for label, spec in value.items()
         }
 
     @field_validator("controller")
     @classmethod
     def _valid_controller(cls, value: dict[str, Any]) -> dict[str, Any]:
-        build_controller(value)  # raises with the field's pydantic message
+        build(value)  # raises with the field's pydantic message
         return value
 
     @field_validator("controllers")
     @classmethod
     def _valid_controllers(cls, value: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
         for spec in value.values():
-            build_controller(spec)
+            build(spec)
         return value
 
     @field_validator("model")
@@ -209,28 +138,18 @@ class ExperimentConfig(BaseModel):
         return value
 
     @model_validator(mode="after")
-    def _controls_fit_the_response(self) -> Self:
-        """``tau <= max_new_tokens`` and ``num_knots <= tau`` for every open-loop controller, checked
-        here rather than after the model has loaded."""
-        horizon = self.lm.max_new_tokens
+    def _controllers_fit_the_run(self) -> Self:
+        """Every controller's own checks (`Planner.check`: for open-loop ones ``tau <=
+        max_new_tokens`` and ``num_knots <= tau``; for sequential ones their horizon and whether the
+        reward can score partial text), here rather than after the model has loaded."""
         specs = {"controller": self.controller}
         specs.update({f"controllers.{label}": spec for label, spec in self.controllers.items()})
+        traits = reward_class_of(self.reward)
         for where, spec in specs.items():
-            controller = build_controller(spec)
-            if not isinstance(controller, Controller):  # sequential: their own check() covers them
-                continue
-            tau, knots = controller.config.tau, controller.config.num_knots
-            if tau is not None and tau > horizon:
-                raise ValueError(
-                    f"{where}: tau={tau} exceeds lm.max_new_tokens={horizon} (a response has at most "
-                    f"{horizon} tokens to control); lower tau or raise max_new_tokens"
-                )
-            if knots is not None and knots > (tau or horizon):
-                bound = f"tau={tau}" if tau is not None else f"tau (unset: all lm.max_new_tokens={horizon})"
-                raise ValueError(
-                    f"{where}: num_knots={knots} exceeds {bound}: each knot holds at least one controlled "
-                    "token; lower num_knots or raise tau / max_new_tokens"
-                )
+            try:
+                build(spec).check(self.lm.max_new_tokens, traits, episode_name="lm.max_new_tokens")
+            except ValueError as err:
+                raise ValueError(f"{where}: {err}") from None
         return self
 
     @field_validator("device")
@@ -347,9 +266,7 @@ class Experiment:
     def __init__(self, config: ExperimentConfig) -> None:
         self.config = config
         check_device(config.device)
-        self.controller = build_controller(config.controller)
-        if not isinstance(self.controller, Controller):  # bad settings fail before any model loads
-            self.controller.check(config.lm.max_new_tokens, reward_class_of(config.reward))
+        self.controller = build(config.controller)  # its checks ran when the config was validated
         self.reward: Reward = reward_from_spec(config.reward)
         #: held-out rewards, label -> reward: scored on returned responses, never optimised
         self.eval_rewards: dict[str, Reward] = load_eval_rewards(config.eval_reward)
@@ -370,17 +287,18 @@ class Experiment:
         result = self.controller.optimize(system, cost, seed=self.config.seed, callback=callback)
         if isinstance(self.controller, BestOfN):
             baseline = result
-        else:
+        else:  # as many scored samples, drawn in batches of the controller's own size when it has one
             samples = result.budget.samples
-            baseline = BestOfN(num_samples=min(samples, self.controller.config.num_samples)
-                               if isinstance(self.controller, Controller) else samples).optimize(
-                system, cost, seed=self.config.seed, max_samples=samples)  # fmt: skip
+            batch = min(samples, self.controller.config.num_samples) if self.controller.anytime else samples
+            baseline = BestOfN(num_samples=batch).optimize(
+                system, cost, seed=self.config.seed, max_samples=samples
+            )
         texts = [r.best_rollout.texts[0][0] for r in (result, baseline)]  # type: ignore[attr-defined]
         held = {k: reward.score([prompt, prompt], texts).tolist() for k, reward in self.eval_rewards.items()}
-        steered = system.closeness_to_base(
-            result.best_rollout,  # type: ignore[arg-type]
-            result.best_rollout.controls if isinstance(self.controller, Controller) else None,
-        )
+        # the steering log-ratio needs the controls that made the whole response: an open-loop
+        # controller's answer has them; a sequential one's is made of several plans
+        controls = result.best_rollout.controls if self.controller.anytime else None
+        steered = system.closeness_to_base(result.best_rollout, controls)  # type: ignore[arg-type]
         plain = system.closeness_to_base(baseline.best_rollout)  # type: ignore[arg-type]
         return AlignOutcome(
             prompt=prompt,

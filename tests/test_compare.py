@@ -159,7 +159,7 @@ def test_a_torn_chunk_is_redone_on_resume_without_duplicates(tmp_path) -> None:
 
 
 def test_a_budget_smaller_than_one_iteration_is_refused() -> None:
-    message = "budget 2 is smaller than one iteration of controller 'aisp' \\(4 samples\\)"
+    message = "controller 'aisp': budget 2 is smaller than one iteration \\(4 samples\\)"
     with pytest.raises(ValueError, match=message):
         check_budgets(controllers(), [2, 8])
     assert check_budgets({"b": controllers()["best_of_n"]}, [8, 2, 2]) == [2, 8]  # non-adaptive: any budget

@@ -15,7 +15,6 @@ from mpc_llm.cli.options import experiment_config
 def cmd_align(args: argparse.Namespace) -> int:
     from tqdm.auto import tqdm
 
-    from mpc_llm.controllers import Controller
     from mpc_llm.evaluation.store import finite
     from mpc_llm.experiment import Experiment
     from mpc_llm.lm.prompts import check_prompt_text
@@ -27,7 +26,7 @@ def cmd_align(args: argparse.Namespace) -> int:
     experiment = Experiment(config)
     controller = experiment.controller
     bar = tqdm(
-        total=controller.config.num_iterations if isinstance(controller, Controller) else None,
+        total=controller.config.num_iterations if controller.anytime else None,  # sequential: unknown
         desc="align",
         unit="it",
         disable=args.quiet,

@@ -26,13 +26,12 @@ def _file_device(args: argparse.Namespace) -> str | None:
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
-    from mpc_llm.controllers import Controller
+    from mpc_llm.controllers import build
     from mpc_llm.evaluation import distributed
     from mpc_llm.evaluation.compare import check_budgets, compare
     from mpc_llm.evaluation.prompts import load_prompts
     from mpc_llm.evaluation.summary import markdown_table
-    from mpc_llm.experiment import Experiment, build_controller
-    from mpc_llm.rewards import reward_class_of
+    from mpc_llm.experiment import Experiment
 
     place = distributed.place_from_env()  # None: this process runs alone, as it always did
     if place is None and args.gpus_per_rank is not None:
@@ -56,7 +55,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
     resolved = {
         label: experiment_config(args, spec, strict=False).controller for label, spec in specs.items()
     }
-    controllers = {label: build_controller(spec) for label, spec in resolved.items()}
+    controllers = {label: build(spec) for label, spec in resolved.items()}  # each checked in its config
     accepted = set().union(
         *(controller_fields(spec["name"]) for spec in resolved.values()),
         *(controller_fields(spec["inner"]["name"]) for spec in resolved.values() if "inner" in spec),
@@ -64,9 +63,6 @@ def cmd_compare(args: argparse.Namespace) -> int:
     if unknown := sorted({k for k, _ in args.set} - accepted):
         raise CLIError(f"--set {', '.join(unknown)}: no selected controller has this setting")
     check_budgets(controllers, args.budgets, args.budget_unit, config.lm.max_new_tokens)
-    for controller in controllers.values():  # sequential settings fail before any model loads
-        if not isinstance(controller, Controller):
-            controller.check(config.lm.max_new_tokens, reward_class_of(config.reward))
     prompts = load_prompts(args.prompts, limit=args.num_prompts)
     with distributed.launch(place, config.device) as world:
         # settings record the reward spec as given (device: local:J), the same on every rank

@@ -7,13 +7,16 @@ from typing import Any
 
 
 def controller_fields(name: str) -> set[str]:
-    """The settings (names and aliases) controller ``name`` accepts."""
-    from mpc_llm.controllers import CONTROLLERS
+    """The settings (names and aliases) controller ``name`` accepts (`mpc_llm.controllers.settings_of`)."""
+    from mpc_llm.controllers import settings_of
 
-    if name not in CONTROLLERS:
-        return set()
-    return {key for field, info in CONTROLLERS[name].config_class.model_fields.items()
-            for key in (field, info.alias or field)}  # fmt: skip
+    return settings_of(name)
+
+
+#: The shared controller flags, by the setting each sets (``--lambda`` sets ``lambda``).
+_FLAGS = {"sigma": "sigma", "lambda_": "lambda", "alpha": "alpha", "tau": "tau", "num_knots": "num_knots",
+          "num_samples": "num_samples", "num_iterations": "num_iterations", "ess_target": "ess_target",
+          "sigma_relative": "sigma_relative"}  # fmt: skip
 
 
 def _controller_overrides(args: argparse.Namespace, name: str, strict: bool) -> dict[str, Any]:
@@ -22,10 +25,7 @@ def _controller_overrides(args: argparse.Namespace, name: str, strict: bool) -> 
     an unknown key)."""
     fields = controller_fields(name)
     out: dict[str, Any] = {}
-    flags = ("sigma", "lambda_", "alpha", "tau", "num_knots", "num_samples", "num_iterations", "ess_target",
-             "sigma_relative")  # fmt: skip
-    for flag in flags:
-        key = "lambda" if flag == "lambda_" else flag
+    for flag, key in _FLAGS.items():
         value = getattr(args, flag, None)
         if value is not None and key in fields:
             out[key] = value
@@ -42,8 +42,9 @@ def experiment_config(
     ``controller``: a name (the config file's controller if it has that name, else that controller's
     defaults) or a full spec ``{"name": ..., **settings}``.
     """
+    from mpc_llm.controllers import CONTROLLERS, DEFAULT_NAME, controller_class, override
     from mpc_llm.core import read_mapping
-    from mpc_llm.experiment import ExperimentConfig, override
+    from mpc_llm.experiment import ExperimentConfig
     from mpc_llm.rewards import allow_remote_code, refuse_remote_code, spec_from_flag
 
     data: dict[str, Any] = read_mapping(args.config) if args.config else {}
@@ -64,17 +65,20 @@ def experiment_config(
     base = dict(data.get("controller", {}))
     if isinstance(controller, dict):
         base = dict(controller)
-    elif controller is not None and controller != base.get("name", "aisp"):
+    elif controller is not None and controller != base.get("name", DEFAULT_NAME):
         base = {"name": controller}
-    name = base.get("name", "aisp")
-    overrides = _controller_overrides(args, name, strict and name != "receding_horizon")
-    if name == "receding_horizon":  # flags the wrapper does not have go to the inner controller
-        inner = base.get("inner", {"name": "aisp"})
+    name = base.get("name", DEFAULT_NAME)
+    wraps = name in CONTROLLERS and controller_class(name).wraps is not None
+    overrides = _controller_overrides(args, name, strict and not wraps)
+    config_class = CONTROLLERS[name].config_class if name in CONTROLLERS else None
+    if wraps:  # flags the wrapper does not have go to its inner controller
+        inner = base.get("inner", {"name": DEFAULT_NAME})
         inner = dict(inner) if isinstance(inner, dict) else {"name": inner}
+        inner_name = inner.get("name", DEFAULT_NAME)
         own = controller_fields(name)
-        to_inner = {k: v for k, v in _controller_overrides(args, inner.get("name", "aisp"), strict).items()
-                    if k not in own}  # fmt: skip
-        base = {**base, "inner": override(inner, to_inner)}
+        to_inner = {k: v for k, v in _controller_overrides(args, inner_name, strict).items() if k not in own}
+        inner_class = CONTROLLERS[inner_name].config_class if inner_name in CONTROLLERS else None
+        base = {**base, "inner": override(inner, to_inner, inner_class)}
         overrides = {k: v for k, v in overrides.items() if k in own}
-    data["controller"] = override(base, overrides)
+    data["controller"] = override(base, overrides, config_class)
     return ExperimentConfig.model_validate(data)

@@ -1,55 +1,87 @@
-"""Sampling-based controllers: each implements only ``sample`` (and ``update`` if it adapts).
+"""Sampling-based controllers, all behind one interface (`Planner`: check, check_budget, optimize).
 
-`RecedingHorizon` turns any of them into model predictive control (plan, commit, re-plan);
-`BlockwiseBestOfN` is receding-horizon best-of-N, the controlled-decoding baseline;
-`SpeculativeRejection` starts many responses and drops the weak ones at checkpoints; `ARGS`
-rescores the top-k next tokens by the reward (all `SequentialController`s).
+- Open loop (`Controller`: sample -> rollout -> cost -> update): `AISP`, `CEM`, `RandomShooting`,
+  `BestOfN`, each implementing only ``sample`` (and ``update`` if it adapts) on the Gaussian
+  proposal of `GaussianController`.
+- Closed loop (`SequentialController`: one ``step`` in a loop the base class owns):
+  `RecedingHorizon` turns any open-loop controller into model predictive control (plan, commit,
+  re-plan); `BlockwiseBestOfN` is receding-horizon best-of-N, the controlled-decoding baseline;
+  `SpeculativeRejection` starts many responses and drops the weak ones at checkpoints; `ARGS`
+  rescores the top-k next tokens by the reward.
+- `CONTROLLERS`, `register`, `build`, `with_preset`: controllers by name, for config files and the
+  command line (`mpc_llm.controllers.registry`).
 """
 
 from mpc_llm.controllers.aisp import AISP, AISPConfig
 from mpc_llm.controllers.args import ARGS, ARGSConfig
-from mpc_llm.controllers.base import Controller
+from mpc_llm.controllers.base import BestSoFar, Controller
 from mpc_llm.controllers.best_of_n import BestOfN
 from mpc_llm.controllers.blockwise import BlockwiseBestOfN, BlockwiseConfig
 from mpc_llm.controllers.cem import CEM, CEMConfig
+from mpc_llm.controllers.gaussian import GAUSSIAN_PRESET, GaussianController
+from mpc_llm.controllers.planner import Planner
 from mpc_llm.controllers.random_shooting import RandomShooting
-from mpc_llm.controllers.receding_horizon import RecedingHorizon, RecedingHorizonConfig
-from mpc_llm.controllers.sequential import SequentialController
+from mpc_llm.controllers.receding_horizon import Plan, RecedingHorizon, RecedingHorizonConfig
+from mpc_llm.controllers.registry import (
+    CONTROLLERS,
+    DEFAULT_NAME,
+    build,
+    controller_class,
+    register,
+    settings_of,
+    unregister,
+    with_preset,
+)
+from mpc_llm.controllers.sequential import Episode, Final, SequentialController, Step
 from mpc_llm.controllers.speculative_rejection import SpeculativeRejection, SpeculativeRejectionConfig
-from mpc_llm.controllers.state import ControllerConfig, ControllerState, GaussianConfig
-
-#: Controllers by name, as the CLI and config files spell them. ``receding_horizon`` takes an
-#: ``inner`` controller spec (``{name: aisp, ...}``) beside its own settings.
-CONTROLLERS: dict[str, type] = {
-    "aisp": AISP,
-    "cem": CEM,
-    "random_shooting": RandomShooting,
-    "best_of_n": BestOfN,
-    "receding_horizon": RecedingHorizon,
-    "blockwise_best_of_n": BlockwiseBestOfN,
-    "speculative_rejection": SpeculativeRejection,
-    "args": ARGS,
-}
+from mpc_llm.controllers.state import (
+    ControllerConfig,
+    ControllerState,
+    GaussianConfig,
+    GaussianState,
+    PlannerState,
+    Settings,
+    override,
+)
 
 __all__ = [
     "AISP",
     "ARGS",
     "CEM",
     "CONTROLLERS",
+    "DEFAULT_NAME",
+    "GAUSSIAN_PRESET",
     "AISPConfig",
     "ARGSConfig",
     "BestOfN",
+    "BestSoFar",
     "BlockwiseBestOfN",
     "BlockwiseConfig",
     "CEMConfig",
     "Controller",
     "ControllerConfig",
     "ControllerState",
+    "Episode",
+    "Final",
     "GaussianConfig",
+    "GaussianController",
+    "GaussianState",
+    "Plan",
+    "Planner",
+    "PlannerState",
     "RandomShooting",
     "RecedingHorizon",
     "RecedingHorizonConfig",
     "SequentialController",
+    "Settings",
     "SpeculativeRejection",
     "SpeculativeRejectionConfig",
+    "Step",
+    "build",
+    "controller_class",
+    "override",
+    "register",
+    "settings_of",
+    "unregister",
+    "with_preset",
 ]

@@ -12,13 +12,14 @@ importance-sampling estimate of the optimal mean ``U* = E_{q*}[V]``, ``q* ∝ ex
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any, ClassVar
 
 import torch
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, field_validator
 from torch import Tensor
 
-from mpc_llm.controllers.base import Controller
-from mpc_llm.controllers.state import ControllerState, GaussianConfig, one_of
+from mpc_llm.controllers.gaussian import GAUSSIAN_PRESET, GaussianController
+from mpc_llm.controllers.state import Alternative, GaussianConfig, GaussianState
 from mpc_llm.core import effective_sample_size, importance_weights, likelihood_log_ratio, temperature_for_ess
 
 
@@ -38,16 +39,16 @@ class AISPConfig(GaussianConfig):
         alpha: weight in ``[0, 1]`` that removes the likelihood-ratio term (1 = MPPI).
     """
 
+    alternatives: ClassVar[tuple[Alternative, ...]] = (
+        *GaussianConfig.alternatives,
+        (("lambda", "lambda_"), ("ess_target",), 1.0, "lambda (a fixed temperature)",
+         "ess_target (the temperature chosen for a target ESS fraction)"),
+    )  # fmt: skip
+
     sigma: float | None = Field(None, gt=0.0, allow_inf_nan=False)
     lambda_: float | None = Field(None, gt=0.0, alias="lambda", allow_inf_nan=False)
     ess_target: float | None = None
     alpha: float = Field(0.0, ge=0.0, le=1.0)
-
-    @model_validator(mode="before")
-    @classmethod
-    def _lambda_or_ess_target(cls, data: object) -> object:
-        return one_of(data, ("lambda", "lambda_"), ("ess_target",), 1.0, "lambda (a fixed temperature)",
-                      "ess_target (the temperature chosen for a target ESS fraction)")  # fmt: skip
 
     @field_validator("ess_target")
     @classmethod
@@ -60,7 +61,7 @@ class AISPConfig(GaussianConfig):
         return value
 
 
-class AISP(Controller[AISPConfig]):
+class AISP(GaussianController[AISPConfig]):
     """Adaptive importance sampling / MPPI.
 
     Example:
@@ -74,13 +75,14 @@ class AISP(Controller[AISPConfig]):
     """
 
     config_class = AISPConfig
+    #: The project's settings, scale-free so that they carry over to other models and rewards
+    #: (chosen with `benchmarks/sweep_aisp.py` on the embedded default; README).
+    preset: ClassVar[dict[str, Any]] = {**GAUSSIAN_PRESET, "ess_target": 0.3, "alpha": 0.0}
 
-    def sample(
-        self, state: ControllerState, num_samples: int, generators: Sequence[torch.Generator]
-    ) -> Tensor:
+    def sample(self, state: GaussianState, num_samples: int, generators: Sequence[torch.Generator]) -> Tensor:
         return self.gaussian(state, num_samples, generators)
 
-    def update(self, state: ControllerState, knots: Tensor, costs: Tensor) -> ControllerState:
+    def update(self, state: GaussianState, knots: Tensor, costs: Tensor) -> GaussianState:
         cfg = self.config
         log_ratio = (1.0 - cfg.alpha) * likelihood_log_ratio(state.mean, knots, state.sigma)
         B = costs.shape[0]

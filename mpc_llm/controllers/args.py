@@ -21,17 +21,16 @@ Example:
 from __future__ import annotations
 
 import math
-import time
-from collections.abc import Mapping, Sequence
-from typing import Any, ClassVar
+from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 
-from mpc_llm.controllers.sequential import Final, episode_result, require_partial
-from mpc_llm.core import CostFunction, Dynamics, OptimizeResult, validated
+from mpc_llm.controllers.sequential import Episode, SequentialController, Step, require_partial
+from mpc_llm.controllers.state import Settings
+from mpc_llm.core import BudgetUnit, CostFunction, Dynamics
 
 
-class ARGSConfig(BaseModel):
+class ARGSConfig(Settings):
     """ARGS settings.
 
     Attributes:
@@ -39,25 +38,15 @@ class ARGSConfig(BaseModel):
         weight: ``w``, the reward's weight against the log-probability.
     """
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
     num_candidates: int = Field(10, ge=1)
     weight: float = Field(1.5, ge=0.0, allow_inf_nan=False)
 
 
-class ARGS:
-    """Greedy reward-guided decoding over the top-``k`` next tokens."""
+class ARGS(SequentialController[ARGSConfig, None]):
+    """Greedy reward-guided decoding over the top-``k`` next tokens (``seed`` is unused: greedy
+    search; a token budget does not bind: ARGS generates exactly one token per step)."""
 
-    config_class: ClassVar[type[BaseModel]] = ARGSConfig
-    anytime: ClassVar[bool] = False
-    adaptive: ClassVar[bool] = False
-
-    def __init__(self, config: ARGSConfig | Mapping[str, Any] | None = None, **settings: Any) -> None:
-        self.config = validated(ARGSConfig, config, settings)
-
-    def spec(self) -> dict[str, Any]:
-        """What identifies this controller in a comparison's settings."""
-        return {"class": type(self).__name__, "config": self.config.model_dump(mode="json")}
+    config_class = ARGSConfig
 
     def candidates_per_step(self, episode: int, max_samples: int | None) -> int:
         """``k``: ``num_candidates``, or the most that fit a total budget over ``episode`` steps."""
@@ -71,53 +60,27 @@ class ARGS:
             )
         return min(k, self.config.num_candidates)
 
-    def check_budget(self, episode: int, max_samples: int) -> None:
-        """Raise a `ValueError` if ``max_samples`` is less than one candidate per token."""
-        self.candidates_per_step(episode, max_samples)
+    def check_budget(self, episode: int | None, budget: int, unit: BudgetUnit = "samples") -> None:
+        """Raise a `ValueError` if a sample budget is less than one candidate per token."""
+        if unit == "samples" and episode is not None:
+            self.candidates_per_step(episode, budget)
 
-    def check(self, episode: int, cost: Any = None) -> None:
+    def check(self, episode: int, cost: Any = None, *, episode_name: str = "the episode length") -> None:
         """Refuse a cost that cannot score partial text (before any model work)."""
         require_partial(cost, "ARGS scores partial responses at every token")
 
-    def optimize(
-        self,
-        dynamics: Dynamics,
-        cost: CostFunction,
-        *,
-        seed: int | Sequence[int] | None = None,
-        max_samples: int | None = None,
-        max_tokens: int | None = None,
-        **_: Any,
-    ) -> OptimizeResult:
-        """Decode every problem's response token by token; ``seed`` is unused (greedy search), and a
-        token budget does not bind (ARGS generates exactly one token per step)."""
-        self.check(dynamics.horizon, cost)
-        k = self.candidates_per_step(dynamics.horizon, max_samples)
-        start, B = time.perf_counter(), dynamics.batch_size
-        system, active = dynamics, list(range(B))
-        finals: dict[int, Final] = {}
-        samples, tokens = [0] * B, [0] * B
-        while active:
-            rollout, logp = system.candidates(k)
-            costs, metrics = cost.evaluate(rollout)
-            costs = costs.double().cpu().nan_to_num(nan=math.inf)
-            score = logp.double().cpu() - self.config.weight * costs
-            pick = score.argmax(dim=1)
-            chosen = rollout.take(pick.unsqueeze(1))
-            system = system.advance(chosen, 1)
-            done = system.finished().tolist()
-            for i, b in enumerate(active):
-                samples[b] += k
-                tokens[b] += 1
-                if done[i]:
-                    j = int(pick[i])
-                    finals[b] = Final(
-                        float(costs[i, j]),
-                        chosen.problems([i]),
-                        {n: float(v[i, j]) for n, v in metrics.items()},
-                    )
-            keep = [i for i, d in enumerate(done) if not d]
-            if not keep:
-                break
-            system, active = system.select(keep), [active[i] for i in keep]
-        return episode_result([finals[b] for b in range(B)], samples, tokens, time.perf_counter() - start)
+    def step(self, system: Dynamics, cost: CostFunction, episode: Episode[None]) -> Step[None]:
+        """Rescore the ``k`` most likely next tokens and commit the best."""
+        k = self.candidates_per_step(episode.length, episode.max_samples)
+        rollout, logp = system.candidates(k)
+        costs, metrics = cost.evaluate(rollout)
+        costs = costs.double().cpu().nan_to_num(nan=math.inf)
+        pick = (logp.double().cpu() - self.config.weight * costs).argmax(dim=1, keepdim=True)
+        return Step(
+            chosen=rollout.take(pick),
+            commit=1,
+            costs=costs.gather(1, pick).squeeze(1),
+            metrics={n: v.double().cpu().gather(1, pick).squeeze(1) for n, v in metrics.items()},
+            samples=[k] * system.batch_size,
+            tokens=[1] * system.batch_size,
+        )

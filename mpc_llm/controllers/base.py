@@ -1,13 +1,16 @@
-"""The controller template: ``sample -> rollout -> cost -> update``, with explicit state.
+"""The open-loop controller template: ``sample -> rollout -> cost -> update``, with explicit state.
 
 A new controller is a config (a pydantic model) and two methods:
 
 - ``sample(state, num_samples, generators) -> (B, N, K, d)`` knots to try;
-- ``update(state, knots, costs) -> ControllerState`` the next mean / sigma (a controller that
-  does not implement it never adapts, like random shooting and best-of-N).
+- ``update(state, knots, costs) -> state`` the next state (a controller that does not implement
+  it never adapts, like random shooting and best-of-N).
 
-The base class owns the loop, the budget, the best-so-far bookkeeping, invalid costs, and the
-expansion of ``K`` knots to ``(tau, d)`` controls (`ZeroOrderHold`). It knows only `mpc_llm.core`.
+The base class owns the loop, the budget, the best-so-far bookkeeping (`BestSoFar`, kept by the
+loop, not in the state), invalid costs, and the expansion of ``K`` knots to ``(tau, d)`` controls
+(`ZeroOrderHold`). Gaussian controllers (AISP, CEM, random shooting, best-of-N) build on
+`mpc_llm.controllers.gaussian.GaussianController`, which adds the proposal ``N(U, sigma^2 I)``.
+It knows only `mpc_llm.core`.
 """
 
 from __future__ import annotations
@@ -16,17 +19,19 @@ import math
 import sys
 import time
 import warnings
-from abc import ABC, abstractmethod
+from abc import abstractmethod
 from collections.abc import Callable, Mapping, Sequence
-from typing import ClassVar, Generic, TypeVar
+from dataclasses import dataclass
+from typing import Any, ClassVar, Generic, TypeVar
 
 import torch
 from torch import Tensor
-from typing_extensions import Self
 
-from mpc_llm.controllers.state import ControllerConfig, ControllerState
+from mpc_llm.controllers.planner import Planner
+from mpc_llm.controllers.state import ControllerConfig, PlannerState
 from mpc_llm.core import (
     Budget,
+    BudgetUnit,
     CostFunction,
     Dynamics,
     IterationRecord,
@@ -36,16 +41,58 @@ from mpc_llm.core import (
     ZeroOrderHold,
     draw_seeds,
     make_generators,
-    validated,
 )
 
 C = TypeVar("C", bound=ControllerConfig)
+S = TypeVar("S", bound=PlannerState)
 
 
-class Controller(ABC, Generic[C]):
-    """Base class of sampling-based controllers.
+@dataclass(frozen=True)
+class BestSoFar:
+    """The best sample of each problem seen so far in one `Controller.optimize` call.
 
-    Subclasses set ``config_class`` and implement `sample` and, if they adapt, `update`.
+    Attributes:
+        cost: ``(B,)`` its cost.
+        controls: ``(B, tau, d)`` its controls.
+        rollout: the samples, one per problem (``N = 1``).
+        metrics: what the cost function scored for it, each ``(B,)``.
+    """
+
+    cost: Tensor
+    controls: Tensor
+    rollout: Rollout
+    metrics: Mapping[str, Tensor]
+
+    @classmethod
+    def of(cls, rollout: Rollout, controls: Tensor, costs: Tensor, metrics: Metrics) -> BestSoFar:
+        """The lowest-cost sample of each problem among ``(B, N)`` ``costs``."""
+        cost, idx = costs.min(dim=1)
+        chosen = controls[torch.arange(controls.shape[0], device=controls.device), idx.to(controls.device)]
+        picked = {k: v.gather(1, idx.to(v.device).unsqueeze(1)).squeeze(1) for k, v in metrics.items()}
+        return cls(cost, chosen, rollout.take(idx.unsqueeze(1)), picked)
+
+    def merge(self, other: BestSoFar) -> BestSoFar:
+        """Per problem, ``other`` where its cost is strictly lower, else this one (ties keep the first)."""
+        improved = other.cost < self.cost
+        pick = improved.long().unsqueeze(1)
+        mask = improved.to(other.controls.device).view(-1, 1, 1)
+        return BestSoFar(
+            cost=torch.where(improved, other.cost, self.cost),
+            controls=torch.where(mask, other.controls, self.controls),
+            rollout=type(other.rollout).cat([self.rollout, other.rollout]).take(pick),
+            metrics={
+                k: torch.where(improved.to(v.device), v, self.metrics.get(k, v))
+                for k, v in other.metrics.items()
+            },
+        )
+
+
+class Controller(Planner[C], Generic[C, S]):
+    """Base class of open-loop sampling-based controllers.
+
+    Subclasses set ``config_class`` and implement `init_state`, `sample` and, if they adapt,
+    `update`; Gaussian ones subclass `mpc_llm.controllers.GaussianController`, which implements
+    `init_state`.
 
     Example:
         >>> from mpc_llm.controllers import AISP
@@ -58,46 +105,66 @@ class Controller(ABC, Generic[C]):
     """
 
     config_class: ClassVar[type[ControllerConfig]] = ControllerConfig
+    anytime: ClassVar[bool] = True
     #: Whether the proposal changes between iterations: true exactly when the class implements
     #: `update`. A non-adaptive controller's iterations are independent batches, so the best of the
     #: first ``k`` samples of a run is distributed as a budget-``k`` run's answer.
     adaptive: ClassVar[bool] = False
 
-    #: Whether the best of a run's first ``k`` samples is its answer at budget ``k`` (one run serves
-    #: every budget of a comparison). Sequential controllers (`SequentialController`: receding
-    #: horizon, blockwise, speculative rejection, ARGS) are not `Controller`s and have it False;
-    #: `mpc_llm.evaluation.compare` runs them once per budget.
-    anytime: ClassVar[bool] = True
-
     def __init_subclass__(cls, **kwargs: object) -> None:
         super().__init_subclass__(**kwargs)
         cls.adaptive = cls.update is not Controller.update
 
-    def __init__(self, config: C | Mapping[str, object] | None = None, **overrides: object) -> None:
-        self.config: C = validated(self.config_class, config, overrides)  # type: ignore[assignment]
-
-    def spec(self) -> dict[str, object]:
-        """What identifies this controller in a comparison's settings: its class and config."""
-        return {"class": type(self).__name__, "config": self.config.model_dump(mode="json")}
-
-    def with_config(self, **changes: object) -> Self:
-        """A controller of the same class with some settings changed (validated)."""
-        return type(self)(self.config, **changes)
-
     # ----------------------------------------------------------------- to implement
     @abstractmethod
-    def sample(
-        self, state: ControllerState, num_samples: int, generators: Sequence[torch.Generator]
-    ) -> Tensor:
+    def init_state(self, dynamics: Dynamics, mean: Tensor | None = None) -> S:
+        """The state a run starts from on ``dynamics``' ``B`` problems (``mean``: an initial plan)."""
+
+    @abstractmethod
+    def sample(self, state: S, num_samples: int, generators: Sequence[torch.Generator]) -> Tensor:
         """Draw ``(B, num_samples, K, d)`` knots; draw for problem ``b`` only from ``generators[b]``."""
 
-    def update(self, state: ControllerState, knots: Tensor, costs: Tensor) -> ControllerState:
+    def update(self, state: S, knots: Tensor, costs: Tensor) -> S:
         """Return the state after seeing ``(B, N, K, d)`` knots and their ``(B, N)`` costs.
 
-        Invalid costs arrive as ``+inf``. The base class updates ``iteration`` and the best so far.
-        The default keeps the proposal unchanged (a non-adaptive controller).
+        Invalid costs arrive as ``+inf``. The base class advances ``iteration``. The default keeps
+        the proposal unchanged (a non-adaptive controller).
         """
         return state
+
+    def resolved_settings(self, state: S) -> dict[str, Tensor]:
+        """Per-problem settings resolved when a run starts, each ``(B,)`` (`OptimizeResult.settings`)."""
+        return {}
+
+    def final_mean(self, state: S) -> Tensor | None:
+        """The ``(B, K, d)`` control mean a result reports (None: this controller has none)."""
+        return None
+
+    # ----------------------------------------------------------------- checks
+    def check(self, episode: int, cost: Any = None, *, episode_name: str = "the episode length") -> None:
+        """``tau <= episode`` and ``num_knots <= tau``, before any model work."""
+        tau, knots = self.config.tau, self.config.num_knots
+        if tau is not None and tau > episode:
+            raise ValueError(
+                f"tau={tau} exceeds {episode_name}={episode} (at most {episode} steps to control); "
+                f"lower tau or raise {episode_name}"
+            )
+        if knots is not None and knots > (tau or episode):
+            bound = f"tau={tau}" if tau is not None else f"tau (unset: all {episode_name}={episode})"
+            raise ValueError(
+                f"num_knots={knots} exceeds {bound}: each knot holds at least one controlled step; lower "
+                f"num_knots or raise tau / {episode_name}"
+            )
+
+    def check_budget(self, episode: int | None, budget: int, unit: BudgetUnit = "samples") -> None:
+        """A sample budget of an adaptive controller must be at least one iteration (``num_samples``):
+        its answer at budget ``k`` is the state of one run after ``k`` samples."""
+        per_iteration = self.config.num_samples
+        if unit == "samples" and self.adaptive and budget < per_iteration:
+            raise ValueError(
+                f"budget {budget} is smaller than one iteration ({per_iteration} samples); lower its "
+                "num_samples or raise the smallest budget"
+            )
 
     # ----------------------------------------------------------------- helpers
     def parameterization(self, dynamics: Dynamics) -> ZeroOrderHold:
@@ -110,39 +177,6 @@ class Controller(ABC, Generic[C]):
             )
         return ZeroOrderHold(tau, self.config.num_knots or tau)
 
-    def init_state(self, dynamics: Dynamics, mean: Tensor | None = None) -> ControllerState:
-        """The initial state: mean ``U`` (zeros unless given, ``(B, K, d)``) and ``sigma``.
-
-        With ``sigma_relative`` the sigma of problem ``b`` is that fraction of
-        ``dynamics.control_scale()[b]`` (a language model's pre-logit RMS on prompt ``b``), measured
-        here, once; the state's ``stats["control_scale"]`` holds the scale until the first update.
-        """
-        shape = (dynamics.batch_size, self.parameterization(dynamics).num_knots, dynamics.control_dim)
-        if mean is None:
-            mean = torch.zeros(shape, device=dynamics.device, dtype=dynamics.dtype)
-        elif tuple(mean.shape) != shape:
-            raise ValueError(f"initial mean must have shape (B, K, d) = {shape}, got {tuple(mean.shape)}")
-        fraction = getattr(self.config, "sigma_relative", None)
-        if fraction is None:
-            return ControllerState(mean=mean, sigma=torch.full_like(mean, self.config.initial_sigma()))
-        scale = dynamics.control_scale().to(device=mean.device, dtype=mean.dtype)  # (B,), measured once
-        sigma = (fraction * scale).view(-1, 1, 1).expand_as(mean).clone()
-        return ControllerState(mean=mean, sigma=sigma, stats={"control_scale": scale})
-
-    @staticmethod
-    def gaussian(state: ControllerState, num_samples: int, generators: Sequence[torch.Generator]) -> Tensor:
-        """``V = U + sigma * eps``, ``(B, num_samples, K, d)``, eps from each problem's generator."""
-        _, K, d = state.mean.shape
-        eps = torch.stack(
-            [
-                torch.randn(
-                    (num_samples, K, d), generator=g, device=state.mean.device, dtype=state.mean.dtype
-                )
-                for g in generators
-            ]
-        )
-        return state.mean.unsqueeze(1) + state.sigma.unsqueeze(1) * eps
-
     # ----------------------------------------------------------------- the loop
     def optimize(
         self,
@@ -153,7 +187,7 @@ class Controller(ABC, Generic[C]):
         num_iterations: int | None = None,
         max_samples: int | None = None,
         max_tokens: int | None = None,
-        state: ControllerState | None = None,
+        state: S | None = None,  # type: ignore[override]
         callback: Callable[[IterationRecord], None] | None = None,
         keep_rollouts: bool = False,
     ) -> OptimizeResult:
@@ -173,8 +207,9 @@ class Controller(ABC, Generic[C]):
             max_tokens: budget of generated tokens per problem (language models): iterations go on
                 until every problem has generated at least this many; the last may overshoot (a
                 comparison reads the best among the samples within the budget).
-            state: a previous state to warm-start from (default: `init_state`): its mean, sigma and
-                random streams carry over, its best sample does not (`ControllerState.restart`).
+            state: a previous state to warm-start from (default: `init_state`): its proposal and
+                random streams carry over; the best sample starts afresh (it is the loop's, not the
+                state's).
             callback: called with each iteration's record (progress bars, logging).
             keep_rollouts: keep each iteration's rollout in its record (``record.rollout``), e.g. to
                 read the best response after the first ``k`` samples (memory grows with the run).
@@ -199,12 +234,11 @@ class Controller(ABC, Generic[C]):
             budget = sys.maxsize
         else:
             budget = num_iterations * self.config.num_samples
-        state = state.restart() if state is not None else self.init_state(dynamics)
-        settings = {"sigma": state.sigma[:, 0, 0].detach().to("cpu", torch.float64)}
-        if "control_scale" in state.stats:
-            settings["control_scale"] = state.stats["control_scale"].detach().to("cpu", torch.float64)
-        generators = self._generators(state, seed, dynamics.batch_size)
+        state = state if state is not None else self.init_state(dynamics)
+        settings = self.resolved_settings(state)
+        generators = self._generators(state, seed, dynamics.batch_size, dynamics.device)
         history: list[IterationRecord] = []
+        best: BestSoFar | None = None
         used = 0
         tokens_per_problem = torch.zeros(dynamics.batch_size, dtype=torch.long)
         start = time.perf_counter()
@@ -220,7 +254,10 @@ class Controller(ABC, Generic[C]):
             rollout = dynamics.rollout(controls, make_generators(sub_seeds, len(sub_seeds), dynamics.device))
             raw_costs, metrics = cost.evaluate(rollout)
             costs = self._checked_costs(raw_costs, n, state.iteration)
-            state = self._track_best(self.update(state, knots, costs), rollout, controls, costs, metrics)
+            state = self.update(state, knots, costs)
+            state = state.replace(iteration=state.iteration + 1)
+            candidate = BestSoFar.of(rollout, controls, costs, metrics)
+            best = candidate if best is None else best.merge(candidate)
             used += n
             counts = rollout.token_counts()
             if max_tokens is not None and bool((counts.sum(dim=1) == 0).any()):
@@ -229,12 +266,12 @@ class Controller(ABC, Generic[C]):
             record = IterationRecord(
                 iteration=state.iteration - 1,
                 costs=costs.detach().to("cpu", torch.float64),
-                best_cost=state.best_cost.detach().cpu(),  # type: ignore[union-attr]
+                best_cost=best.cost.detach().cpu(),
                 seconds=time.perf_counter() - tic,
                 tokens=int(counts.sum()),
                 stats={k: v.detach().cpu() for k, v in state.stats.items()},
                 metrics={k: v.detach().to("cpu", torch.float64) for k, v in metrics.items()},
-                best_metrics={k: v.detach().to("cpu", torch.float64) for k, v in state.best_metrics.items()},
+                best_metrics={k: v.detach().to("cpu", torch.float64) for k, v in best.metrics.items()},
                 token_counts=counts.detach().cpu(),
                 rollout=rollout if keep_rollouts else None,
             )
@@ -242,13 +279,12 @@ class Controller(ABC, Generic[C]):
             if callback is not None:
                 callback(record)
         state = state.replace(rng=tuple(g.get_state() for g in generators))
-        assert state.best_rollout is not None and state.best_cost is not None
-        assert state.best_controls is not None
+        assert best is not None
         return OptimizeResult(
-            best_rollout=state.best_rollout,
-            best_cost=state.best_cost,
-            best_controls=state.best_controls,
-            mean=state.mean,
+            best_rollout=best.rollout,
+            best_cost=best.cost,
+            best_controls=best.controls,
+            mean=self.final_mean(state),
             history=history,
             budget=Budget(
                 samples=used,
@@ -259,16 +295,15 @@ class Controller(ABC, Generic[C]):
                 tokens_per_problem=tuple(int(t) for t in tokens_per_problem.tolist()),
             ),
             state=state,
-            best_metrics=dict(state.best_metrics),
+            best_metrics=dict(best.metrics),
             settings=settings,
         )
 
     @staticmethod
     def _generators(
-        state: ControllerState, seed: int | Sequence[int] | None, B: int
+        state: PlannerState, seed: int | Sequence[int] | None, B: int, device: torch.device | str
     ) -> list[torch.Generator]:
         """Fresh generators from ``seed``, or (no seed) ``state``'s streams continued, else seed 0."""
-        device = state.mean.device
         if seed is not None or state.rng is None:
             return make_generators(0 if seed is None else seed, B, device)
         if len(state.rng) != B:
@@ -299,36 +334,3 @@ class Controller(ABC, Generic[C]):
             stacklevel=3,
         )
         return costs.masked_fill(~valid, float("inf"))
-
-    @staticmethod
-    def _track_best(
-        state: ControllerState, rollout: Rollout, controls: Tensor, costs: Tensor, metrics: Metrics
-    ) -> ControllerState:
-        """Advance ``iteration`` and merge this iteration's best sample into the best so far."""
-        cand_cost, idx = costs.min(dim=1)
-        candidate = rollout.take(idx.unsqueeze(1))
-        cand_controls = controls[
-            torch.arange(controls.shape[0], device=controls.device), idx.to(controls.device)
-        ]
-        cand_metrics = {k: v.gather(1, idx.to(v.device).unsqueeze(1)).squeeze(1) for k, v in metrics.items()}
-        if state.best_rollout is None or state.best_cost is None or state.best_controls is None:
-            best_rollout, best_cost, best_controls = candidate, cand_cost, cand_controls
-            best_metrics = cand_metrics
-        else:
-            improved = cand_cost < state.best_cost
-            pick = improved.long().unsqueeze(1)
-            best_rollout = type(candidate).cat([state.best_rollout, candidate]).take(pick)
-            best_cost = torch.where(improved, cand_cost, state.best_cost)
-            mask = improved.to(controls.device).view(-1, 1, 1)
-            best_controls = torch.where(mask, cand_controls, state.best_controls)
-            best_metrics = {
-                k: torch.where(improved.to(v.device), v, state.best_metrics.get(k, v))
-                for k, v in cand_metrics.items()
-            }
-        return state.replace(
-            iteration=state.iteration + 1,
-            best_cost=best_cost,
-            best_controls=best_controls,
-            best_rollout=best_rollout,
-            best_metrics=best_metrics,
-        )

@@ -21,16 +21,17 @@ Example:
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 
 from mpc_llm.controllers.best_of_n import BestOfN
-from mpc_llm.controllers.receding_horizon import RecedingHorizon
-from mpc_llm.core import CostFunction, validated
+from mpc_llm.controllers.planner import Planner
+from mpc_llm.controllers.receding_horizon import RecedingHorizon, RecedingHorizonConfig
+from mpc_llm.controllers.state import Settings
 
 
-class BlockwiseConfig(BaseModel):
+class BlockwiseConfig(Settings):
     """Blockwise best-of-N settings.
 
     Attributes:
@@ -40,8 +41,6 @@ class BlockwiseConfig(BaseModel):
             prefix and the block only).
     """
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
     num_samples: int = Field(8, ge=1)
     block: int = Field(16, ge=1)
     score: Literal["to_end", "horizon"] = "to_end"
@@ -50,20 +49,31 @@ class BlockwiseConfig(BaseModel):
 class BlockwiseBestOfN(RecedingHorizon):
     """Best of ``num_samples`` continuations per block of ``block`` steps."""
 
-    config_class = BlockwiseConfig
+    config_class = BlockwiseConfig  # type: ignore[assignment]
+    preset: ClassVar[dict[str, Any]] = {"num_samples": 8}
+    wraps: ClassVar[type[Planner] | None] = None
 
     def __init__(self, config: BlockwiseConfig | Mapping[str, Any] | None = None, **settings: Any) -> None:
-        self.settings = validated(BlockwiseConfig, config, settings)
-        s = self.settings
-        super().__init__(
-            BestOfN(num_samples=s.num_samples, num_iterations=1),
-            horizon=s.block, commit=s.block, samples_per_step=s.num_samples, score=s.score,
-        )  # fmt: skip
+        Planner.__init__(self, config, **settings)
+        s: BlockwiseConfig = self.config  # type: ignore[assignment]
+        self.inner = BestOfN(num_samples=s.num_samples, num_iterations=1)
+        self._loop = RecedingHorizonConfig(
+            horizon=s.block, commit=s.block, samples_per_step=s.num_samples, score=s.score
+        )
 
-    def check(self, episode: int, cost: CostFunction | None = None) -> None:
-        """Any block length is valid: a block longer than the episode is one block (best-of-N)."""
-        super().check(max(episode, self.config.horizon), cost)
+    @property
+    def loop(self) -> RecedingHorizonConfig:
+        """Receding horizon with ``horizon = commit = block`` and ``num_samples`` per block."""
+        return self._loop
+
+    def with_config(self, **changes: object) -> BlockwiseBestOfN:
+        """A blockwise best-of-N with some settings changed (validated)."""
+        return type(self)(self.config, **changes)  # type: ignore[arg-type]
 
     def spec(self) -> dict[str, Any]:
-        """What identifies this controller in a comparison's settings."""
-        return {"class": type(self).__name__, "config": self.settings.model_dump(mode="json")}
+        """What identifies this controller in a comparison's settings (its inner best-of-N is implied)."""
+        return Planner.spec(self)
+
+    def check(self, episode: int, cost: Any = None, *, episode_name: str = "the episode length") -> None:
+        """Any block length is valid: a block longer than the episode is one block (best-of-N)."""
+        super().check(max(episode, self.loop.horizon), cost, episode_name=episode_name)

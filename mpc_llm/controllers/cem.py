@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from typing import Any, ClassVar
 
 import torch
 from pydantic import Field
 from torch import Tensor
 
-from mpc_llm.controllers.base import Controller
-from mpc_llm.controllers.state import ControllerState, GaussianConfig
+from mpc_llm.controllers.gaussian import GAUSSIAN_PRESET, GaussianController
+from mpc_llm.controllers.state import GaussianConfig, GaussianState
 
 
 class CEMConfig(GaussianConfig):
@@ -30,17 +31,16 @@ class CEMConfig(GaussianConfig):
     sigma_min: float = Field(1e-3, ge=0.0)
 
 
-class CEM(Controller[CEMConfig]):
+class CEM(GaussianController[CEMConfig]):
     """Cross-entropy method with optional sigma refit."""
 
     config_class = CEMConfig
+    preset: ClassVar[dict[str, Any]] = dict(GAUSSIAN_PRESET)
 
-    def sample(
-        self, state: ControllerState, num_samples: int, generators: Sequence[torch.Generator]
-    ) -> Tensor:
+    def sample(self, state: GaussianState, num_samples: int, generators: Sequence[torch.Generator]) -> Tensor:
         return self.gaussian(state, num_samples, generators)
 
-    def update(self, state: ControllerState, knots: Tensor, costs: Tensor) -> ControllerState:
+    def update(self, state: GaussianState, knots: Tensor, costs: Tensor) -> GaussianState:
         cfg = self.config
         num_elites = max(1, math.ceil(cfg.elite_fraction * costs.shape[1]))
         elite_costs, idx = costs.topk(num_elites, dim=1, largest=False)

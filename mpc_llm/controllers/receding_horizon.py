@@ -27,26 +27,20 @@ Example (a point mass driven to a goal, re-planning every 5 steps):
 from __future__ import annotations
 
 import math
-import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any, ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import Field, model_validator
 
 from mpc_llm.controllers.base import Controller
-from mpc_llm.controllers.sequential import Final, episode_result, require_partial
-from mpc_llm.controllers.state import ControllerState
-from mpc_llm.core import (
-    CostFunction,
-    Dynamics,
-    IterationRecord,
-    OptimizeResult,
-    ZeroOrderHold,
-    validated,
-)
+from mpc_llm.controllers.planner import Planner
+from mpc_llm.controllers.sequential import Episode, SequentialController, Step, require_partial
+from mpc_llm.controllers.state import PlannerState, Settings
+from mpc_llm.core import BudgetUnit, CostFunction, Dynamics, ZeroOrderHold
 
 
-class RecedingHorizonConfig(BaseModel):
+class RecedingHorizonConfig(Settings):
     """Settings of the receding-horizon loop.
 
     Attributes:
@@ -57,8 +51,6 @@ class RecedingHorizonConfig(BaseModel):
         fill: the tail of the shifted plan: ``"zeros"`` or ``"last"`` (the last step's control).
         score: ``"to_end"`` (roll candidates out to the end of the episode) or ``"horizon"``.
     """
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
 
     horizon: int = Field(ge=1)
     commit: int | None = Field(None, ge=1)
@@ -81,7 +73,32 @@ class RecedingHorizonConfig(BaseModel):
         return self.commit or self.horizon
 
 
-class RecedingHorizon:
+@dataclass(frozen=True)
+class Plan:
+    """What receding horizon carries from one planning step to the next, per row.
+
+    Attributes:
+        state: the inner controller's state after the last plan (None before the first: the inner
+            controller starts its own), or a state given to start the first plan from.
+        tau: the controlled steps of that plan (None: ``state`` fits the next plan as it is).
+        committed: steps the last plan committed (the shift of its mean).
+        per_step: samples per planning step under a sample budget (None: a token budget).
+        per_sample: ``R`` tokens per scored sample in the last plan (at first, the longest rollout).
+    """
+
+    state: PlannerState | None
+    tau: int | None
+    committed: int
+    per_step: int | None
+    per_sample: tuple[float, ...]
+
+    def select(self, index: Sequence[int]) -> Plan:
+        """The plan of rows ``index`` only."""
+        state = None if self.state is None else self.state.select(index)
+        return Plan(state, self.tau, self.committed, self.per_step, tuple(self.per_sample[i] for i in index))
+
+
+class RecedingHorizon(SequentialController[RecedingHorizonConfig, Plan]):
     """Model predictive control with any inner `Controller`.
 
     Args:
@@ -91,9 +108,10 @@ class RecedingHorizon:
         config: a `RecedingHorizonConfig` or a mapping; keyword ``settings`` override its fields.
     """
 
-    config_class: ClassVar[type[BaseModel]] = RecedingHorizonConfig
-    anytime: ClassVar[bool] = False
-    adaptive: ClassVar[bool] = True
+    config_class = RecedingHorizonConfig
+    #: Plan 16 tokens, commit 8, re-plan (6 plans for a 48-token response).
+    preset: ClassVar[dict[str, Any]] = {"horizon": 16, "commit": 8}
+    wraps: ClassVar[type[Planner] | None] = Controller
 
     def __init__(
         self,
@@ -101,42 +119,47 @@ class RecedingHorizon:
         config: RecedingHorizonConfig | Mapping[str, Any] | None = None,
         **settings: Any,
     ) -> None:
-        self.config = validated(RecedingHorizonConfig, config, settings)
+        super().__init__(config, **settings)
         self.inner = inner
+
+    @property
+    def loop(self) -> RecedingHorizonConfig:
+        """The receding-horizon settings the loop runs with (for a subclass, derived from its own)."""
+        return self.config
+
+    def with_config(self, **changes: object) -> RecedingHorizon:
+        """The same inner controller with some receding-horizon settings changed (validated)."""
+        return type(self)(self.inner, self.config, **changes)
 
     @property
     def samples_per_step(self) -> int:
         """Scored rollouts per problem and planning step."""
         inner = self.inner.config
-        return self.config.samples_per_step or inner.num_samples * inner.num_iterations
+        return self.loop.samples_per_step or inner.num_samples * inner.num_iterations
 
     def spec(self) -> dict[str, Any]:
         """What identifies this controller in a comparison's settings (with its inner controller)."""
-        return {
-            "class": type(self).__name__,
-            "config": self.config.model_dump(mode="json"),
-            "inner": self.inner.spec(),
-        }
+        return {**super().spec(), "inner": self.inner.spec()}
 
     def planning_steps(self, episode: int) -> int:
         """The most planning steps an episode of ``episode`` steps takes (fewer if it ends early)."""
-        return math.ceil(episode / self.config.steps_committed)
+        return math.ceil(episode / self.loop.steps_committed)
 
-    def check(self, episode: int, cost: CostFunction | None = None) -> None:
+    def check(self, episode: int, cost: Any = None, *, episode_name: str = "the episode length") -> None:
         """Refuse settings that cannot plan an episode of ``episode`` steps with ``cost``, before any
-        model work (the experiment and the CLI call it before loading a model; ``cost`` may be any
-        object with ``accepts_partial``, e.g. a reward class)."""
-        if self.config.horizon > episode:
+        model work (``cost`` may be any object with ``accepts_partial``, e.g. a reward's traits)."""
+        if self.loop.horizon > episode:
             raise ValueError(
-                f"the planning horizon {self.config.horizon} is longer than the episode ({episode} steps; "
+                f"the planning horizon {self.loop.horizon} is longer than the episode ({episode} steps; "
                 "for a language model, max_new_tokens); lower horizon or raise the episode length"
             )
-        if self.config.score == "horizon":
+        if self.loop.score == "horizon":
             require_partial(cost, "score='horizon' scores partial trajectories", "use score='to_end'")
 
-    def check_budget(self, episode: int, max_samples: int) -> None:
-        """Raise a `ValueError` if ``max_samples`` cannot give every planning step its minimum."""
-        self.per_step_budget(episode, max_samples)
+    def check_budget(self, episode: int | None, budget: int, unit: BudgetUnit = "samples") -> None:
+        """Raise a `ValueError` if a sample budget cannot give every planning step its minimum."""
+        if unit == "samples" and episode is not None:
+            self.per_step_budget(episode, budget)
 
     def per_step_budget(self, episode: int, max_samples: int | None) -> int:
         """Samples per planning step: ``samples_per_step``, or a total budget split over the most
@@ -154,105 +177,76 @@ class RecedingHorizon:
         if per_step < least:
             raise ValueError(
                 f"a budget of {max_samples} samples is smaller than one planning step: {steps} planning "
-                f"steps (commit={self.config.steps_committed} of {episode} steps) need at least "
+                f"steps (commit={self.loop.steps_committed} of {episode} steps) need at least "
                 f"{least} samples each; raise the budget to {steps * least} or commit more steps per plan"
             )
         return per_step
 
-    def optimize(
+    # ----------------------------------------------------------------- the step
+    def begin(
         self,
         dynamics: Dynamics,
-        cost: CostFunction,
         *,
-        seed: int | Sequence[int] | None = None,
-        max_samples: int | None = None,
-        max_tokens: int | None = None,
-        state: ControllerState | None = None,
-        callback: Callable[[IterationRecord], None] | None = None,
-        keep_rollouts: bool = False,
-    ) -> OptimizeResult:
-        """Run the episode of every problem in closed loop and return the committed trajectories.
-
-        Args:
-            dynamics: the system, with its ``B`` problems (it must implement `Dynamics.advance`).
-            cost: the objective, evaluated on rollouts that include the committed history.
-            seed: one seed or one per problem (default: the streams of ``state``, else 0).
-            max_samples: a total budget of scored rollouts per problem, split evenly over the
-                planning steps (default: ``samples_per_step`` each).
-            max_tokens: a total budget of generated tokens per problem (language models): each
-                planning step gets an even share of what is left, turned into samples with the
-                tokens per sample of the previous step (at first, the longest a rollout can be).
-            state: an inner state to start the first plan from (its mean must fit the first plan).
-            callback: called with each inner iteration's record.
-            keep_rollouts: keep each inner iteration's rollout in its record.
-
-        Returns:
-            An `OptimizeResult` whose ``best_rollout`` is each problem's whole closed-loop trajectory
-            (``N = 1``; for a language model, the committed response), ``best_cost`` / ``best_metrics``
-            its cost and metrics, ``history`` the inner iterations of every planning step (their
-            ``B`` shrinks as episodes end), and ``budget`` the samples and tokens per problem.
-        """
-        self.check(dynamics.horizon, cost)
-        if max_samples is not None and max_tokens is not None:
-            raise ValueError("give max_samples or max_tokens, not both")
-        per_step = self.per_step_budget(dynamics.horizon, max_samples)
-        per_sample = {b: float(self._rollout_steps(dynamics)) for b in range(dynamics.batch_size)}
-        start, B = time.perf_counter(), dynamics.batch_size
-        commit, fill = self.config.steps_committed, self.config.fill
-        system, active = dynamics, list(range(B))
-        finals: dict[int, Final] = {}
-        samples, tokens = [0] * B, [0] * B
-        history: list[IterationRecord] = []
-        plan: ControllerState | None = state
-        first = True
-        while active:
-            H = min(self.config.horizon, system.horizon)
-            planner = system.with_horizon(H) if self.config.score == "horizon" else system
-            tau = self._tau(H)
-            inner = self._planner(tau)
-            if max_tokens is not None:
-                per_step = self._token_share(system, max_tokens, [(tokens[b], per_sample[b]) for b in active])
-            result = inner.optimize(
-                planner, cost, seed=seed if first else None, state=plan, max_samples=per_step,
-                callback=callback, keep_rollouts=keep_rollouts,
-            )  # fmt: skip
-            first = False
-            history.extend(result.history)
-            for i, b in enumerate(active):
-                samples[b] += result.budget.samples_per_problem[i]
-                tokens[b] += result.budget.tokens_per_problem[i]
-                per_sample[b] = max(
-                    1.0, result.budget.tokens_per_problem[i] / result.budget.samples_per_problem[i]
-                )
-            steps = min(commit, H)
-            system = system.advance(result.best_rollout, steps)
-            done = system.finished().tolist()
-            for i, b in enumerate(active):
-                if done[i]:
-                    metrics = {k: float(v[i]) for k, v in result.best_metrics.items()}
-                    finals[b] = Final(float(result.best_cost[i]), result.best_rollout.problems([i]), metrics)
-            keep = [i for i, d in enumerate(done) if not d]
-            if not keep:
-                break
-            system, active = system.select(keep), [active[i] for i in keep]
-            next_tau = self._tau(min(self.config.horizon, system.horizon))
-            plan = self._shift(result.state, keep, tau, steps, next_tau, fill)
-        seconds = time.perf_counter() - start
-        finals_ = [finals[b] for b in range(B)]
-        return episode_result(
-            finals_, samples, tokens, seconds, mean=result.mean, history=history, state=result.state
+        seed: int | Sequence[int] | None,
+        max_samples: int | None,
+        max_tokens: int | None,
+        state: PlannerState | None,
+    ) -> tuple[list[int], Plan]:
+        """One row per problem; the first plan starts from ``state`` (an inner state) if given."""
+        per_step = None if max_tokens is not None else self.per_step_budget(dynamics.horizon, max_samples)
+        longest = float(self._rollout_steps(dynamics))
+        return list(range(dynamics.batch_size)), Plan(
+            state, None, 0, per_step, (longest,) * dynamics.batch_size
         )
 
+    def step(self, system: Dynamics, cost: CostFunction, episode: Episode[Plan]) -> Step[Plan]:
+        """Plan the next ``horizon`` steps with the inner controller and commit the first ``commit``.
+
+        The inner plan starts from the last plan shifted by the steps it committed (fresh noise:
+        the random streams go on); the first plan draws from ``episode.seed``.
+        """
+        plan = episode.carry
+        H = min(self.loop.horizon, system.horizon)
+        planner = system.with_horizon(H) if self.loop.score == "horizon" else system
+        tau = self._tau(H)
+        start = plan.state
+        if start is not None and plan.tau is not None:
+            start = self._shift(start, plan.tau, plan.committed, tau)
+        per_step = plan.per_step
+        if per_step is None:  # a token budget: each problem's share of what it has left
+            assert episode.max_tokens is not None
+            spent = [(episode.tokens[b], plan.per_sample[i]) for i, b in enumerate(episode.owners)]
+            per_step = self._token_share(system, episode.max_tokens, spent)
+        result = self._planner(tau).optimize(
+            planner, cost, seed=episode.seed if episode.steps == 0 else None, state=start,
+            max_samples=per_step, callback=episode.callback, keep_rollouts=episode.keep_rollouts,
+        )  # fmt: skip
+        used = result.budget.samples_per_problem
+        made = result.budget.tokens_per_problem
+        per_sample = tuple(max(1.0, t / n) for t, n in zip(made, used, strict=True))
+        committed = min(self.loop.steps_committed, H)
+        return Step(
+            chosen=result.best_rollout,
+            commit=committed,
+            costs=result.best_cost.double().cpu(),
+            metrics={k: v.double().cpu() for k, v in result.best_metrics.items()},
+            samples=used,
+            tokens=made,
+            carry=Plan(result.state, tau, committed, plan.per_step, per_sample),  # type: ignore[arg-type]
+            history=result.history,
+        )
+
+    # ----------------------------------------------------------------- helpers
     def _rollout_steps(self, system: Dynamics) -> int:
         """The most steps one candidate rollout runs: the planning horizon, or the episode's rest."""
-        return min(self.config.horizon, system.horizon) if self.config.score == "horizon" else system.horizon
+        return min(self.loop.horizon, system.horizon) if self.loop.score == "horizon" else system.horizon
 
     def _token_share(self, system: Dynamics, max_tokens: int, spent: list[tuple[int, float]]) -> int:
         """Samples for this planning step under a token budget: each problem's even share of its
         tokens left over the planning steps left, divided by its tokens per sample (``spent``:
         ``(tokens spent, tokens per sample)`` of each active problem); at least one sample (one
         iteration for an adaptive inner controller)."""
-        steps_left = math.ceil(system.horizon / self.config.steps_committed)
+        steps_left = math.ceil(system.horizon / self.loop.steps_committed)
         allowed = min((max_tokens - used) / steps_left / per for used, per in spent)
         least = self.inner.config.num_samples if self.inner.adaptive else 1
         return max(least, int(allowed))
@@ -261,20 +255,16 @@ class RecedingHorizon:
         """Controlled steps of a plan over ``H`` steps: the inner controller's ``tau``, at most ``H``."""
         return min(self.inner.config.tau or H, H)
 
+    def _hold(self, tau: int) -> ZeroOrderHold:
+        """The inner controller's knots over a plan of ``tau`` controlled steps (at most ``tau``)."""
+        knots = self.inner.config.num_knots
+        return ZeroOrderHold(tau, min(knots, tau) if knots else tau)
+
     def _planner(self, tau: int) -> Controller:
         """The inner controller controlling ``tau`` steps (its knots capped at ``tau``)."""
         knots = self.inner.config.num_knots
         return self.inner.with_config(tau=tau, num_knots=None if knots is None else min(knots, tau))
 
-    def _shift(
-        self, state: object, keep: list[int], tau: int, steps: int, next_tau: int, fill: str
-    ) -> ControllerState:
-        """The next plan: the kept problems' mean and sigma moved ``steps`` forward, random streams on."""
-        assert isinstance(state, ControllerState)
-        knots = self.inner.config.num_knots
-        hold = ZeroOrderHold(tau, min(knots, tau) if knots else tau)
-        to = ZeroOrderHold(next_tau, min(knots, next_tau) if knots else next_tau)
-        kept = state.select(keep)
-        return kept.replace(
-            mean=hold.shift(kept.mean, steps, fill, to=to), sigma=hold.shift(kept.sigma, steps, "last", to=to)
-        )
+    def _shift(self, state: PlannerState, tau: int, steps: int, next_tau: int) -> PlannerState:
+        """The next plan: the last plan's proposal moved ``steps`` forward (random streams go on)."""
+        return state.shift(self._hold(tau), steps, self.loop.fill, to=self._hold(next_tau))

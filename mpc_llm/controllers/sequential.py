@@ -1,42 +1,148 @@
-"""What every sequential (closed-loop) controller offers: the interface comparisons rely on.
+"""Sequential (closed-loop) controllers: the base class that owns the episode loop.
 
-Open-loop controllers subclass `Controller`; sequential ones (`RecedingHorizon`, `BlockwiseBestOfN`,
-`SpeculativeRejection`, `ARGS`) drive a system step by step through the closed-loop hooks of
-`mpc_llm.core.Dynamics` and satisfy this protocol.
+A sequential controller drives a system step by step through the closed-loop hooks of
+`mpc_llm.core.Dynamics` (``advance``, ``finished``, ``select``). The loop is the same for all of
+them and lives here, in `SequentialController.optimize`:
+
+    rows = begin()                               # one row per problem, or several (branches)
+    while rows are left:
+        step = step(system, episode)             # the controller's one step: what to commit
+        system = system.advance(step.chosen, step.commit)
+        rows that finished -> each problem keeps its best finished row
+        keep = keep(...)                         # default: the unfinished rows
+        system, rows, carry = their selection    # repeats allowed (resampling)
+
+A new sequential controller implements `SequentialController.step` (and `begin` when it starts
+with several rows per problem or carries a state between steps, `keep` when it drops or resamples
+rows). The loop keeps the accounting: samples scored and tokens generated per problem, the
+finished answers, and the `OptimizeResult`.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import Any, ClassVar, NamedTuple, Protocol, runtime_checkable
+import time
+from abc import abstractmethod
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Generic, NamedTuple, TypeVar
 
 import torch
-from pydantic import BaseModel
+from torch import Tensor
 
+from mpc_llm.controllers.planner import C, Planner
+from mpc_llm.controllers.state import PlannerState
 from mpc_llm.core import Budget, CostFunction, Dynamics, IterationRecord, OptimizeResult, Rollout
 from mpc_llm.core.rollout import stack_problems
 
+#: What a controller carries from one step to the next, one entry per row (None: nothing).
+S = TypeVar("S")
 
-@runtime_checkable
-class SequentialController(Protocol):
-    """A controller whose answer at a budget needs a run at that budget (``anytime = False``)."""
 
-    anytime: ClassVar[bool]
-    config: BaseModel
+@dataclass(frozen=True)
+class Episode(Generic[S]):
+    """Where an episode stands before a step: what a step may read.
 
-    def spec(self) -> dict[str, Any]:
-        """Its class and settings, for a comparison's settings."""
-        ...
+    Attributes:
+        owners: the problem of each row of the system (rows of one problem are its branches).
+        carry: the controller's own state for the rows (`SequentialController.begin`, then each
+            step's ``carry``), already selected to the rows that go on.
+        samples: scored samples so far, per problem (``B``).
+        tokens: tokens generated so far, per problem (``B``).
+        steps: steps taken so far (0 at the first).
+        length: the episode's length in steps (the dynamics' horizon when the run started).
+        seed: the run's seed(s), for controllers that draw fresh noise at the first step.
+        max_samples / max_tokens: the run's budget per problem (None: unbounded in that unit).
+        callback / keep_rollouts: passed on to inner controllers.
+    """
 
-    def check(self, episode: int, cost: Any = None) -> None:
-        """Raise a `ValueError` for settings that cannot run an ``episode``-step episode with ``cost``
-        (any object with ``accepts_partial``), before any model work."""
-        ...
+    owners: tuple[int, ...]
+    carry: S
+    samples: tuple[int, ...]
+    tokens: tuple[int, ...]
+    steps: int = 0
+    length: int = 0
+    seed: int | Sequence[int] | None = None
+    max_samples: int | None = None
+    max_tokens: int | None = None
+    callback: Callable[[IterationRecord], None] | None = None
+    keep_rollouts: bool = False
 
-    def check_budget(self, episode: int, max_samples: int) -> None:
-        """Raise a `ValueError` if ``max_samples`` scored samples cannot run one episode."""
-        ...
 
+@dataclass(frozen=True)
+class Step(Generic[S]):
+    """What one step decided for each of the ``R`` rows of the system.
+
+    Attributes:
+        chosen: ``(R, 1)`` the rollout whose first ``commit`` steps are committed, per row.
+        commit: steps committed (``1 <= commit <= system.horizon``).
+        costs: ``(R,)`` float64 cost of each chosen rollout (the answer's cost if the row finishes).
+        metrics: what the cost function scored for each chosen rollout, each ``(R,)``.
+        samples: ``R`` counts of samples scored in this step.
+        tokens: ``R`` counts of tokens generated in this step.
+        carry: the controller's state for the next step, for these ``R`` rows (the loop selects it).
+        history: iteration records of inner controllers, if any.
+    """
+
+    chosen: Rollout
+    commit: int
+    costs: Tensor
+    metrics: dict[str, Tensor]
+    samples: Sequence[int]
+    tokens: Sequence[int]
+    carry: Any = None
+    history: Sequence[IterationRecord] = field(default_factory=tuple)
+
+
+class Final(NamedTuple):
+    """One problem's finished answer: its cost, its trajectory (``B = N = 1``) and its metrics."""
+
+    cost: float
+    rollout: Rollout
+    metrics: dict[str, float]
+
+
+def select_rows(carry: Any, index: Sequence[int]) -> Any:
+    """``carry`` for rows ``index`` (repeats allowed): None stays None, a list or tuple is indexed,
+    anything else must offer ``select(index)`` (e.g. a `PlannerState`)."""
+    if carry is None:
+        return None
+    if isinstance(carry, list | tuple):
+        return [carry[i] for i in index]
+    return carry.select(index)
+
+
+class SequentialController(Planner[C], Generic[C, S]):
+    """Base class of closed-loop controllers: implement `step` (and `begin`, `keep` if needed).
+
+    Their answer at a budget needs a run at that budget (``anytime = False``): a comparison runs
+    them once per budget.
+    """
+
+    anytime: ClassVar[bool] = False
+
+    # ----------------------------------------------------------------- to implement
+    def begin(
+        self,
+        dynamics: Dynamics,
+        *,
+        seed: int | Sequence[int] | None,
+        max_samples: int | None,
+        max_tokens: int | None,
+        state: PlannerState | None,
+    ) -> tuple[list[int], S]:
+        """The owner problem of each starting row and the carry of the first step (``state``: a
+        plan to start from, for controllers that take one). Default: one row per problem, no carry."""
+        return list(range(dynamics.batch_size)), None  # type: ignore[return-value]
+
+    @abstractmethod
+    def step(self, system: Dynamics, cost: CostFunction, episode: Episode[S]) -> Step[S]:
+        """Decide what each row of ``system`` commits next (``system``'s ``B`` is the rows)."""
+
+    def keep(self, episode: Episode[S], step: Step[S], done: list[bool]) -> list[int]:
+        """The rows that go on, in order (repeats allowed: resampling). Default: the unfinished ones."""
+        return [i for i, d in enumerate(done) if not d]
+
+    # ----------------------------------------------------------------- the loop
     def optimize(
         self,
         dynamics: Dynamics,
@@ -45,9 +151,64 @@ class SequentialController(Protocol):
         seed: int | Sequence[int] | None = None,
         max_samples: int | None = None,
         max_tokens: int | None = None,
+        state: PlannerState | None = None,
+        callback: Callable[[IterationRecord], None] | None = None,
+        keep_rollouts: bool = False,
     ) -> OptimizeResult:
-        """Run every problem's episode in closed loop; ``best_rollout`` is the whole trajectory."""
-        ...
+        """Run every problem's episode in closed loop and return its answer.
+
+        Returns:
+            An `OptimizeResult` whose ``best_rollout`` is each problem's whole trajectory (``N = 1``;
+            for a language model, the committed response; with several rows per problem, the best
+            finished one), ``best_cost`` / ``best_metrics`` its cost and metrics, ``history`` the
+            inner iterations (if any), and ``budget`` the samples and tokens per problem.
+        """
+        self.check(dynamics.horizon, cost)
+        if max_samples is not None and max_tokens is not None:
+            raise ValueError("give max_samples or max_tokens, not both")
+        start, B = time.perf_counter(), dynamics.batch_size
+        owners, carry = self.begin(
+            dynamics, seed=seed, max_samples=max_samples, max_tokens=max_tokens, state=state
+        )
+        system = dynamics if owners == list(range(B)) else dynamics.select(owners)
+        finals: dict[int, Final] = {}
+        samples, tokens = [0] * B, [0] * B
+        history: list[IterationRecord] = []
+        last: Step[S] | None = None
+        steps = 0
+        while owners:
+            episode = Episode(
+                owners=tuple(owners), carry=carry, samples=tuple(samples), tokens=tuple(tokens), steps=steps,
+                length=dynamics.horizon, seed=seed, max_samples=max_samples, max_tokens=max_tokens,
+                callback=callback, keep_rollouts=keep_rollouts,
+            )  # fmt: skip
+            last = self.step(system, cost, episode)
+            steps += 1
+            history.extend(last.history)
+            for i, b in enumerate(owners):
+                samples[b] += int(last.samples[i])
+                tokens[b] += int(last.tokens[i])
+            system = system.advance(last.chosen, last.commit)
+            done = system.finished().tolist()
+            for i, b in enumerate(owners):
+                if done[i] and (b not in finals or float(last.costs[i]) < finals[b].cost):
+                    finals[b] = Final(
+                        float(last.costs[i]),
+                        last.chosen.problems([i]),
+                        {k: float(v[i]) for k, v in last.metrics.items()},
+                    )
+            keep = self.keep(episode, last, done)
+            if not keep:
+                break
+            system, owners = system.select(keep), [owners[i] for i in keep]
+            carry = select_rows(last.carry, keep)
+        missing = [b for b in range(B) if b not in finals]
+        if missing:
+            raise RuntimeError(f"{type(self).__name__}: the episodes of problems {missing} never finished")
+        return episode_result(
+            [finals[b] for b in range(B)], samples, tokens, time.perf_counter() - start, history=history,
+            state=None if last is None else last.carry,
+        )  # fmt: skip
 
 
 def require_partial(cost: Any, what: str, instead: str = "") -> None:
@@ -67,34 +228,21 @@ def require_partial(cost: Any, what: str, instead: str = "") -> None:
         )
 
 
-class Final(NamedTuple):
-    """One problem's finished episode: its cost, its trajectory (``B = N = 1``) and its metrics."""
-
-    cost: float
-    rollout: Rollout
-    metrics: dict[str, float]
-
-
 def episode_result(
     finals: Sequence[Final],
     samples: Sequence[int],
     tokens: Sequence[int],
     seconds: float,
     *,
-    mean: torch.Tensor | None = None,
     history: Sequence[IterationRecord] = (),
     state: object = None,
 ) -> OptimizeResult:
-    """The `OptimizeResult` of ``B`` finished episodes (``finals`` in problem order); ``mean``
-    defaults to zeros ``(B, 1, d)`` for controllers without a control mean."""
+    """The `OptimizeResult` of ``B`` finished episodes (``finals`` in problem order)."""
     best = stack_problems([f.rollout for f in finals])
-    if mean is None:
-        mean = best.controls.new_zeros((best.batch_size, 1, best.controls.shape[-1]))
     return OptimizeResult(
         best_rollout=best,
         best_cost=torch.tensor([f.cost for f in finals], dtype=torch.float64),
         best_controls=best.controls[:, 0],
-        mean=mean,
         history=list(history),
         budget=Budget(
             samples=max(samples),

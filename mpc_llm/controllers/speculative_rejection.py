@@ -27,18 +27,18 @@ Example:
 from __future__ import annotations
 
 import math
-import time
-from collections.abc import Mapping, Sequence
-from typing import Any, ClassVar
+from collections.abc import Sequence
+from typing import Any
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 
-from mpc_llm.controllers.sequential import Final, episode_result, require_partial
-from mpc_llm.core import CostFunction, Dynamics, OptimizeResult, draw_seeds, make_generators, validated
+from mpc_llm.controllers.sequential import Episode, SequentialController, Step, require_partial
+from mpc_llm.controllers.state import PlannerState, Settings
+from mpc_llm.core import BudgetUnit, CostFunction, Dynamics, draw_seeds, make_generators
 
 
-class SpeculativeRejectionConfig(BaseModel):
+class SpeculativeRejectionConfig(Settings):
     """Speculative-rejection settings.
 
     Attributes:
@@ -47,26 +47,19 @@ class SpeculativeRejectionConfig(BaseModel):
         keep_fraction: share of the unfinished responses kept at each checkpoint, in ``(0, 1]``.
     """
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
     num_samples: int = Field(16, ge=1)
     checkpoint: int = Field(16, ge=1)
     keep_fraction: float = Field(0.5, gt=0.0, le=1.0)
 
 
-class SpeculativeRejection:
+#: One random stream per branch (row), carried from checkpoint to checkpoint.
+Streams = list[torch.Generator]
+
+
+class SpeculativeRejection(SequentialController[SpeculativeRejectionConfig, Streams]):
     """Best-of-N with early rejection of weak partial responses."""
 
-    config_class: ClassVar[type[BaseModel]] = SpeculativeRejectionConfig
-    anytime: ClassVar[bool] = False
-    adaptive: ClassVar[bool] = False
-
-    def __init__(self, config: SpeculativeRejectionConfig | Mapping[str, Any] | None = None, **settings: Any):
-        self.config = validated(SpeculativeRejectionConfig, config, settings)
-
-    def spec(self) -> dict[str, Any]:
-        """What identifies this controller in a comparison's settings."""
-        return {"class": type(self).__name__, "config": self.config.model_dump(mode="json")}
+    config_class = SpeculativeRejectionConfig
 
     def schedule(self, N: int, episode: int) -> list[int]:
         """Responses alive at each checkpoint of an ``episode``-step episode, starting from ``N``."""
@@ -98,69 +91,56 @@ class SpeculativeRejection:
             N += 1
         return N
 
-    def check_budget(self, episode: int, max_samples: int) -> None:
-        """Raise a `ValueError` if ``max_samples`` cannot score one response at every checkpoint."""
-        self.start_size(episode, max_samples=max_samples)
+    def check_budget(self, episode: int | None, budget: int, unit: BudgetUnit = "samples") -> None:
+        """Raise a `ValueError` if the budget cannot score one response at every checkpoint."""
+        if episode is not None:
+            self.start_size(episode, **{"max_samples" if unit == "samples" else "max_tokens": budget})
 
-    def check(self, episode: int, cost: CostFunction | None = None) -> None:
+    def check(self, episode: int, cost: Any = None, *, episode_name: str = "the episode length") -> None:
         """Refuse a cost that cannot score partial responses (before any model work; ``cost`` may be
-        any object with ``accepts_partial``, e.g. a reward class)."""
+        any object with ``accepts_partial``, e.g. a reward's traits)."""
         require_partial(cost, "speculative rejection scores partial responses at its checkpoints")
 
-    def optimize(
+    def begin(
         self,
         dynamics: Dynamics,
-        cost: CostFunction,
         *,
-        seed: int | Sequence[int] | None = None,
-        max_samples: int | None = None,
-        max_tokens: int | None = None,
-        **_: Any,
-    ) -> OptimizeResult:
-        """Generate, score at checkpoints, reject, and return each problem's best finished response."""
-        self.check(dynamics.horizon, cost)
-        start, B = time.perf_counter(), dynamics.batch_size
+        seed: int | Sequence[int] | None,
+        max_samples: int | None,
+        max_tokens: int | None,
+        state: PlannerState | None,
+    ) -> tuple[list[int], Streams]:
+        """``N`` branches per problem, each with a fresh random stream drawn from its problem's."""
         N = self.start_size(dynamics.horizon, max_samples, max_tokens)
-        owners = [b for b in range(B) for _ in range(N)]
-        streams = make_generators(0 if seed is None else seed, B, dynamics.device)
+        owners = [b for b in range(dynamics.batch_size) for _ in range(N)]
+        streams = make_generators(0 if seed is None else seed, dynamics.batch_size, dynamics.device)
         branch_seeds = [draw_seeds([streams[b]])[0] for b in owners]  # N fresh streams per problem
-        generators = make_generators(branch_seeds, len(owners), dynamics.device)
-        system = dynamics.select(owners)
-        best: dict[int, Final] = {}
-        samples, tokens = [0] * B, [0] * B
-        while owners:
-            planner = system.with_horizon(min(self.config.checkpoint, system.horizon))
-            zero = torch.zeros(
-                (len(owners), 1, 1, system.control_dim), dtype=system.dtype, device=system.device
-            )
-            rollout = planner.rollout(zero, generators)
-            costs, metrics = cost.evaluate(rollout)
-            costs = costs[:, 0].double().cpu().nan_to_num(nan=math.inf)
-            counts = rollout.token_counts()[:, 0].tolist()
-            for i, b in enumerate(owners):
-                samples[b] += 1
-                tokens[b] += int(counts[i])
-            system = system.advance(rollout, planner.horizon)
-            done = system.finished().tolist()
-            for i, b in enumerate(owners):
-                if done[i] and (b not in best or costs[i] < best[b].cost):
-                    best[b] = Final(
-                        float(costs[i]),
-                        rollout.problems([i]),
-                        {k: float(v[i, 0]) for k, v in metrics.items()},
-                    )
-            keep = self._keep(owners, costs, done)
-            if not keep:
-                break
-            system, owners = system.select(keep), [owners[i] for i in keep]
-            generators = [generators[i] for i in keep]
-        return episode_result([best[b] for b in range(B)], samples, tokens, time.perf_counter() - start)
+        return owners, make_generators(branch_seeds, len(owners), dynamics.device)
 
-    def _keep(self, owners: list[int], costs: torch.Tensor, done: list[bool]) -> list[int]:
-        """Indices of the unfinished branches kept: per problem, the best ``keep_fraction`` (at least one)."""
+    def step(self, system: Dynamics, cost: CostFunction, episode: Episode[Streams]) -> Step[Streams]:
+        """Decode every branch to the next checkpoint (zero control) and score it."""
+        planner = system.with_horizon(min(self.config.checkpoint, system.horizon))
+        zero = torch.zeros(
+            (system.batch_size, 1, 1, system.control_dim), dtype=system.dtype, device=system.device
+        )
+        rollout = planner.rollout(zero, episode.carry)
+        costs, metrics = cost.evaluate(rollout)
+        return Step(
+            chosen=rollout,
+            commit=planner.horizon,
+            costs=costs[:, 0].double().cpu().nan_to_num(nan=math.inf),
+            metrics={k: v[:, 0].double().cpu() for k, v in metrics.items()},
+            samples=[1] * system.batch_size,
+            tokens=[int(n) for n in rollout.token_counts()[:, 0].tolist()],
+            carry=episode.carry,
+        )
+
+    def keep(self, episode: Episode[Streams], step: Step[Streams], done: list[bool]) -> list[int]:
+        """Per problem, the best ``keep_fraction`` of its unfinished branches (at least one)."""
         keep: list[int] = []
+        owners = episode.owners
         for b in dict.fromkeys(owners):
             alive = [i for i, o in enumerate(owners) if o == b and not done[i]]
-            alive.sort(key=lambda i: float(costs[i]))
+            alive.sort(key=lambda i: float(step.costs[i]))
             keep.extend(alive[: max(1, math.ceil(self.config.keep_fraction * len(alive)))] if alive else [])
         return sorted(keep)

@@ -23,12 +23,13 @@ from mpc_llm.core.importance import (
 from mpc_llm.core.optional import MissingDependencyError, require
 from mpc_llm.core.parameterization import ZeroOrderHold
 from mpc_llm.core.random import draw_seeds, make_generators
-from mpc_llm.core.result import Budget, IterationRecord, OptimizeResult
+from mpc_llm.core.result import Budget, BudgetUnit, IterationRecord, OptimizeResult
 from mpc_llm.core.rollout import Rollout
 from mpc_llm.core.weighted import WeightedTerms, check_weight
 
 __all__ = [
     "Budget",
+    "BudgetUnit",
     "CostFunction",
     "Dynamics",
     "FunctionCost",

@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Literal
 
 import torch
 from torch import Tensor
 
 from mpc_llm.core.rollout import Rollout
+
+#: What a budget counts: responses scored by the cost (``"samples"``) or tokens generated.
+BudgetUnit = Literal["samples", "tokens"]
 
 
 @dataclass(frozen=True)
@@ -71,7 +75,8 @@ class OptimizeResult:
         best_cost: ``(B,)`` its cost.
         best_metrics: what the cost function scored for it (e.g. ``"reward"``), each ``(B,)``.
         best_controls: ``(B, tau, d)`` the controls that produced it.
-        mean: ``(B, K, d)`` the controller's final mean ``U`` (in knot space).
+        mean: ``(B, K, d)`` the final mean ``U`` of a Gaussian controller (in knot space); None
+            for controllers without a control mean.
         history: one record per iteration.
         budget: resources spent.
         state: the final controller state, to warm-start a later call.
@@ -84,10 +89,10 @@ class OptimizeResult:
     best_rollout: Rollout
     best_cost: Tensor
     best_controls: Tensor
-    mean: Tensor
     history: list[IterationRecord]
     budget: Budget
     state: object
+    mean: Tensor | None = None
     best_metrics: dict[str, Tensor] = field(default_factory=dict)
     settings: dict[str, Tensor] = field(default_factory=dict)
 

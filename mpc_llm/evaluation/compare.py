@@ -35,18 +35,15 @@ from typing import Any, NamedTuple
 
 from tqdm.auto import tqdm
 
-from mpc_llm.controllers import Controller, SequentialController
-from mpc_llm.core import CostFunction, Dynamics
+from mpc_llm.controllers import Planner
+from mpc_llm.core import BudgetUnit, CostFunction, Dynamics
 from mpc_llm.evaluation.distributed import DistributedError, World, assign
 from mpc_llm.evaluation.heldout import score_held_out
-from mpc_llm.evaluation.records import BudgetUnit, anytime_records, final_records
+from mpc_llm.evaluation.records import anytime_records, final_records
 from mpc_llm.evaluation.store import RunStore
 from mpc_llm.evaluation.summary import summarize, write_summary
 from mpc_llm.lm import Prompt
 from mpc_llm.rewards import Reward
-
-#: An open-loop controller or a sequential one: anything with ``optimize`` that compare can run.
-Planner = Controller | SequentialController
 
 SEED_STRIDE = 1_000_003
 KEY = ("prompt_index", "controller", "seed")
@@ -92,33 +89,21 @@ def check_budgets(
     unit: BudgetUnit = "samples",
     episode: int | None = None,
 ) -> list[int]:
-    """Sorted distinct budgets, refused (with what to change) when a controller cannot spend them.
-
-    In samples, each budget must be at least one iteration of every adaptive open-loop controller
-    and one planning step of every sequential one (``episode``: the steps of an episode, e.g.
-    ``max_new_tokens``, needed for the latter).
+    """Sorted distinct budgets, refused (with what to change) when a controller cannot spend them
+    (`Planner.check_budget`: e.g. one iteration of an adaptive open-loop controller, one planning
+    step of a sequential one; ``episode``: the steps of an episode, e.g. ``max_new_tokens``, which
+    the sequential ones need: without it their checks wait for the run).
     """
     if unit not in ("samples", "tokens"):
         raise ValueError(f"the budget unit is 'samples' or 'tokens', got {unit!r}")
     if not budgets or any(int(b) < 1 for b in budgets):
         raise ValueError(f"budgets must be positive integers, got {list(budgets)}")
     ordered = sorted({int(b) for b in budgets})
-    if unit == "tokens":
-        return ordered
     for name, controller in controllers.items():
-        if not isinstance(controller, Controller):  # sequential: one planning step / one schedule
-            if episode is not None:
-                try:
-                    controller.check_budget(episode, ordered[0])
-                except ValueError as err:
-                    raise ValueError(f"controller {name!r}: {err}") from None
-            continue
-        per_iteration = controller.config.num_samples
-        if controller.adaptive and ordered[0] < per_iteration:
-            raise ValueError(
-                f"budget {ordered[0]} is smaller than one iteration of controller {name!r} "
-                f"({per_iteration} samples); lower its num_samples or raise the smallest budget"
-            )
+        try:
+            controller.check_budget(episode, ordered[0], unit)
+        except ValueError as err:
+            raise ValueError(f"controller {name!r}: {err}") from None
     return ordered
 
 
@@ -209,8 +194,7 @@ def compare(
     episode = make_dynamics([prompts[0]]).horizon
     budgets = check_budgets(controllers, budgets, budget_unit, episode)
     for controller in controllers.values():
-        if not isinstance(controller, Controller):
-            controller.check(episode, cost)
+        controller.check(episode, cost)
     extra = {**(settings or {}), **({"eval_rewards": list(eval_rewards)} if eval_rewards else {})}
     settings = run_settings(prompts, controllers, budgets, seeds, extra, budget_unit)
     if world is not None:
@@ -289,7 +273,6 @@ def _run_job(
     seeds = [seed * SEED_STRIDE + i for i in indices]
     if controller.anytime:  # open loop: one run, read at every budget
         limit = {"max_samples": budgets[-1]} if unit == "samples" else {"max_tokens": budgets[-1]}
-        assert isinstance(controller, Controller), "anytime controllers are Controller subclasses"
         result = controller.optimize(dynamics, cost, seed=seeds, keep_rollouts=True, **limit)
         return anytime_records(result, indices, name, seed, budgets, unit, scorer)
     records = []

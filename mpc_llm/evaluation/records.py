@@ -30,15 +30,13 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from typing import Any, Literal
+from typing import Any
 
 import torch
 
-from mpc_llm.core import Dynamics, OptimizeResult
+from mpc_llm.core import BudgetUnit, Dynamics, OptimizeResult
 from mpc_llm.evaluation.closeness import chosen_rollout, closeness_fields, selection_bound
 from mpc_llm.evaluation.store import finite
-
-BudgetUnit = Literal["samples", "tokens"]
 
 
 def anytime_records(

@@ -1,0 +1,151 @@
+"""Controllers by name: what config files and the command line build, and with which presets.
+
+A spec is a mapping ``{"name": ..., **settings}`` (``"aisp"`` when the name is left out). The
+registry maps each name to its class; the class carries its config (``config_class``), its
+project preset (``preset``, the settings a spec built here starts from) and, for a wrapper, the
+kind of controller its ``inner`` spec must build (``wraps``). Nothing outside this module knows
+any controller by name.
+
+A new controller registers in one place and then runs from Python, a config file and the command
+line alike:
+
+    >>> from mpc_llm.controllers import BestOfN, register
+    >>> class MyBestOfN(BestOfN):
+    ...     pass
+    >>> _ = register("my_best_of_n", MyBestOfN)
+    >>> build({"name": "my_best_of_n", "num_samples": 4}).config.num_samples
+    4
+    >>> unregister("my_best_of_n")
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from mpc_llm.controllers.aisp import AISP
+from mpc_llm.controllers.args import ARGS
+from mpc_llm.controllers.best_of_n import BestOfN
+from mpc_llm.controllers.blockwise import BlockwiseBestOfN
+from mpc_llm.controllers.cem import CEM
+from mpc_llm.controllers.planner import Planner
+from mpc_llm.controllers.random_shooting import RandomShooting
+from mpc_llm.controllers.receding_horizon import RecedingHorizon
+from mpc_llm.controllers.speculative_rejection import SpeculativeRejection
+from mpc_llm.controllers.state import override
+
+#: The controller a spec without a ``name`` builds.
+DEFAULT_NAME = "aisp"
+
+#: Controllers by name, as the CLI and config files spell them.
+CONTROLLERS: dict[str, type[Planner]] = {}
+
+
+def register(name: str, cls: type[Planner], *, replace: bool = False) -> type[Planner]:
+    """Make ``cls`` buildable as ``{"name": name, ...}`` (config files, ``--controllers name``).
+
+    Registering a class again under its name, or a new definition of it (same module and
+    qualified name: a re-run notebook cell, a reloaded module), replaces the entry.
+
+    Raises:
+        ValueError: ``name`` is taken by another class (pass ``replace=True`` to replace it) or
+            ``cls`` is not a `Planner` subclass.
+    """
+    if not (isinstance(cls, type) and issubclass(cls, Planner)):
+        raise ValueError(f"register({name!r}, ...) needs a Planner subclass (a Controller or a "
+                         f"SequentialController), got {cls!r}")  # fmt: skip
+    old = CONTROLLERS.get(name)
+    same = old is not None and (old.__module__, old.__qualname__) == (cls.__module__, cls.__qualname__)
+    if old is not None and not (same or replace):
+        raise ValueError(f"a controller is already registered as {name!r}; pass replace=True to replace it")
+    CONTROLLERS[name] = cls
+    return cls
+
+
+def unregister(name: str) -> None:
+    """Forget the controller registered as ``name`` (tests, notebooks)."""
+    CONTROLLERS.pop(name, None)
+
+
+def controller_class(name: object) -> type[Planner]:
+    """The class registered as ``name``.
+
+    Raises:
+        ValueError: an unknown name; the message lists the registered ones.
+    """
+    if not isinstance(name, str) or name not in CONTROLLERS:
+        raise ValueError(f"unknown controller {name!r}; valid names: {', '.join(sorted(CONTROLLERS))}")
+    return CONTROLLERS[name]
+
+
+def settings_of(name: str) -> set[str]:
+    """The settings (names and aliases) controller ``name`` accepts (``inner`` for a wrapper);
+    empty for an unknown name."""
+    cls = CONTROLLERS.get(name)
+    if cls is None:
+        return set()
+    return cls.config_class.field_names() | ({"inner"} if cls.wraps is not None else set())
+
+
+def _as_spec(spec: Mapping[str, Any] | str) -> dict[str, Any]:
+    return {"name": spec} if isinstance(spec, str) else dict(spec)
+
+
+def with_preset(spec: Mapping[str, Any] | str) -> dict[str, Any]:
+    """``spec`` over the preset of its controller (a setting given in the spec replaces the preset's
+    alternative to it: ``sigma`` drops a preset ``sigma_relative``); a wrapper's ``inner`` spec
+    gets its own preset. Unknown names pass unchanged (`build` refuses them).
+
+    Example:
+        >>> with_preset({"name": "cem", "sigma": 0.5})["sigma"], "sigma_relative" in with_preset("cem")
+        (0.5, True)
+    """
+    out = _as_spec(spec)
+    name = out.setdefault("name", DEFAULT_NAME)
+    cls = CONTROLLERS.get(name) if isinstance(name, str) else None
+    if cls is None:
+        return out
+    out = {
+        "name": name,
+        **override(cls.preset, {k: v for k, v in out.items() if k != "name"}, cls.config_class),
+    }
+    if cls.wraps is not None:
+        inner = out.get("inner", DEFAULT_NAME)
+        out["inner"] = with_preset(inner if isinstance(inner, Mapping | str) else {"name": inner})
+    return out
+
+
+def build(spec: Mapping[str, Any] | str) -> Planner:
+    """A controller from ``{"name": ..., **settings}`` (a wrapper's ``inner`` is a spec too);
+    settings not given take the config's own defaults (`with_preset` adds the project's presets).
+
+    Raises:
+        ValueError: an unknown name, a bad setting (pydantic's message), or an ``inner`` of the wrong
+            kind.
+    """
+    options = _as_spec(spec)
+    name = options.pop("name", DEFAULT_NAME)
+    cls = controller_class(name)
+    if cls.wraps is None:
+        return cls(options)
+    inner = build(options.pop("inner", DEFAULT_NAME))
+    if not isinstance(inner, cls.wraps):
+        kinds = sorted(n for n, c in CONTROLLERS.items() if issubclass(c, cls.wraps))
+        raise ValueError(
+            f"the inner controller of {name} must be a {cls.wraps.__name__} ({', '.join(kinds)}), "
+            f"got {type(inner).__name__}"
+        )
+    return cls(inner, options)  # type: ignore[call-arg]
+
+
+for _name, _cls in {
+    "aisp": AISP,
+    "cem": CEM,
+    "random_shooting": RandomShooting,
+    "best_of_n": BestOfN,
+    "receding_horizon": RecedingHorizon,
+    "blockwise_best_of_n": BlockwiseBestOfN,
+    "speculative_rejection": SpeculativeRejection,
+    "args": ARGS,
+}.items():
+    register(_name, _cls)
