@@ -84,7 +84,9 @@ class Recording(CostFunction):
         return costs
 
 
-def test_speculative_rejection_keeps_the_lowest_cost_branches_and_starts_what_the_budget_allows(tiny_lm) -> None:
+def test_speculative_rejection_keeps_the_lowest_cost_branches_and_starts_what_the_budget_allows(
+    tiny_lm,
+) -> None:
     lm = tiny(tiny_lm, prompts=PROMPTS[:1], max_new_tokens=12)
     cost = Recording(TIE_FREE)
     spec = SpeculativeRejection(checkpoint=4, keep_fraction=0.5)
@@ -213,7 +215,8 @@ def test_cem_keeps_sigma_unless_told_to_refit_it() -> None:
 ])  # fmt: skip
 def test_sampled_noise_has_the_given_sigma(controller) -> None:
     system = IdentityDynamics(horizon=3, control_dim=4, batch_size=2)
-    result = controller.optimize(system, QuadraticCost([1.0] * 4), seed=1, num_iterations=1, keep_rollouts=True)
+    cost = QuadraticCost([1.0] * 4)
+    result = controller.optimize(system, cost, seed=1, num_iterations=1, keep_rollouts=True)
     controls = result.history[0].rollout.controls  # (B, N, tau, d) around the zero mean
     sigma = controller.config.sigma
     assert float(controls.std()) == pytest.approx(sigma, rel=0.05)

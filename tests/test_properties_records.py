@@ -27,7 +27,7 @@ from mpc_llm.rewards import KeywordReward
 
 
 # --------------------------------------------------------------------------- the anytime rule
-@pytest.mark.parametrize("controller", [AISP(sigma=1.0, lambda_=0.5, num_samples=3), RandomShooting(num_samples=3)])
+@pytest.mark.parametrize("controller", [AISP(sigma=1.0, lambda_=0.5, num_samples=3), RandomShooting(num_samples=3)])  # noqa: E501
 def test_each_record_is_the_minimum_of_the_first_k_costs_of_the_run(controller) -> None:
     system = IdentityDynamics(horizon=2, control_dim=2, batch_size=2)
     result = controller.optimize(system, QuadraticCost([[1.0, -1.0]] * 2), seed=[5, 6], max_samples=12,
@@ -51,12 +51,13 @@ class VariableText(FakeText):
 
     def rollout(self, controls: torch.Tensor, generators: Sequence[torch.Generator]) -> LMRollout:
         out = super().rollout(controls, generators)
-        B, N, T = out.tokens.shape
+        N, T = out.tokens.shape[1:]
         lengths = torch.stack([torch.randint(1, T + 1, (N,), generator=g) for g in generators])
         texts = [[" ".join(t.split()[: int(lengths[b, n])]) for n, t in enumerate(row)]
                  for b, row in enumerate(out.texts)]  # fmt: skip
         return LMRollout(controls=out.controls, tokens=out.tokens, lengths=lengths, texts=texts,
-                         prompts=out.prompts, logprobs=out.logprobs, base_logprobs=out.base_logprobs)  # fmt: skip
+                         prompts=out.prompts, logprobs=out.logprobs,
+                         base_logprobs=out.base_logprobs)  # fmt: skip
 
 
 def graded(rollout: LMRollout) -> torch.Tensor:
@@ -105,7 +106,8 @@ def test_each_records_closeness_is_a_fresh_scoring_of_its_response(tiny_lm) -> N
         b = r["prompt_index"]
         # the sample the record describes, found by its response and cost
         found = [(rec.rollout, n, it * 3 + n) for it, rec in enumerate(result.history) for n in range(3)
-                 if rec.rollout.texts[b][n] == r["response"] and float(rec.costs[b, n]) == r["cost"]]  # fmt: skip
+                 if rec.rollout.texts[b][n] == r["response"]
+                 and float(rec.costs[b, n]) == r["cost"]]  # fmt: skip
         assert len(found) == 1
         rollout, n, index = found[0]
         chosen_late += int(index > 0)
@@ -120,7 +122,8 @@ def test_each_records_closeness_is_a_fresh_scoring_of_its_response(tiny_lm) -> N
 
 def test_held_out_scores_are_the_recorded_responses(tmp_path) -> None:
     held_out = KeywordReward(["fine", "meh"], mode="count")
-    rows = compare(PROMPTS[:3], {"best_of_n": BestOfN(num_samples=4), "aisp": AISP(sigma=1.0, lambda_=0.5, num_samples=4)},
+    controllers = {"best_of_n": BestOfN(num_samples=4), "aisp": AISP(sigma=1.0, lambda_=0.5, num_samples=4)}
+    rows = compare(PROMPTS[:3], controllers,
                    FakeText, COST, budgets=[4, 8], out_dir=tmp_path / "run", progress=False,
                    eval_rewards={"kw": held_out})  # fmt: skip
     records = [json.loads(x) for x in (tmp_path / "run" / "records.jsonl").read_text().splitlines()]
