@@ -36,7 +36,7 @@ TESTS: dict[str, list[str]] = {
         "tests/test_closed_forms.py",
     ],
     "evaluation/records.py": [
-        "tests/test_properties_records.py", "tests/test_bad_input.py",
+        "tests/test_properties_records.py",
         "tests/test_compare.py::test_records_at_each_budget_are_the_best_of_the_first_samples",
         "tests/test_compare.py::test_seconds_are_prorated_within_a_partly_used_iteration",
     ],
