@@ -5,8 +5,8 @@ keeps the lowest-cost branches and starts as many as its budget allows; ARGS's c
 reward; blockwise best-of-N commits the best candidate's block; receding horizon's ``fill``,
 ``samples_per_step``, ``state=`` and ``callback`` do what they say; CEM keeps sigma unless told to
 refit it; sampled noise has the sigma the run resolved (``sigma_relative`` included); the pre-logit
-scale is the RMS of the teacher-forced pre-logits; the compiled decode runs through `torch.compile`; budgets are
-spent from below as well as bounded from above.
+scale is the RMS of the teacher-forced pre-logits; the compiled decode runs through
+`torch.compile`; budgets are spent from below as well as bounded from above.
 """
 
 from __future__ import annotations
