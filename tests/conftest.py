@@ -2,13 +2,34 @@
 
 from __future__ import annotations
 
-import pytest
-from hypothesis import settings
+import os
 
-# Derandomised: property tests draw the same examples on every run, so CI is never flaky.
+import pytest
+from hypothesis import HealthCheck, settings
+
+# Two profiles, chosen by HYPOTHESIS_PROFILE (default "mpc_llm"):
+# - "mpc_llm" (CI): derandomised, property tests draw the same examples on every run, so CI is never
+#   flaky;
+# - "thorough": random examples on every run and ten times as many (each test's own max_examples is
+#   scaled too), for a hunt before a release: HYPOTHESIS_PROFILE=thorough pytest tests/.
 # No deadline: the first call of a torch function can be slow on a loaded 2-core machine.
 settings.register_profile("mpc_llm", derandomize=True, deadline=None, print_blob=True)
-settings.load_profile("mpc_llm")
+settings.register_profile(
+    "thorough", derandomize=False, deadline=None, print_blob=True, max_examples=1000,
+    suppress_health_check=[HealthCheck.too_slow],
+)  # fmt: skip
+PROFILE = os.environ.get("HYPOTHESIS_PROFILE", "mpc_llm")
+settings.load_profile(PROFILE)
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Under the thorough profile, a test's own ``@settings(max_examples=n)`` becomes ``10 n``."""
+    if PROFILE != "thorough":
+        return
+    for test in {id(f): f for f in (getattr(item, "obj", None) for item in items)}.values():
+        own = getattr(test, "_hypothesis_internal_use_settings", None)
+        if own is not None and own.max_examples < 1000:
+            test._hypothesis_internal_use_settings = settings(own, max_examples=10 * own.max_examples)
 
 
 # --------------------------------------------------------------------------- language models

@@ -6,7 +6,7 @@ import math
 
 import pytest
 import torch
-from hypothesis import given, settings
+from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 from mpc_llm.controllers import AISP, AISPConfig
@@ -45,6 +45,19 @@ def test_the_achieved_ess_fraction_is_the_target_for_arbitrary_costs(row: list[f
         assert got == pytest.approx(nvalid / N, abs=2 * TOL)
 
 
+@given(st.lists(costs_, min_size=2, max_size=16, unique=True), st.floats(0.01, 0.99), st.integers(0, 4))
+def test_an_attainable_target_is_met_within_the_tolerance(row: list[float], u: float, invalid: int) -> None:
+    """The main branch of the test above on every example: distinct valid costs (one lowest) plus a
+    few invalid ones, and a target strictly between 1/N and (valid samples)/N."""
+    row = row + [float("nan"), float("inf")] * (invalid // 2) + [float("-inf")] * (invalid % 2)
+    N, nvalid = len(row), len(row) - invalid
+    target = 1 / N + u * (nvalid - 1) / N  # between the ends: one-hot on the best .. uniform on the valid
+    assume(1 / N + 2 * TOL < target < nvalid / N - 2 * TOL)
+    costs = torch.tensor([row], dtype=torch.float64)
+    lam = temperature_for_ess(costs, target)
+    assert abs(float(achieved(costs, lam)[0]) - target) <= TOL
+
+
 @given(st.lists(st.lists(costs_, min_size=4, max_size=4, unique=True), min_size=1, max_size=5), targets)
 def test_problems_are_solved_independently_and_deterministically(batch: list[list[float]], target: float):
     costs = torch.tensor(batch, dtype=torch.float64)
@@ -57,6 +70,7 @@ def test_problems_are_solved_independently_and_deterministically(batch: list[lis
 @given(st.lists(costs_, min_size=2, max_size=12, unique=True), st.floats(0.05, 0.95), st.floats(-5.0, 5.0))
 def test_the_temperature_is_in_the_units_of_the_costs(row: list[float], target: float, log_scale: float):
     """Scaling every cost by ``s`` scales lambda by ``s`` (same weights): no cost scale to tune."""
+    assume(target > 1 / len(row) + TOL)  # attainable (below it any small lambda is one-hot: not unique)
     costs = torch.tensor([row], dtype=torch.float64)
     s = math.exp(log_scale)
     lam, lam_s = temperature_for_ess(costs, target), temperature_for_ess(s * costs, target)
@@ -66,16 +80,17 @@ def test_the_temperature_is_in_the_units_of_the_costs(row: list[float], target: 
 @settings(max_examples=40)
 @given(st.lists(costs_, min_size=3, max_size=12, unique=True), st.floats(0.05, 0.95), st.integers(0, 2**16))
 def test_with_a_log_ratio_the_target_is_met_when_the_ends_straddle_it(
-    row: list[float], target: float, seed: int
+    row: list[float], u: float, seed: int
 ) -> None:
     costs = torch.tensor([row], dtype=torch.float64)
     g = torch.Generator().manual_seed(seed)
     log_ratio = 0.5 * torch.randn(costs.shape, generator=g, dtype=torch.float64)
-    lam = temperature_for_ess(costs, target, log_ratio)
     N = costs.shape[1]
     at_inf = float(effective_sample_size(torch.softmax(log_ratio, dim=1))[0]) / N
-    if target < at_inf - TOL and target > 1 / N + TOL:
-        assert abs(float(achieved(costs, lam, log_ratio)[0]) - target) <= TOL
+    target = 1 / N + u * (at_inf - 1 / N)  # between the ends (one-hot .. the log-ratio's own ESS)
+    assume(1 / N + TOL < target < at_inf - TOL)
+    lam = temperature_for_ess(costs, target, log_ratio)
+    assert abs(float(achieved(costs, lam, log_ratio)[0]) - target) <= TOL
 
 
 @pytest.mark.parametrize("target", [0.0, -0.1, 1.5, float("nan")])

@@ -1,0 +1,128 @@
+"""Mutation testing of the paths every result flows through (not part of CI: it is slow).
+
+    python scripts/mutation.py                                   # every module below
+    python scripts/mutation.py core/importance.py evaluation/records.py
+
+Each module runs in its own copy of the project under ``.mutation/<module>/`` (git-ignored), with
+``[tool.mutmut]`` of pyproject.toml narrowed to that module and to the tests listed for it below
+(mutmut 3 then runs, per mutant, only those of them that reach the mutated function), at the
+lowest CPU priority, ``MUTMUT_CHILDREN`` workers (default: the number of cores). Prints the kill
+rate per module and the time taken; ``docs/mutation.md`` lists the surviving mutants that are
+equivalent, with the reason. ``cd .mutation/<module> && mutmut show NAME`` prints a mutant's diff.
+Needs the ``mutation`` extra (``pip install -e ".[mutation]"``).
+"""
+
+from __future__ import annotations
+
+import collections
+import os
+import re
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+#: module (under mpc_llm/) -> the fast tests that target it
+TESTS: dict[str, list[str]] = {
+    "core/importance.py": [
+        "tests/test_importance.py", "tests/test_ess_target.py", "tests/test_closed_forms.py",
+        "tests/test_properties_controllers.py::test_one_aisp_step_moves_the_mean_to_the_closed_form_for_any_alpha",
+    ],
+    "controllers": [
+        "tests/test_controllers.py", "tests/test_receding_horizon.py", "tests/test_properties_controllers.py",
+        "tests/test_closed_forms.py",
+    ],
+    "evaluation/records.py": [
+        "tests/test_properties_records.py",
+        "tests/test_compare.py::test_records_at_each_budget_are_the_best_of_the_first_samples",
+        "tests/test_compare.py::test_seconds_are_prorated_within_a_partly_used_iteration",
+    ],
+    "evaluation/summary.py": [
+        "tests/test_properties_records.py",
+        "tests/test_compare.py::test_summary_against_hand_computed_values",
+    ],
+    "dynamics/lm_closeness.py": [
+        "tests/test_closeness.py", "tests/test_properties_records.py",
+        "tests/test_properties_controllers.py::test_the_prelogit_scale_is_the_rms_of_teacher_forced_prelogits",
+    ],
+}  # fmt: skip
+
+
+def toml_list(values: list[str]) -> str:
+    return "[" + ", ".join(f'"{v}"' for v in values) + "]"
+
+
+def prepare(module: str) -> Path:
+    """A fresh copy of the project (tracked and untracked files, not ignored ones) for ``module``."""
+    work = ROOT / ".mutation" / module.replace("/", "_").removesuffix(".py")
+    if work.exists():
+        shutil.rmtree(work)
+    files = subprocess.run(
+        ["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
+        cwd=ROOT, check=True, capture_output=True,
+    ).stdout.decode().split("\0")  # fmt: skip
+    for name in filter(None, files):
+        src = ROOT / name
+        if src.is_file():
+            (work / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(src, work / name)
+    pyproject = (work / "pyproject.toml").read_text()
+    target = f"mpc_llm/{module}" if module.endswith(".py") else f"mpc_llm/{module}/*"
+    only = f"only_mutate = {toml_list([target])}"
+    pyproject = re.sub(r"only_mutate = \[.*?\]", only, pyproject, flags=re.S)
+    pyproject = re.sub(
+        r"pytest_add_cli_args_test_selection = \[.*?\]",
+        f"pytest_add_cli_args_test_selection = {toml_list(TESTS[module])}",
+        pyproject,
+        flags=re.S,
+    )
+    (work / "pyproject.toml").write_text(pyproject)
+    return work
+
+
+def run(module: str, mutmut: str) -> tuple[collections.Counter, float]:
+    work = prepare(module)
+    env = {**os.environ, "PYTHONPATH": str(work)}
+    children = os.environ.get("MUTMUT_CHILDREN", str(os.cpu_count() or 1))
+    start = time.perf_counter()
+    command = ["nice", "-n", "19", mutmut, "run", "--max-children", children]
+    subprocess.run(command, cwd=work, env=env, check=False)
+    seconds = time.perf_counter() - start
+    out = subprocess.run(
+        [mutmut, "results", "--all", "true"], cwd=work, env=env, capture_output=True, text=True, check=False
+    ).stdout
+    counts: collections.Counter = collections.Counter()
+    for line in out.splitlines():
+        name, _, status = line.strip().rpartition(": ")
+        if "__mutmut_" in name:
+            counts[status] += 1
+    survivors = [line.strip().rpartition(": ")[0] for line in out.splitlines() if line.endswith(": survived")]
+    (work / "survivors.txt").write_text("\n".join(survivors) + "\n")
+    return counts, seconds
+
+
+def main(modules: list[str]) -> None:
+    mutmut = str(Path(sys.executable).parent / "mutmut")
+    if not Path(mutmut).exists():
+        mutmut = "mutmut"
+    unknown = [m for m in modules if m not in TESTS]
+    if unknown:
+        raise SystemExit(f"unknown module(s) {unknown}; choose from {list(TESTS)}")
+    rows = []
+    for module in modules or list(TESTS):
+        counts, seconds = run(module, mutmut)
+        killed = counts["killed"] + counts["timeout"] + counts["caught by type check"]
+        total = sum(counts.values())
+        rows.append((module, killed, counts["survived"], total - killed - counts["survived"], total, seconds))
+    print(f"\n{'module':28} {'killed':>7} {'survived':>8} {'other':>6} {'rate':>7} {'seconds':>8}")
+    for module, killed, survived, other, total, seconds in rows:
+        rate = f"{killed / total:.1%}" if total else "-"
+        print(f"{module:28} {killed:7d} {survived:8d} {other:6d} {rate:>7} {seconds:8.0f}")
+    print("survivors: .mutation/<module>/survivors.txt; equivalent ones: docs/mutation.md")
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
