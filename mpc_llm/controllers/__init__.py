@@ -3,7 +3,7 @@
 `RecedingHorizon` turns any of them into model predictive control (plan, commit, re-plan);
 `BlockwiseBestOfN` is receding-horizon best-of-N, the controlled-decoding baseline;
 `SpeculativeRejection` starts many responses and drops the weak ones at checkpoints; `ARGS`
-rescores the top-k next tokens by the reward (all `SequentialController`s).
+rescores the top-k next tokens by the reward (all `SequentialController` classes).
 """
 
 from mpc_llm.controllers.aisp import AISP, AISPConfig
