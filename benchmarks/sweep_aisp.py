@@ -12,7 +12,7 @@ CPU), the (sigma, lambda) candidates and prompt chunks are shared out as in ``mp
 
 The scale-free grid (sigma as a fraction of the pre-logit RMS, the temperature chosen for a target
 ESS fraction), with a held-out reward, fills the frontier plot (frontier.png); the sweep that chose
-the project's defaults (README, results in docs/results/defaults_sweep/):
+the project's defaults (docs/results/defaults-sweep.md, outputs in docs/results/defaults_sweep/):
 
     torchrun --nproc_per_node=2 benchmarks/sweep_aisp.py --out runs/sweep_rel --prompts 20 --seeds 0,1 \
         --budgets 16 --sigma-relatives 0.02,0.05,0.1,0.23 --ess-targets 0.1,0.3,0.6 \

@@ -3,7 +3,7 @@
 The same pydantic model backs the Python API, YAML / JSON config files and the CLI flags, so a
 config file and a command line mean the same thing.
 
-Example (YAML):
+Example (YAML)::
 
     model: SmolLM2-135M-Instruct      # or an HF id, a local folder, a .gguf file
     device: cpu                       # or cuda, cuda:1, or cuda:0,cuda:1 (a model spread over two)
@@ -203,7 +203,7 @@ class AlignOutcome:
         base_logp / baseline_base_logp: mean per-token log-likelihood under the base model at
             temperature 1 (`mpc_llm.core.Dynamics.closeness_to_base`); ``kl_estimate``: the steered
             response's steering log-ratio (an estimate; None for sequential controllers).
-        result / baseline_result: the two `OptimizeResult`s (history, budget, state).
+        result / baseline_result: the two `OptimizeResult` values (history, budget, state).
     """
 
     prompt: Prompt

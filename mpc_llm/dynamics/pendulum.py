@@ -25,10 +25,12 @@ def angle_normalize(theta: Tensor) -> Tensor:
 
 @dataclass(frozen=True)
 class PendulumRollout(Rollout):
-    """Attributes:
-    states: ``(B, N, m + T + 1, 2)`` trajectories ``[theta, theta_dot]`` from the episode's initial
-        state (``m`` committed steps, then ``T`` simulated ones).
-    torques: ``(B, N, m + T, 1)`` the torques applied: ``controls`` clipped to ``±max_torque``.
+    """A pendulum rollout.
+
+    Attributes:
+        states: ``(B, N, m + T + 1, 2)`` trajectories ``[theta, theta_dot]`` from the episode's
+            initial state (``m`` committed steps, then ``T`` simulated ones).
+        torques: ``(B, N, m + T, 1)`` the torques applied: ``controls`` clipped to ``±max_torque``.
     """
 
     states: Tensor

@@ -24,9 +24,11 @@ from mpc_llm.core import CostFunction, Dynamics, Rollout
 
 @dataclass(frozen=True)
 class PointMassRollout(Rollout):
-    """Attributes:
-    states: ``(B, N, m + T + 1, 4)`` trajectories ``[x, y, vx, vy]`` from the episode's initial state
-        (``m`` committed steps, then ``T`` simulated ones; ``m = 0`` for a fresh system).
+    """A point-mass rollout.
+
+    Attributes:
+        states: ``(B, N, m + T + 1, 4)`` trajectories ``[x, y, vx, vy]`` from the episode's initial
+            state (``m`` committed steps, then ``T`` simulated ones; ``m = 0`` for a fresh system).
     """
 
     states: Tensor

@@ -1,12 +1,14 @@
 """A run folder that never loses finished work: settings, and records appended as they finish.
 
-run/
-  settings.json               what the run is (refuses a different run in the same folder)
-  records.jsonl               one JSON object per line, appended, flushed and fsynced as each job
-                              finishes (one process), or the merged records of every rank
-  records.rank-00003.jsonl    rank 3's records while a run on many processes is under way: each
-                              rank appends to its own shard; `RunStore.merge` folds the shards into
-                              ``records.jsonl`` in a canonical order and deletes them
+::
+
+    run/
+      settings.json               what the run is (refuses a different run in the same folder)
+      records.jsonl               one JSON object per line, appended, flushed and fsynced as each job
+                                  finishes (one process), or the merged records of every rank
+      records.rank-00003.jsonl    rank 3's records while a run on many processes is under way: each
+                                  rank appends to its own shard; `RunStore.merge` folds the shards into
+                                  ``records.jsonl`` in a canonical order and deletes them
 
 Every records file is read on resume, whatever the number of processes that wrote them, so a run
 started on two processes can be finished on one or three. A torn last line (a process killed
