@@ -15,6 +15,7 @@ Example (YAML):
       best_of_n: {name: best_of_n, num_samples: 16}
       aisp: {name: aisp, sigma: 0.5, lambda: 0.1, num_samples: 8, num_knots: 1}   # absolute units
     seed: 0
+    prompts: sharegpt:test            # for `mpc-llm compare`: a prompt file, bundled, sharegpt:dev, ...
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ from mpc_llm.controllers import CONTROLLERS, BestOfN, Controller, RecedingHorizo
 from mpc_llm.core import IterationRecord, OptimizeResult, read_mapping
 from mpc_llm.dynamics import LMDynamics
 from mpc_llm.evaluation.heldout import load_eval_rewards
+from mpc_llm.evaluation.sharegpt import parse_spec
 from mpc_llm.lm import DEFAULT_MODEL, LMConfig, Prompt
 from mpc_llm.lm.gguf import check_gguf_file
 from mpc_llm.lm.loading import parse_devices
@@ -145,6 +147,14 @@ class ExperimentConfig(BaseModel):
     controllers: dict[str, dict[str, Any]] = Field(default_factory=dict)
     eval_reward: list[str | dict[str, Any] | list[str | dict[str, Any]]] = Field(default_factory=list)
     seed: int = 0
+    #: For `mpc-llm compare`: a prompt file or a named set (``bundled``, ``sharegpt:dev``, ...).
+    prompts: str = "bundled"
+
+    @field_validator("prompts")
+    @classmethod
+    def _known_prompt_split(cls, value: str) -> str:
+        parse_spec(value)  # an unknown ShareGPT split is refused here, before anything loads
+        return value
 
     @field_validator("lm", mode="before")
     @classmethod
