@@ -89,6 +89,7 @@ def _sharegpt_files(root: Path) -> None:
     ]
     (root / "sharegpt_small.json").write_text(json.dumps(records))
     (root / "split.yaml").write_text("prompts: sharegpt:validation\n")
+    (root / "train.yaml").write_text("prompts: sharegpt:train\n")
     old = os.environ.get("MPC_LLM_CACHE")
     os.environ["MPC_LLM_CACHE"] = str(root / "cache")
     try:
@@ -337,6 +338,11 @@ CASES: dict[str, Case] = {
     "more sharegpt prompts than the split has": Case(
         [*COMPARE, "--model", NO_MODEL, "--prompts", "sharegpt:train", "--num-prompts", "50"],
         "fewer than the 50 asked; ask for at most",
+        env={"MPC_LLM_SHAREGPT": "{root}/sharegpt_small.json", "MPC_LLM_CACHE": "{root}/cache"},
+    ),
+    "more sharegpt prompts than the config file's split has": Case(
+        [*COMPARE, "--model", NO_MODEL, "--config", "{root}/train.yaml", "--num-prompts", "50"],
+        "sharegpt:train has",
         env={"MPC_LLM_SHAREGPT": "{root}/sharegpt_small.json", "MPC_LLM_CACHE": "{root}/cache"},
     ),
     "a sharegpt file with no complete record": Case(
