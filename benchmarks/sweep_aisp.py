@@ -17,6 +17,13 @@ the project's defaults (docs/results/defaults-sweep.md, outputs in docs/results/
     torchrun --nproc_per_node=2 benchmarks/sweep_aisp.py --out runs/sweep_rel --prompts 20 --seeds 0,1 \
         --budgets 16 --sigma-relatives 0.02,0.05,0.1,0.23 --ess-targets 0.1,0.3,0.6 \
         --eval-reward judge --batch 10
+
+On ShareGPT's dev split (`--prompt-source sharegpt:dev`, extra mpc_llm[data]; the first N prompts
+of the split's fixed order), the same grid re-checks the defaults on real requests (README):
+
+    torchrun --nproc_per_node=2 benchmarks/sweep_aisp.py --out runs/sweep_dev --prompt-source sharegpt:dev \
+        --prompts 100 --budgets 16 --sigma-relatives 0.02,0.05,0.1,0.23 --ess-targets 0.1,0.3,0.6 \
+        --eval-reward judge --batch 10
 """
 
 from __future__ import annotations
@@ -28,7 +35,7 @@ from mpc_llm.dynamics import LMDynamics
 from mpc_llm.evaluation.compare import compare
 from mpc_llm.evaluation.distributed import World, launch
 from mpc_llm.evaluation.heldout import load_eval_rewards
-from mpc_llm.evaluation.prompts import load_prompts
+from mpc_llm.evaluation.prompts import load_prompt_set
 from mpc_llm.evaluation.summary import markdown_table
 from mpc_llm.evaluation.sweep import aisp_grid, aisp_scale_free_grid
 from mpc_llm.rewards import reward_from_spec
@@ -41,7 +48,8 @@ def floats(text: str) -> list[float]:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", required=True)
-    p.add_argument("--prompts", type=int, default=8, help="first N bundled prompts")
+    p.add_argument("--prompts", type=int, default=8, help="the first N prompts of --prompt-source")
+    p.add_argument("--prompt-source", default="bundled", help="bundled, sharegpt:dev, a prompt file, ...")
     p.add_argument("--budget", type=int, default=32)
     p.add_argument("--samples", type=int, default=8, help="AISP samples per iteration")
     p.add_argument("--sigmas", type=floats, default=[0.5, 1.0, 2.0, 4.0])
@@ -71,6 +79,8 @@ def main() -> None:
     p.add_argument("--batch", type=int, default=None, help="prompts per batch (default: all; lower it to "
                    "share a sweep over more processes)")  # fmt: skip
     args = p.parse_args()
+    # a bad source fails here, before the model loads
+    args.prompt_set = load_prompt_set(args.prompt_source, limit=args.prompts)
     with launch() as world:  # alone: None, as before; under torchrun / srun: this process's rank
         sweep(args, world)
 
@@ -88,12 +98,13 @@ def sweep(args: argparse.Namespace, world: World | None) -> None:
     controllers.update(grid)
     budgets = args.budgets or [args.budget]
     rows = compare(
-        load_prompts("bundled", limit=args.prompts), controllers, lm.with_prompts,
+        args.prompt_set.prompts, controllers, lm.with_prompts,
         reward_from_spec(args.reward).as_cost(), budgets=budgets, seeds=args.seeds, out_dir=args.out,
         resume=True, prompts_per_batch=args.batch or args.prompts,
-        settings={"model": "SmolLM2", "reward": args.reward, "lm": lm.config.model_dump(mode="json")},
+        settings={"model": "SmolLM2", "reward": args.reward, "lm": lm.config.model_dump(mode="json"),
+                  **({} if args.prompt_source == "bundled" else {"prompts": args.prompt_source})},
         world=world, progress=world is None or world.is_main,
-        eval_rewards=load_eval_rewards(args.eval_reward),
+        eval_rewards=load_eval_rewards(args.eval_reward), origins=args.prompt_set.origins,
     )  # fmt: skip
     if world is None or world.is_main:
         print(markdown_table(rows))

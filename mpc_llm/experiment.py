@@ -15,6 +15,7 @@ Example (YAML)::
       best_of_n: {name: best_of_n, num_samples: 16}
       aisp: {name: aisp, sigma: 0.5, lambda: 0.1, num_samples: 8, num_knots: 1}   # absolute units
     seed: 0
+    prompts: sharegpt:test            # for `mpc-llm compare`: a prompt file, bundled, sharegpt:dev, ...
 """
 
 from __future__ import annotations
@@ -74,6 +75,7 @@ class ExperimentConfig(BaseModel):
     controllers: dict[str, dict[str, Any]] = Field(default_factory=dict)
     eval_reward: list[str | dict[str, Any] | list[str | dict[str, Any]]] = Field(default_factory=list)
     seed: int = 0
+    prompts: str = "bundled"  # for `mpc-llm compare`: a prompt file, bundled, sharegpt:dev, ...
 
     @field_validator("lm", mode="before")
     @classmethod

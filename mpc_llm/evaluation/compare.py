@@ -151,6 +151,7 @@ def compare(
     world: World | None = None,
     eval_rewards: Mapping[str, Reward] | None = None,
     closeness: bool = True,
+    origins: Sequence[Mapping[str, Any]] | None = None,
 ) -> list[dict[str, Any]]:
     """Run every controller on every prompt and seed; write records, ``summary.md`` and the plot.
 
@@ -178,6 +179,8 @@ def compare(
             never given to the controllers (records' ``eval``; `mpc_llm.evaluation.heldout`).
         closeness: score each returned response's closeness to the base model (one teacher-forced
             pass over the returned responses; `mpc_llm.evaluation.closeness`).
+        origins: where each prompt came from (`mpc_llm.evaluation.prompts.PromptSet.origins`, e.g.
+            ``prompt_source``, ``prompt_split``, ``prompt_id``), copied into each of its records.
 
     Returns:
         The summary rows (one per controller and budget), as written to ``summary.md`` (on every rank).
@@ -186,6 +189,8 @@ def compare(
         raise ValueError("compare needs at least one prompt")
     if not controllers:
         raise ValueError("compare needs at least one controller")
+    if origins is not None and len(origins) != len(prompts):
+        raise ValueError(f"{len(origins)} origins for {len(prompts)} prompts; give one per prompt")
     if baseline is not None and baseline not in controllers:
         warnings.warn(
             f"no controller is labelled {baseline!r}: the summary has no win rates", UserWarning, stacklevel=2
@@ -227,6 +232,9 @@ def compare(
             budget_unit, closeness,
         )  # fmt: skip
         score_held_out(records, {i: prompts[i] for i in job.indices}, eval_rewards or {})
+        if origins is not None:
+            for record in records:
+                record.update(origins[record["prompt_index"]])
         store.append(records)
 
     def finish() -> list[dict[str, Any]]:

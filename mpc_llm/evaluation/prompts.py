@@ -1,4 +1,7 @@
-"""Prompt sets: files (JSONL, CSV, plain text), the bundled set, HH-RLHF and SHP via `datasets`.
+"""Prompt sets: files (JSONL, CSV, plain text), the bundled set, ShareGPT's splits, HH-RLHF and SHP.
+
+- ``sharegpt:train`` / ``sharegpt:dev`` / ``sharegpt:test``: ShareGPT user requests
+  (`mpc_llm.evaluation.sharegpt`, extra ``mpc_llm[data]``);
 
 - ``.jsonl``: one object per line with ``"prompt"`` (a string) or ``"messages"`` (chat messages);
 - ``.csv``: a header row with a ``prompt`` column;
@@ -10,15 +13,20 @@ from __future__ import annotations
 import csv
 import io
 import json
+from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
+from typing import Any
 
+from mpc_llm.evaluation import sharegpt
 from mpc_llm.lm import Prompt, is_messages
 from mpc_llm.lm.prompts import check_prompt_text
 
 #: Name of the bundled prompt set (48 open-ended prompts whose tone can be steered).
 BUNDLED = "bundled"
 DATASETS = {"hh-rlhf": "Anthropic/hh-rlhf", "shp": "stanfordnlp/SHP"}
+#: The named sources, for messages.
+NAMED = [BUNDLED, *(f"{sharegpt.PREFIX}:{split}" for split in sharegpt.SPLITS), *DATASETS]
 
 
 class PromptFileError(ValueError):
@@ -92,40 +100,75 @@ def _parse_csv(path: Path) -> list[Prompt]:
     return prompts
 
 
+@dataclass(frozen=True)
+class PromptSet:
+    """Prompts and where each came from (``origins[i]``: ``prompt_source``, and for ShareGPT
+    ``prompt_split`` and ``prompt_id``), the fields a comparison's records carry."""
+
+    prompts: list[Prompt]
+    origins: list[dict[str, Any]]
+
+
 def load_prompts(source: str | Path, limit: int | None = None) -> list[Prompt]:
-    """Load prompts from a file, ``"bundled"``, or ``"hh-rlhf"`` / ``"shp"`` (local `datasets` cache).
+    """Load prompts from a file, ``"bundled"``, ``"sharegpt:<split>"``, or ``"hh-rlhf"`` / ``"shp"``
+    (local `datasets` cache). See `load_prompt_set` (which also says where each prompt came from).
 
     Raises:
         PromptFileError: the file is missing, a folder, unreadable, not UTF-8, empty or malformed (with
-            the line number).
+            the line number); a ShareGPT split that is unknown or holds fewer than ``limit`` prompts.
+        ImportError: the package a named source needs is not installed (the message says which).
+    """
+    return load_prompt_set(source, limit).prompts
+
+
+def load_prompt_set(source: str | Path, limit: int | None = None) -> PromptSet:
+    """The first ``limit`` prompts of ``source`` (all if None), each with its origin.
+
+    Example:
+        >>> load_prompt_set("bundled", limit=1).origins
+        [{'prompt_source': 'bundled'}]
     """
     name = str(source)
+    try:
+        split = sharegpt.parse_spec(name)
+        if split is not None:
+            chosen = sharegpt.sharegpt_prompts(split, limit)
+            origins = [
+                {"prompt_source": sharegpt.PREFIX, "prompt_split": split, "prompt_id": p.id} for p in chosen
+            ]
+            return PromptSet([p.text for p in chosen], origins)
+    except sharegpt.ShareGPTError as err:
+        raise PromptFileError(str(err)) from None
+    prompts = _load_other(source)
+    prompts = prompts[:limit] if limit is not None else prompts
+    return PromptSet(prompts, [{"prompt_source": name} for _ in prompts])
+
+
+def _load_other(source: str | Path) -> list[Prompt]:
+    name = str(source)
     if name == BUNDLED:
-        prompts: list[Prompt] = list(bundled_prompts())
-    elif name in DATASETS:
-        prompts = list(load_dataset_prompts(name))
+        return list(bundled_prompts())
+    if name in DATASETS:
+        return list(load_dataset_prompts(name))
+    path = Path(source).expanduser()
+    if path.is_dir():
+        raise PromptFileError(
+            f"{path} is a folder; give a prompt file (.jsonl, .csv or .txt) or one of {NAMED}"
+        )
+    if not path.is_file():
+        raise PromptFileError(
+            f"prompt file {path} does not exist; give a .jsonl, .csv or .txt file, or one of {NAMED}"
+        )
+    suffix = path.suffix.lower()
+    if suffix == ".jsonl":
+        prompts = _parse_jsonl(path)
+    elif suffix == ".csv":
+        prompts = _parse_csv(path)
     else:
-        path = Path(source).expanduser()
-        if path.is_dir():
-            raise PromptFileError(
-                f"{path} is a folder; give a prompt file (.jsonl, .csv or .txt) or one of "
-                f"{[BUNDLED, *DATASETS]}"
-            )
-        if not path.is_file():
-            raise PromptFileError(
-                f"prompt file {path} does not exist; give a .jsonl, .csv or .txt file, "
-                f"or one of {[BUNDLED, *DATASETS]}"
-            )
-        suffix = path.suffix.lower()
-        if suffix == ".jsonl":
-            prompts = _parse_jsonl(path)
-        elif suffix == ".csv":
-            prompts = _parse_csv(path)
-        else:
-            prompts = list(_parse_text(_read_text(path)))
-        if not prompts:
-            raise PromptFileError(f"{path} holds no prompts")
-    return prompts[:limit] if limit is not None else prompts
+        prompts = list(_parse_text(_read_text(path)))
+    if not prompts:
+        raise PromptFileError(f"{path} holds no prompts")
+    return prompts
 
 
 def load_dataset_prompts(name: str, split: str = "test") -> list[str]:
