@@ -37,6 +37,9 @@ TESTS: dict[str, list[str]] = {
     ],
     "evaluation/records.py": [
         "tests/test_properties_records.py",
+        # final_records (sequential peers) and invalid records (NaN rewards):
+        "tests/test_receding_horizon.py::test_compare_runs_sequential_peers_at_equal_budgets",
+        "tests/test_bad_input.py::test_records_hold_only_finite_numbers_or_null",
         "tests/test_compare.py::test_records_at_each_budget_are_the_best_of_the_first_samples",
         "tests/test_compare.py::test_seconds_are_prorated_within_a_partly_used_iteration",
     ],
