@@ -52,4 +52,5 @@ python_use_unqualified_type_names = True
 
 html_theme = "furo"
 html_title = f"mpc_llm {release}"
-html_static_path: list[str] = []
+html_static_path = ["_static"]
+html_css_files = ["wide.css"]  # a wider text column on wide windows (code lines fit)

@@ -1,6 +1,7 @@
 """The README's and the documentation's code runs.
 
-Every fenced code block with a language in README.md and docs/**/*.md is preceded by one of
+Every fenced code block with a language in README.md, CHANGELOG.md and docs/**/*.md is preceded by
+one of
 
 - ``<!-- test: NAME -->``: a ``python`` block is executed (each page's blocks in order, in one
   namespace); a ``yaml`` block is validated as an `ExperimentConfig`; a ``bash`` block's commands are
@@ -28,18 +29,19 @@ from mpc_llm import Controller
 
 ROOT = Path(__file__).resolve().parents[1]
 README = ROOT / "README.md"
+CHANGELOG = ROOT / "CHANGELOG.md"  # on the site through docs/changelog.md's include
 TAG = re.compile(r"<!-- (test|not run): (.+?) -->")
 NOT_CODE = {"", "text"}
 
 
 def pages() -> list[Path]:
-    """README.md and every page of the site (not the studies' generated summary.md files)."""
+    """README.md, CHANGELOG.md and every page of the site (not the studies' generated summary.md)."""
     docs = sorted(
         p
         for p in (ROOT / "docs").rglob("*.md")
         if "_build" not in p.parts and not (p.name == "summary.md" and "results" in p.parts)
     )
-    return [README, *docs]
+    return [README, CHANGELOG, *docs]
 
 
 @dataclass(frozen=True)

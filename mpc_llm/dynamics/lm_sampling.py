@@ -1,0 +1,16 @@
+"""Deprecated alias: in 0.2.0 these names moved to `mpc_llm.lm.sampling`.
+
+Using one warns (a `DeprecationWarning` naming its new import); the alias goes in 0.3.0.
+"""
+
+from mpc_llm._moved import moved as _moved
+from mpc_llm.lm import sampling as _sampling
+
+_alias, __all__ = _moved(
+    __name__,
+    {_sampling: ["StopStrings", "choose_tokens", "filter_logits", "sample_per_problem", "token_logprobs"]},
+)
+
+
+def __getattr__(name: str) -> object:
+    return _alias(name)
