@@ -801,3 +801,42 @@ def test_a_knots_setting_beyond_tau_is_refused_by_the_controller_config() -> Non
     with pytest.raises(ValueError, match="num_knots=5 exceeds tau=4"):
         AISP(tau=4, num_knots=5)
     assert AISP(tau=4, num_knots=4).config.num_knots == 4
+
+
+def test_no_record_spends_more_than_its_token_budget(
+    files: dict[str, str], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """At the smallest token budget each controller accepts (receding horizon's: 2 samples x (4 + 2)
+    tokens over its 2 plans), and one above it, no record spends more than its budget."""
+    argv = [
+        "compare", "--out", str(tmp_path / "run"), "--quiet", "--model", files["llama"], "--prompts",
+        f"{files['root']}/prompts.txt", "--reward", "length", "--max-new-tokens", "4", "--budget-unit",
+        "tokens", "--budgets", "12,13", "-n", "2", "--controllers",
+        "best_of_n,aisp,blockwise_best_of_n,args,receding_horizon", "--set", "horizon=4", "--set", "commit=2",
+        "--set", "block=2",
+    ]  # fmt: skip
+    assert main(argv) == 0, capsys.readouterr().err
+    records = [_strict(line) for line in (tmp_path / "run" / "records.jsonl").read_text().splitlines()]
+    assert {r["controller"] for r in records} == {"best_of_n", "aisp", "blockwise_best_of_n", "args",
+                                                 "receding_horizon"}  # fmt: skip
+    over = [(r["controller"], r["budget"], r["tokens"]) for r in records if r["tokens"] > r["budget"]]
+    assert not over, over
+    assert all(r["tokens"] >= 1 for r in records)
+
+
+def test_the_receding_horizon_token_share_keeps_every_later_plan_its_least() -> None:
+    """`_token_share` never hands a plan more samples than leaves each later plan its least samples
+    at their longest rollouts, however short the last plan's samples were."""
+    from types import SimpleNamespace
+
+    from mpc_llm.controllers import AISP, RecedingHorizon
+
+    mpc = RecedingHorizon(AISP(sigma=1.0, lambda_=1.0, num_samples=2), horizon=8, commit=4)
+    assert mpc._plan_lengths(16) == [16, 12, 8, 4] and mpc.least_tokens(16) == 2 * 40
+    system = SimpleNamespace(horizon=16)
+    # tokens per sample seen so far: 1 (an optimistic estimate would ask for 20 samples of up to 16)
+    n = mpc._token_share(system, max_tokens=80 + 32, spent=[(0, 1.0)])
+    assert n * 16 + 2 * (12 + 8 + 4) <= 80 + 32
+    with pytest.raises(ValueError, match="raise the smallest budget to 80"):
+        mpc.check_budget(16, 79, "tokens")
+    mpc.check_budget(16, 80, "tokens")
