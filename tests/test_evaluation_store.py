@@ -119,8 +119,8 @@ def test_a_file_as_the_run_folder_is_refused(tmp_path) -> None:
 def test_a_non_finite_number_in_records_names_file_and_line(tmp_path, name: str, constant: str) -> None:
     RunStore(tmp_path / "run", SETTINGS).append([{"a": 1}])
     (tmp_path / "run" / name).write_text(f'{{"a": 1}}\n{{"a": {constant}}}\n', encoding="utf-8")
-    with pytest.raises(RunFolderError, match=rf"{name}:2 holds {constant} .*delete that line and run again with "
-                       r"--resume"):  # fmt: skip
+    expected = rf"{name}:2 holds {constant} .*delete that line and run again with --resume"
+    with pytest.raises(RunFolderError, match=expected):
         RunStore.check(tmp_path / "run", SETTINGS, resume=True)
 
 
