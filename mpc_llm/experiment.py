@@ -20,7 +20,6 @@ Example (YAML)::
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -36,9 +35,9 @@ from mpc_llm.core import IterationRecord, OptimizeResult, read_mapping
 from mpc_llm.dynamics import LMDynamics
 from mpc_llm.evaluation.heldout import load_eval_rewards
 from mpc_llm.lm import DEFAULT_MODEL, LMConfig, Prompt
-from mpc_llm.lm.facts import ModelFacts, model_facts
+from mpc_llm.lm.facts import ModelFacts, check_scales, model_facts
 from mpc_llm.lm.gguf import check_gguf_file
-from mpc_llm.lm.loading import parse_devices, resolve_dtype
+from mpc_llm.lm.loading import parse_devices
 from mpc_llm.rewards import Reward, check_reward_spec, refuse_remote_code, reward_class_of, reward_from_spec
 from mpc_llm.rewards.registry import spec_items
 
@@ -65,63 +64,11 @@ def check_device(device: str) -> str:
     return device
 
 
-#: The flag of each controller setting whose scale a dtype bounds.
-_SCALES = {"sigma": "--sigma", "sigma_relative": "--sigma-relative"}
-
-
 def controller_specs(config: ExperimentConfig) -> dict[str, dict[str, Any]]:
     """Every controller spec of ``config`` by its field path (``controller``, ``controllers.LABEL``)."""
     specs = {"controller": dict(config.controller)}
     specs.update({f"controllers.{label}": dict(spec) for label, spec in config.controllers.items()})
     return specs
-
-
-#: How far below the dtype's largest number ``sigma * sqrt(d)`` (the norm of a control) must stay:
-#: room for the noise's tail and for the head's sum over ``d`` coordinates, so logits stay finite.
-SCALE_HEADROOM = 100.0
-
-
-def largest_sigma(dtype: torch.dtype | str | None, control_dim: int | None = None) -> float:
-    """The largest ``sigma`` (or ``sigma_relative``) the model's ``dtype`` allows: ``finfo.max /
-    (SCALE_HEADROOM * sqrt(d))`` (``d`` unknown: 1).
-
-    Example:
-        >>> f"{largest_sigma('float16', 4096):.3g}"
-        '10.2'
-    """
-    resolved = resolve_dtype(dtype)
-    kind = resolved if isinstance(resolved, torch.dtype) else torch.float32
-    return float(torch.finfo(kind).max) / (SCALE_HEADROOM * math.sqrt(control_dim or 1))
-
-
-def check_scales(
-    specs: Mapping[str, Mapping[str, Any]], dtype: torch.dtype | str | None, control_dim: int | None = None
-) -> None:
-    """Refuse a ``sigma`` or ``sigma_relative`` too large for the model's ``dtype``: a control of
-    ``control_dim`` coordinates (the pre-logit's ``d``) drawn with it, pushed through the head, would
-    not stay finite (`largest_sigma`), and the decode would fail deep inside the model. ``specs``:
-    controller specs by field path (`controller_specs`; a wrapper's ``inner`` is checked too).
-
-    Raises:
-        ValueError: naming the setting, its flag, the dtype and the largest value it allows.
-    """
-    resolved = resolve_dtype(dtype)
-    kind = resolved if isinstance(resolved, torch.dtype) else torch.float32
-    limit = largest_sigma(kind, control_dim)
-    for where, spec in specs.items():
-        inner = spec.get("inner")
-        if isinstance(inner, Mapping):
-            check_scales({f"{where}.inner": inner}, kind, control_dim)
-        for key, flag in _SCALES.items():
-            value = spec.get(key)
-            if isinstance(value, int | float) and not value <= limit:
-                over = f" over d={control_dim} coordinates" if control_dim else ""
-                raise ValueError(
-                    f"{where}.{key}={value:g} ({flag}) is too large for the model's dtype "
-                    f"{str(kind).removeprefix('torch.')}: controls drawn with it{over} would not stay finite "
-                    f"(at most {limit:.3g}); give a much smaller {key}"
-                    + (" (a fraction of the pre-logit RMS, e.g. 0.05)" if key == "sigma_relative" else "")
-                )
 
 
 def preflight(

@@ -18,7 +18,6 @@ mid-write) is dropped per file.
 from __future__ import annotations
 
 import json
-import math
 import os
 import re
 import warnings
@@ -27,48 +26,14 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from mpc_llm.evaluation.strict import finite, strict_json
+
+__all__ = ["RunFolderError", "RunStore", "append_records", "finite", "read_records", "shard_name",
+           "strict_json", "write_records"]  # fmt: skip
+
 
 class RunFolderError(ValueError):
     """The output folder holds something this run must not overwrite or cannot read."""
-
-
-def finite(value: Any) -> Any:
-    """``value`` with every NaN or infinite float (in nested dicts, lists and tuples) made None.
-
-    Example:
-        >>> finite({"reward": float("nan"), "kl": [0.5, float("inf")]})
-        {'reward': None, 'kl': [0.5, None]}
-    """
-    if isinstance(value, float):
-        return value if math.isfinite(value) else None
-    if isinstance(value, Mapping):
-        return {k: finite(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [finite(v) for v in value]
-    return value
-
-
-def strict_json(value: Any, **options: Any) -> str:
-    """``json.dumps`` (sorted keys) that refuses NaN and infinities, naming the offending fields.
-
-    Example:
-        >>> try:
-        ...     strict_json({"reward": float("nan"), "cost": 1.0})
-        ... except ValueError as err:
-        ...     print(str(err).split(":")[0])
-        refusing to write a non-finite number (NaN or infinity) in reward
-    """
-    try:
-        return json.dumps(value, sort_keys=True, allow_nan=False, **options)
-    except ValueError:
-        fields = [] if not isinstance(value, Mapping) else [
-            str(k) for k, v in value.items() if isinstance(v, float) and not math.isfinite(v)
-        ]  # fmt: skip
-        where = f" in {', '.join(sorted(fields))}" if fields else ""
-        raise ValueError(
-            f"refusing to write a non-finite number (NaN or infinity){where}: "
-            "records hold finite numbers or null"
-        ) from None
 
 
 def shard_name(rank: int) -> str:
@@ -84,8 +49,7 @@ def shard_name(rank: int) -> str:
 _SHARD = re.compile(r"records\.rank-\d{5,}\.jsonl")
 
 
-def _listed(names: Sequence[str]) -> str:
-    """The first three names, then ``...``."""
+def _listed(names: Sequence[str]) -> str:  # the first three, then ...
     return ", ".join(names[:3]) + (", ..." if len(names) > 3 else "")
 
 
@@ -218,7 +182,7 @@ class RunStore:
         self.records_path = self.folder / (self.RECORDS if shard is None else shard_name(shard))
         self._pending: str | None = None  # "new" or "replace": what the first append must do first
         if join:
-            self._check_settings(self._existing_settings(joining=True))
+            self._compare_settings(self.folder, self._existing_settings(joining=True), self.settings)
             self.records: list[dict[str, Any]] = []
             return
         state = self.check(self.folder, self.settings, resume=resume, overwrite=overwrite)
@@ -322,9 +286,6 @@ class RunStore:
             raise RunFolderError(
                 f"{settings_path} is not valid JSON; pass --overwrite to start anew"
             ) from err
-
-    def _check_settings(self, existing: Any) -> None:
-        self._compare_settings(self.folder, existing, self.settings)
 
     @staticmethod
     def _compare_settings(folder: Path, existing: Any, settings: Mapping[str, Any]) -> None:

@@ -11,8 +11,9 @@ hub is never asked here (the model load reports a model that cannot be found).
 
 from __future__ import annotations
 
+import math
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -134,3 +135,56 @@ def _load_dtype(asked: torch.dtype | str | None, default: torch.dtype | None, co
     except ValueError:
         value = None
     return value if isinstance(value, torch.dtype) else torch.float32
+
+
+#: The flag of each controller setting whose scale a dtype bounds.
+_SCALES = {"sigma": "--sigma", "sigma_relative": "--sigma-relative"}
+
+
+#: How far below the dtype's largest number ``sigma * sqrt(d)`` (the norm of a control) must stay:
+#: room for the noise's tail and for the head's sum over ``d`` coordinates, so logits stay finite.
+SCALE_HEADROOM = 100.0
+
+
+def largest_sigma(dtype: torch.dtype | str | None, control_dim: int | None = None) -> float:
+    """The largest ``sigma`` (or ``sigma_relative``) the model's ``dtype`` allows: ``finfo.max /
+    (SCALE_HEADROOM * sqrt(d))`` (``d`` unknown: 1).
+
+    Example:
+        >>> f"{largest_sigma('float16', 4096):.3g}"
+        '10.2'
+    """
+    resolved = resolve_dtype(dtype)
+    kind = resolved if isinstance(resolved, torch.dtype) else torch.float32
+    return float(torch.finfo(kind).max) / (SCALE_HEADROOM * math.sqrt(control_dim or 1))
+
+
+def check_scales(
+    specs: Mapping[str, Mapping[str, Any]], dtype: torch.dtype | str | None, control_dim: int | None = None
+) -> None:
+    """Refuse a ``sigma`` or ``sigma_relative`` too large for the model's ``dtype``: a control of
+    ``control_dim`` coordinates (the pre-logit's ``d``) drawn with it, pushed through the head, would
+    not stay finite (`largest_sigma`), and the decode would fail deep inside the model. ``specs``:
+    controller specs (mappings) by field path (`mpc_llm.experiment.controller_specs`; a wrapper's
+    ``inner`` is checked too).
+
+    Raises:
+        ValueError: naming the setting, its flag, the dtype and the largest value it allows.
+    """
+    resolved = resolve_dtype(dtype)
+    kind = resolved if isinstance(resolved, torch.dtype) else torch.float32
+    limit = largest_sigma(kind, control_dim)
+    for where, spec in specs.items():
+        inner = spec.get("inner")
+        if isinstance(inner, Mapping):
+            check_scales({f"{where}.inner": inner}, kind, control_dim)
+        for key, flag in _SCALES.items():
+            value = spec.get(key)
+            if isinstance(value, int | float) and not value <= limit:
+                over = f" over d={control_dim} coordinates" if control_dim else ""
+                raise ValueError(
+                    f"{where}.{key}={value:g} ({flag}) is too large for the model's dtype "
+                    f"{str(kind).removeprefix('torch.')}: controls drawn with it{over} would not stay finite "
+                    f"(at most {limit:.3g}); give a much smaller {key}"
+                    + (" (a fraction of the pre-logit RMS, e.g. 0.05)" if key == "sigma_relative" else "")
+                )
