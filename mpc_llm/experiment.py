@@ -23,6 +23,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import torch
@@ -34,9 +35,11 @@ from mpc_llm.core import IterationRecord, OptimizeResult, read_mapping
 from mpc_llm.dynamics import LMDynamics
 from mpc_llm.evaluation.heldout import load_eval_rewards
 from mpc_llm.lm import DEFAULT_MODEL, LMConfig, Prompt
+from mpc_llm.lm.facts import ModelFacts, check_scales, model_facts
 from mpc_llm.lm.gguf import check_gguf_file
 from mpc_llm.lm.loading import parse_devices
 from mpc_llm.rewards import Reward, check_reward_spec, refuse_remote_code, reward_class_of, reward_from_spec
+from mpc_llm.rewards.registry import spec_items
 
 #: The controller an experiment runs when none is given: AISP with its project preset (scale-free,
 #: chosen with `benchmarks/sweep_aisp.py` on the embedded default; README).
@@ -59,6 +62,65 @@ def check_device(device: str) -> str:
         if kind == "mps" and not torch.backends.mps.is_available():
             raise ValueError(f"device {device!r} requested but MPS is not available here; use --device cpu")
     return device
+
+
+def controller_specs(config: ExperimentConfig) -> dict[str, dict[str, Any]]:
+    """Every controller spec of ``config`` by its field path (``controller``, ``controllers.LABEL``)."""
+    specs = {"controller": dict(config.controller)}
+    specs.update({f"controllers.{label}": dict(spec) for label, spec in config.controllers.items()})
+    return specs
+
+
+def preflight(
+    config: ExperimentConfig,
+    prompts: Sequence[Prompt] = (),
+    specs: Mapping[str, Mapping[str, Any]] | None = None,
+) -> ModelFacts | None:
+    """The checks that need the model's config and tokenizer but not its weights, run before it
+    loads: the device, each sigma against the model's dtype (`check_scales`), each controller against
+    the vocabulary (`Planner.check_system`), each of ``prompts`` against the context length.
+
+    Args:
+        config: the run.
+        prompts: the prompts it will answer.
+        specs: the controller specs it runs, by the name messages give them (default: ``config``'s,
+            `controller_specs`).
+
+    Returns:
+        The facts read (None when they cannot be read without loading the model: its load checks).
+
+    Raises:
+        ValueError: naming the setting or prompt and what to change.
+    """
+    check_device(config.device)
+    specs = controller_specs(config) if specs is None else specs
+    facts = model_facts(config.model, config.dtype)
+    if facts is None:
+        check_scales(specs, config.dtype)
+        return None
+    check_scales(specs, facts.dtype, facts.control_dim)
+    check_systems(specs, facts)
+    if prompts:
+        facts.check_prompts(prompts, config.lm.max_new_tokens, config.lm.chat_template)
+    return facts
+
+
+def check_systems(specs: Mapping[str, Mapping[str, Any]], system: Any) -> None:
+    """Every controller's `Planner.check_system` against ``system`` (facts or dynamics), the error
+    naming the controller's field path."""
+    for where, spec in specs.items():
+        try:
+            build(spec).check_system(system)
+        except ValueError as err:
+            raise ValueError(f"{where}: {err}") from None
+
+
+def _terms(spec: Any) -> list[tuple[str, dict[str, Any]]]:
+    """A reward spec's terms, each ``(name, settings)`` without its weight (for comparisons)."""
+    try:
+        return [(name, {k: v for k, v in o.items() if k != "weight"}) for name, o in spec_items(spec)]
+    except ValueError:
+        return []
 
 
 class ExperimentConfig(BaseModel):
@@ -138,6 +200,20 @@ class ExperimentConfig(BaseModel):
             except ValueError as err:
                 raise ValueError(f"eval reward {spec!r}: {err}") from None
         return value
+
+    @model_validator(mode="after")
+    def _held_out_is_not_optimised(self) -> Self:
+        """A held-out reward the controllers optimise (the reward itself or one of its terms) holds
+        nothing out: refused, naming both."""
+        optimised = _terms(self.reward)
+        for spec in self.eval_reward:
+            terms = _terms(spec)
+            if terms and all(t in optimised for t in terms):
+                raise ValueError(
+                    f"eval_reward {spec!r} is the reward being optimised (reward {self.reward!r}), so it "
+                    "holds nothing out; drop it from --eval-reward or choose one the controllers never see"
+                )
+        return self
 
     @model_validator(mode="after")
     def _controllers_fit_the_run(self) -> Self:
@@ -268,11 +344,16 @@ class Experiment:
     def __init__(self, config: ExperimentConfig) -> None:
         self.config = config
         check_device(config.device)
+        check_scales(controller_specs(config), config.dtype)
         self.controller = build(config.controller)  # its checks ran when the config was validated
         self.reward: Reward = reward_from_spec(config.reward)
         #: held-out rewards, label -> reward: scored on returned responses, never optimised
         self.eval_rewards: dict[str, Reward] = load_eval_rewards(config.eval_reward)
         self.lm = LMDynamics(config.model, device=config.device, dtype=config.dtype, config=config.lm)
+        # what the preflight read from the config, now from the model itself (a Python caller may
+        # have skipped the preflight)
+        check_scales(controller_specs(config), self.lm.dtype, self.lm.control_dim)
+        check_systems(controller_specs(config), SimpleNamespace(vocab_size=self.lm.engine.vocab_size))
 
     def dynamics(self, prompts: Sequence[Prompt]) -> LMDynamics:
         """The model bound to ``prompts`` (shares the loaded weights)."""

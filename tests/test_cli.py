@@ -108,7 +108,7 @@ def test_compare_end_to_end(llama_dir: str, tmp_path, capsys) -> None:
     records = (tmp_path / "run" / "records.jsonl").read_text().splitlines()
     assert len(records) == 3 * 2 * 2
     assert main(args) == 2  # the folder holds this run: refuse without --resume
-    assert "pass resume" in capsys.readouterr().err
+    assert "again with --resume" in capsys.readouterr().err
     assert main([*args, "--resume"]) == 0
 
 

@@ -25,16 +25,19 @@ def test_align_prints_the_steered_response_beside_best_of_n_at_the_same_budget(l
 
         experiment_config(build_parser().parse_args(argv))
     argv[argv.index("keyword")] = "vader,length"
+    assert main(argv) == 2  # length is the optimised reward: it holds nothing out (issue 23)
+    assert "eval_reward 'length' is the reward being optimised" in capsys.readouterr().err
+    argv[argv.index("vader,length")] = "vader"
     assert main(argv) == 0
     lines = capsys.readouterr().out.splitlines()  # (a tiny random model's responses hold newlines)
     steered = next(x for x in lines if x.startswith("steered   (reward "))
     best_of = next(x for x in lines if x.startswith("best-of-8 (reward "))
-    assert "held-out vader " in steered and "held-out length " in best_of
+    assert "held-out vader " in steered and "held-out vader " in best_of
     assert "base log-lik " in steered and "/token" in best_of
     assert any(x.startswith("8 samples scored in 2 iterations by each") for x in lines)
     assert main([*argv, "--json"]) == 0
     out = json.loads(capsys.readouterr().out)
-    assert set(out["held_out"]) == set(out["baseline_held_out"]) == {"vader", "length"}
+    assert set(out["held_out"]) == set(out["baseline_held_out"]) == {"vader"}
     assert out["baseline"] == "best_of_n (8 samples)" and out["base_logp_mean"] < 0
     assert out["controller"]["ess_target"] == 0.5 and "lambda" not in out["controller"]
     assert out["controller"]["sigma_relative"] == 0.3 and "sigma" not in out["controller"]
@@ -62,7 +65,7 @@ def test_compare_records_the_held_out_reward_and_closeness(llama_dir, tmp_path, 
         (["--ess-target", "0.5", "--lambda", "0.1"], "give either lambda"),
         (["--sigma-relative", "0.1", "--sigma", "0.5"], "give either sigma"),
         (["--eval-reward", "nope"], "eval reward 'nope'"),
-        (["--eval-reward", "/nonexistent/rm"], "--reward /nonexistent/rm: no such folder"),
+        (["--eval-reward", "/nonexistent/rm"], "--eval-reward /nonexistent/rm: no such folder"),
     ],
 )
 def test_bad_protocol_input_is_one_clear_error_line(capsys, extra: list[str], message: str) -> None:

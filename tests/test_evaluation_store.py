@@ -54,10 +54,10 @@ def test_done_needs_every_record_of_a_key_and_discard_removes_partial_ones(tmp_p
 
 
 def test_a_folder_with_another_run_is_refused(tmp_path) -> None:
-    RunStore(tmp_path / "run", SETTINGS)
+    RunStore(tmp_path / "run", SETTINGS).append([{"prompt": 0}])
     with pytest.raises(RunFolderError, match="differs in: budgets"):
         RunStore(tmp_path / "run", {**SETTINGS, "budgets": [4]}, resume=True)
-    with pytest.raises(RunFolderError, match="pass resume"):
+    with pytest.raises(RunFolderError, match="again with --resume to continue it or --overwrite"):
         RunStore(tmp_path / "run", SETTINGS)
     fresh = RunStore(tmp_path / "run", {**SETTINGS, "budgets": [4]}, overwrite=True)
     assert fresh.records == []
@@ -67,6 +67,61 @@ def test_a_non_empty_folder_without_a_run_is_refused(tmp_path) -> None:
     (tmp_path / "notes.txt").write_text("mine")
     with pytest.raises(RunFolderError, match="not empty"):
         RunStore(tmp_path, SETTINGS)
+
+
+def test_settings_without_records_are_no_run_to_protect(tmp_path) -> None:
+    """A run that failed before its first record left settings.json: the corrected run replaces it."""
+    RunStore(tmp_path / "run", SETTINGS)
+    fresh = RunStore(tmp_path / "run", {**SETTINGS, "budgets": [4]})
+    assert fresh.records == [] and fresh._existing_settings()["budgets"] == [4]
+
+
+def test_a_lazy_store_writes_nothing_before_its_first_records(tmp_path) -> None:
+    store = RunStore(tmp_path / "run", SETTINGS, lazy=True)
+    assert not (tmp_path / "run").exists()
+    with pytest.raises(ValueError, match="non-finite"):
+        store.append([{"reward": float("nan")}])
+    assert not (tmp_path / "run").exists()
+    store.append([{"prompt": 0}])
+    assert sorted(p.name for p in (tmp_path / "run").iterdir()) == ["records.jsonl", "settings.json"]
+
+
+def test_overwrite_is_lazy_too_and_deletes_only_a_runs_files(tmp_path) -> None:
+    run = tmp_path / "run"
+    RunStore(run, SETTINGS).append([{"prompt": 0}])
+    (run / "summary.md").write_text("old")
+    store = RunStore(run, {**SETTINGS, "budgets": [4]}, overwrite=True, lazy=True)
+    assert (run / "summary.md").exists() and (run / "records.jsonl").read_text()  # nothing deleted yet
+    store.append([{"prompt": 1}])
+    assert sorted(p.name for p in run.iterdir()) == ["records.jsonl", "settings.json"]
+    assert RunStore(run, {**SETTINGS, "budgets": [4]}, resume=True).records == [{"prompt": 1}]
+
+
+def test_overwrite_refuses_a_folder_with_a_foreign_file_before_deleting_anything(tmp_path) -> None:
+    run = tmp_path / "run"
+    RunStore(run, SETTINGS).append([{"prompt": 0}])
+    (run / "my_notes.txt").write_text("mine")
+    before = {p.name: p.read_bytes() for p in run.iterdir()}
+    for lazy in (False, True):
+        with pytest.raises(RunFolderError, match=r"holds files that no run writes \(my_notes.txt\)"):
+            RunStore(run, {**SETTINGS, "budgets": [4]}, overwrite=True, lazy=lazy)
+    assert {p.name: p.read_bytes() for p in run.iterdir()} == before
+
+
+def test_a_file_as_the_run_folder_is_refused(tmp_path) -> None:
+    (tmp_path / "afile.txt").write_text("x")
+    with pytest.raises(RunFolderError, match="is a file, not a folder"):
+        RunStore(tmp_path / "afile.txt", SETTINGS)
+
+
+@pytest.mark.parametrize("constant", ["NaN", "Infinity", "-Infinity"])
+@pytest.mark.parametrize("name", ["records.jsonl", "records.rank-00001.jsonl"])
+def test_a_non_finite_number_in_records_names_file_and_line(tmp_path, name: str, constant: str) -> None:
+    RunStore(tmp_path / "run", SETTINGS).append([{"a": 1}])
+    (tmp_path / "run" / name).write_text(f'{{"a": 1}}\n{{"a": {constant}}}\n', encoding="utf-8")
+    expected = rf"{name}:2 holds {constant} .*delete that line and run again with --resume"
+    with pytest.raises(RunFolderError, match=expected):
+        RunStore.check(tmp_path / "run", SETTINGS, resume=True)
 
 
 def test_corruption_before_the_last_line_is_an_error(tmp_path) -> None:

@@ -16,13 +16,14 @@ def cmd_align(args: argparse.Namespace) -> int:
     from tqdm.auto import tqdm
 
     from mpc_llm.evaluation.store import finite
-    from mpc_llm.experiment import Experiment
+    from mpc_llm.experiment import Experiment, preflight
     from mpc_llm.lm.prompts import check_prompt_text
 
     if not args.prompt.strip():
         raise CLIError("the prompt is empty; give the text to respond to")
     check_prompt_text(args.prompt, where="the prompt")  # bytes that are not UTF-8, from the shell
     config = experiment_config(args, args.controller)
+    preflight(config, [args.prompt])  # what the config and tokenizer can tell, before the weights load
     experiment = Experiment(config)
     controller = experiment.controller
     bar = tqdm(

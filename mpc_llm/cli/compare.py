@@ -26,12 +26,21 @@ def _file_device(args: argparse.Namespace) -> str | None:
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
+    """Check everything that can be checked without the model's weights (flags, settings, budgets,
+    prompts, the run folder, the model's config and tokenizer), then load it and compare."""
     from mpc_llm.controllers import build
     from mpc_llm.evaluation import distributed
-    from mpc_llm.evaluation.compare import check_budgets, compare
+    from mpc_llm.evaluation.compare import (
+        check_budgets,
+        check_run_folder,
+        check_seeds,
+        compare,
+        comparison_settings,
+    )
+    from mpc_llm.evaluation.heldout import eval_labels
     from mpc_llm.evaluation.prompts import load_prompt_set
     from mpc_llm.evaluation.summary import markdown_table
-    from mpc_llm.experiment import Experiment
+    from mpc_llm.experiment import Experiment, preflight
 
     place = distributed.place_from_env()  # None: this process runs alone, as it always did
     if place is None and args.gpus_per_rank is not None:
@@ -39,18 +48,22 @@ def cmd_compare(args: argparse.Namespace) -> int:
             "--gpus-per-rank is for the ranks of a launched run (torchrun, accelerate launch, srun); "
             "to spread one process's model over GPUs pass --device cuda:0,cuda:1"
         )
+    if args.resume and args.overwrite:
+        raise CLIError("--resume continues the run in --out and --overwrite replaces it; give one of them")
+    check_seeds(args.seeds)
     gpus = distributed.owned_gpus(place, distributed.gpus_per_rank(args.gpus_per_rank))
     requested = args.device or _file_device(args)
     if place is not None or (requested or "").startswith(distributed.LOCAL_PREFIX):
         args.device = distributed.rank_device(requested, gpus)
-    config = experiment_config(args, strict=False)
+    names = [n.strip() for n in (args.controllers or "aisp,best_of_n").split(",") if n.strip()]
+    if not names:
+        raise CLIError("--controllers needs at least one name")
+    # the flags' errors name the first controller asked for (not a default one the run does not use)
+    config = experiment_config(args, names[0] if args.controllers else None, strict=False)
     specs: dict[str, Any]
     if args.controllers is None and config.controllers:
         specs = dict(config.controllers)
     else:
-        names = [n.strip() for n in (args.controllers or "aisp,best_of_n").split(",") if n.strip()]
-        if not names:
-            raise CLIError("--controllers needs at least one name")
         specs = {name: config.controllers.get(name, name) for name in names}  # labels from the file first
     resolved = {
         label: experiment_config(args, spec, strict=False).controller for label, spec in specs.items()
@@ -65,6 +78,23 @@ def cmd_compare(args: argparse.Namespace) -> int:
     check_budgets(controllers, args.budgets, args.budget_unit, config.lm.max_new_tokens)
     source = args.prompts if args.prompts is not None else config.prompts
     prompt_set = load_prompt_set(source, limit=args.num_prompts)
+    settings = {
+        "model": config.model,
+        "lm": config.lm.model_dump(mode="json"),
+        "reward": config.reward,
+        "eval_reward": config.eval_reward,
+        "prompts": str(source),
+        "dtype": config.dtype,
+    }
+    if place is None:  # the run folder, before the model loads (many ranks: rank 0 checks it, later)
+        check_run_folder(
+            args.out,
+            comparison_settings(prompt_set.prompts, controllers, args.budgets, args.seeds, settings,
+                                eval_labels(config.eval_reward), args.budget_unit),
+            resume=args.resume,
+            overwrite=args.overwrite,
+        )  # fmt: skip
+    preflight(config, prompt_set.prompts, {f"controllers.{label}": spec for label, spec in resolved.items()})
     with distributed.launch(place, config.device) as world:
         # settings record the reward spec as given (device: local:J), the same on every rank
         experiment = Experiment(
@@ -82,14 +112,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
             resume=args.resume,
             overwrite=args.overwrite,
             prompts_per_batch=args.prompts_per_batch,
-            settings={
-                "model": config.model,
-                "lm": config.lm.model_dump(mode="json"),
-                "reward": config.reward,
-                "eval_reward": config.eval_reward,
-                "prompts": str(source),
-                "dtype": config.dtype,
-            },
+            settings=settings,
             progress=not args.quiet,
             world=world,
             eval_rewards=experiment.eval_rewards,

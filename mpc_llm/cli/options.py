@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
+from mpc_llm.cli.errors import CLIError
+
 
 def controller_fields(name: str) -> set[str]:
     """The settings (names and aliases) controller ``name`` accepts (`mpc_llm.controllers.settings_of`)."""
@@ -33,6 +35,18 @@ def _controller_overrides(args: argparse.Namespace, name: str, strict: bool) -> 
     return out
 
 
+def _with_output_index(spec: Any, index: int) -> Any:
+    """``spec`` (one reward model, ``name: hf``) with ``output_index``; refused for anything else, which
+    has one output."""
+    if isinstance(spec, dict) and spec.get("name") == "hf":
+        return {**spec, "output_index": index}
+    shown = spec.get("name", spec) if isinstance(spec, dict) else spec
+    raise CLIError(
+        f"--reward-index {index}: the reward {shown!r} has one output; --reward-index picks an output of a "
+        "reward model with several (--reward FOLDER or a hub id): drop it or pass such a model"
+    )
+
+
 def experiment_config(
     args: argparse.Namespace, controller: str | dict[str, Any] | None = None, strict: bool = True
 ) -> Any:
@@ -57,9 +71,17 @@ def experiment_config(
     data["lm"] = {**data.get("lm", {}), **{k: v for k, v in lm.items() if v is not None}}
     if args.reward is not None:  # a path that does not exist is refused here, without asking a hub
         data["reward"] = spec_from_flag(args.reward, args.reward_index)
+    if args.reward_index is not None:
+        data["reward"] = _with_output_index(data.get("reward", "vader"), args.reward_index)
     if getattr(args, "eval_reward", None):  # repeated or comma lists, each a name or a model's path
-        specs = [x.strip() for flag in args.eval_reward for x in flag.split(",") if x.strip()]
-        data["eval_reward"] = [spec_from_flag(x) for x in specs]
+        specs = [x.strip() for flag in args.eval_reward for x in flag.split(",")]
+        if "" in specs:
+            given = next(flag for flag in args.eval_reward if "" in [x.strip() for x in flag.split(",")])
+            raise CLIError(
+                f"--eval-reward {given!r} holds an empty name; give reward names or reward models' folders, "
+                "e.g. --eval-reward judge or --eval-reward judge,length"
+            )
+        data["eval_reward"] = [spec_from_flag(x, flag="--eval-reward") for x in specs]
     if trust and "reward" in data:
         data["reward"] = allow_remote_code(data["reward"])
     base = dict(data.get("controller", {}))

@@ -5,7 +5,27 @@ from __future__ import annotations
 import argparse
 import json
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a usage error is one ``mpc-llm: error: ...`` line (exit 2) like every other
+    error of the command: it names the flag and where the flags are listed, without the usage block."""
+
+    def error(self, message: str) -> NoReturn:
+        from mpc_llm.cli.errors import CLIError
+
+        raise CLIError(f"{message} (`{self.prog} --help` lists the flags)")
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
 
 
 def _int_list(text: str) -> list[int]:
@@ -89,10 +109,10 @@ def _add_shared(parser: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="mpc-llm", description="Test-time alignment of LLMs as sampling-based optimal control."
     )
-    sub = parser.add_subparsers(dest="command", required=True)
+    sub = parser.add_subparsers(dest="command", required=True, metavar="{align,compare,info}")
 
     align = sub.add_parser("align", help="steer one response toward the reward")
     align.add_argument("prompt", help="the prompt to respond to")
@@ -115,7 +135,7 @@ def build_parser() -> argparse.ArgumentParser:
         help=".jsonl/.csv/.txt file, bundled, sharegpt:train|dev|test (extra mpc_llm[data]), hh-rlhf, shp "
         "(default: the config file's `prompts`, else bundled)",
     )
-    compare.add_argument("--num-prompts", type=int, help="use the first N prompts")
+    compare.add_argument("--num-prompts", type=_positive_int, help="use the first N prompts")
     compare.add_argument(
         "--controllers",
         help="comma-separated names, each with its defaults plus the shared flags (default: the config "
@@ -129,9 +149,11 @@ def build_parser() -> argparse.ArgumentParser:
         dest="budget_unit",
         help="budgets count scored responses (default) or generated tokens per prompt",
     )
-    compare.add_argument("--seeds", type=_int_list, default=[0])
+    compare.add_argument("--seeds", type=_int_list, default=[0], help="distinct run seeds, e.g. 0,1,2")
     compare.add_argument("-n", "--num-samples", type=int, dest="num_samples", help="samples per iteration")
-    compare.add_argument("--prompts-per-batch", type=int, default=8)
+    compare.add_argument(
+        "--prompts-per-batch", type=_positive_int, default=8, help="prompts optimised together (default 8)"
+    )
     compare.add_argument("--out", type=Path, required=True, help="run folder")
     compare.add_argument("--resume", action="store_true", help="continue an interrupted run")
     compare.add_argument("--overwrite", action="store_true", help="replace the run in --out")

@@ -61,9 +61,27 @@ class ARGS(SequentialController[ARGSConfig, None]):
         return min(k, self.config.num_candidates)
 
     def check_budget(self, episode: int | None, budget: int, unit: BudgetUnit = "samples") -> None:
-        """Raise a `ValueError` if a sample budget is less than one candidate per token."""
-        if unit == "samples" and episode is not None:
+        """Raise a `ValueError` if a sample budget is less than one candidate per token, or a token
+        budget less than one response (ARGS generates one token per step, ``episode`` at most)."""
+        if episode is None:
+            return
+        if unit == "samples":
             self.candidates_per_step(episode, budget)
+        elif budget < episode:
+            raise ValueError(
+                f"ARGS generates one token per step and a response may take {episode} (max_new_tokens): "
+                f"a budget of {budget} tokens could be overspent; raise the smallest budget to {episode} "
+                "or lower max_new_tokens"
+            )
+
+    def check_system(self, system: Any) -> None:
+        """Refuse more candidates per token than the model's vocabulary (``system.vocab_size``)."""
+        vocab = getattr(system, "vocab_size", None)
+        if vocab is not None and self.config.num_candidates > vocab:
+            raise ValueError(
+                f"num_candidates={self.config.num_candidates} exceeds the model's vocabulary of {vocab} "
+                f"tokens (ARGS rescores at most every next token); lower num_candidates to at most {vocab}"
+            )
 
     def check(self, episode: int, cost: Any = None, *, episode_name: str = "the episode length") -> None:
         """Refuse a cost that cannot score partial text (before any model work)."""

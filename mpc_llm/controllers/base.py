@@ -158,12 +158,20 @@ class Controller(Planner[C], Generic[C, S]):
 
     def check_budget(self, episode: int | None, budget: int, unit: BudgetUnit = "samples") -> None:
         """A sample budget of an adaptive controller must be at least one iteration (``num_samples``):
-        its answer at budget ``k`` is the state of one run after ``k`` samples."""
+        its answer at budget ``k`` is the state of one run after ``k`` samples. A token budget must
+        hold one whole sample (``episode`` tokens at most): its answer is the best of the samples
+        whose tokens fit, and no record may spend more than its budget."""
         per_iteration = self.config.num_samples
         if unit == "samples" and self.adaptive and budget < per_iteration:
             raise ValueError(
                 f"budget {budget} is smaller than one iteration ({per_iteration} samples); lower its "
                 "num_samples or raise the smallest budget"
+            )
+        if unit == "tokens" and episode is not None and budget < episode:
+            raise ValueError(
+                f"a budget of {budget} tokens is smaller than one response, which may take {episode} tokens "
+                f"(max_new_tokens): its first response could overspend it; raise the smallest budget to "
+                f"{episode} or lower max_new_tokens"
             )
 
     # ----------------------------------------------------------------- helpers

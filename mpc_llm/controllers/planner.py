@@ -74,6 +74,15 @@ class Planner(ABC, Generic[C]):
             ValueError: the budget and the least this controller needs.
         """
 
+    def check_system(self, system: Any) -> None:
+        """Refuse settings the system cannot run, before any model work: ``system`` is the dynamics
+        or what is known of it before its weights load (any object; a controller reads the
+        attributes it needs, e.g. ``vocab_size``, and skips a check whose attribute is missing).
+
+        Raises:
+            ValueError: the setting, the system's limit and what to change.
+        """
+
     @abstractmethod
     def optimize(
         self,

@@ -155,11 +155,52 @@ class RecedingHorizon(SequentialController[RecedingHorizonConfig, Plan]):
             )
         if self.loop.score == "horizon":
             require_partial(cost, "score='horizon' scores partial trajectories", "use score='to_end'")
+        try:  # the inner controller's own limits (tau, num_knots), never capped in silence
+            self.inner.check(episode, cost, episode_name=episode_name)
+        except ValueError as err:
+            raise ValueError(f"inner.{err}") from None
+
+    def check_system(self, system: Any) -> None:
+        """The inner controller's checks against the system (`Planner.check_system`)."""
+        try:
+            self.inner.check_system(system)
+        except ValueError as err:
+            raise ValueError(f"inner.{err}") from None
 
     def check_budget(self, episode: int | None, budget: int, unit: BudgetUnit = "samples") -> None:
-        """Raise a `ValueError` if a sample budget cannot give every planning step its minimum."""
-        if unit == "samples" and episode is not None:
+        """Raise a `ValueError` if a budget cannot give every planning step its minimum: in samples,
+        one sample (one iteration of an adaptive inner controller) per plan; in tokens, as many
+        samples as long as each plan's rollouts may run (`least_tokens`), so no run overspends."""
+        if episode is None:
+            return
+        if unit == "samples":
             self.per_step_budget(episode, budget)
+        elif budget < (least := self.least_tokens(episode)):
+            lengths = self._plan_lengths(episode)
+            raise ValueError(
+                f"a budget of {budget} tokens is smaller than one planning step's minimum at every plan: "
+                f"{len(lengths)} plans (commit={self.loop.steps_committed} of {episode} steps) whose "
+                f"{self._least_samples()} sample(s) may each run {', '.join(map(str, lengths))} tokens need "
+                f"{least}; raise the smallest budget to {least} or commit more steps per plan"
+            )
+
+    def least_tokens(self, episode: int) -> int:
+        """The fewest tokens per problem an ``episode``-step run can be sure to keep: at every plan, its
+        least samples rolled out as long as they may run."""
+        return self._least_samples() * sum(self._plan_lengths(episode))
+
+    def _least_samples(self) -> int:
+        """Samples a plan needs at least: one iteration of an adaptive inner controller, else one."""
+        return self.inner.config.num_samples if self.inner.adaptive else 1
+
+    def _plan_lengths(self, remaining: int) -> list[int]:
+        """The most tokens (steps) one candidate rollout of each plan left may run, from ``remaining``
+        steps left: the rest of the episode (``score="to_end"``) or the planning horizon."""
+        lengths = []
+        while remaining > 0:
+            lengths.append(remaining if self.loop.score == "to_end" else min(self.loop.horizon, remaining))
+            remaining -= self.loop.steps_committed
+        return lengths
 
     def per_step_budget(self, episode: int, max_samples: int | None) -> int:
         """Samples per planning step: ``samples_per_step``, or a total budget split over the most
@@ -193,6 +234,8 @@ class RecedingHorizon(SequentialController[RecedingHorizonConfig, Plan]):
         state: PlannerState | None,
     ) -> tuple[list[int], Plan]:
         """One row per problem; the first plan starts from ``state`` (an inner state) if given."""
+        if max_tokens is not None:
+            self.check_budget(dynamics.horizon, max_tokens, "tokens")
         per_step = None if max_tokens is not None else self.per_step_budget(dynamics.horizon, max_samples)
         longest = float(self._rollout_steps(dynamics))
         return list(range(dynamics.batch_size)), Plan(
@@ -242,13 +285,18 @@ class RecedingHorizon(SequentialController[RecedingHorizonConfig, Plan]):
         return min(self.loop.horizon, system.horizon) if self.loop.score == "horizon" else system.horizon
 
     def _token_share(self, system: Dynamics, max_tokens: int, spent: list[tuple[int, float]]) -> int:
-        """Samples for this planning step under a token budget: each problem's even share of its
-        tokens left over the planning steps left, divided by its tokens per sample (``spent``:
-        ``(tokens spent, tokens per sample)`` of each active problem); at least one sample (one
-        iteration for an adaptive inner controller)."""
-        steps_left = math.ceil(system.horizon / self.loop.steps_committed)
-        allowed = min((max_tokens - used) / steps_left / per for used, per in spent)
-        least = self.inner.config.num_samples if self.inner.adaptive else 1
+        """Samples for this planning step under a token budget (``spent``: ``(tokens spent, tokens per
+        sample)`` of each active problem): each problem's even share of its tokens left over the
+        planning steps left, divided by its tokens per sample, but never more than leaves every later
+        plan its least samples at their longest rollouts (`least_tokens`), so a run never overspends;
+        at least one sample (one iteration for an adaptive inner controller)."""
+        lengths = self._plan_lengths(system.horizon)
+        least = self._least_samples()
+        reserve = least * sum(lengths[1:])
+        allowed = min(
+            min((max_tokens - used) / len(lengths) / per, (max_tokens - used - reserve) // lengths[0])
+            for used, per in spent
+        )
         return max(least, int(allowed))
 
     def _tau(self, H: int) -> int:

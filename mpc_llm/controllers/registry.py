@@ -128,7 +128,7 @@ def build(spec: Mapping[str, Any] | str) -> Planner:
     cls = controller_class(name)
     if cls.wraps is None:
         return cls(options)
-    inner = build(options.pop("inner", DEFAULT_NAME))
+    inner = _build_inner(options.pop("inner", DEFAULT_NAME))
     if not isinstance(inner, cls.wraps):
         kinds = sorted(n for n, c in CONTROLLERS.items() if issubclass(c, cls.wraps))
         raise ValueError(
@@ -136,6 +136,19 @@ def build(spec: Mapping[str, Any] | str) -> Planner:
             f"got {type(inner).__name__}"
         )
     return cls(inner, options)  # type: ignore[call-arg]
+
+
+def _build_inner(spec: Any) -> Planner:
+    """`build` for a wrapper's ``inner`` spec, its errors' field paths starting with ``inner``."""
+    from pydantic import ValidationError
+
+    try:
+        return build(spec)
+    except ValidationError as err:
+        details = [{**e, "loc": ("inner", *e["loc"])} for e in err.errors()]
+        raise ValidationError.from_exception_data(err.title, details) from None  # type: ignore[arg-type]
+    except ValueError as err:
+        raise ValueError(f"inner: {err}") from None
 
 
 for _name, _cls in {

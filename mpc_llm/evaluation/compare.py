@@ -132,6 +132,42 @@ def run_settings(
     }
 
 
+def comparison_settings(
+    prompts: Sequence[Prompt],
+    controllers: Mapping[str, Planner],
+    budgets: Sequence[int],
+    seeds: Sequence[int],
+    settings: Mapping[str, Any] | None = None,
+    eval_labels: Sequence[str] = (),
+    unit: BudgetUnit = "samples",
+) -> dict[str, Any]:
+    """The settings `compare` records in ``settings.json`` for these arguments (``eval_labels``: the
+    held-out rewards' labels), so that a caller can check a run folder (`check_run_folder`) before
+    any model loads."""
+    extra = {**(settings or {}), **({"eval_rewards": list(eval_labels)} if eval_labels else {})}
+    return run_settings(prompts, controllers, sorted({int(b) for b in budgets}), seeds, extra, unit)
+
+
+def check_run_folder(
+    out_dir: str | Path, settings: Mapping[str, Any], *, resume: bool = False, overwrite: bool = False
+) -> None:
+    """Refuse a run folder `compare` would refuse (`RunStore.check`), writing and deleting nothing."""
+    RunStore.check(out_dir, settings, resume=resume, overwrite=overwrite)
+
+
+def check_seeds(seeds: Sequence[int]) -> list[int]:
+    """The run seeds, refused when empty or repeated (a repeated seed repeats its records)."""
+    seeds = [int(s) for s in seeds]
+    if not seeds:
+        raise ValueError("compare needs at least one seed")
+    if repeated := sorted({s for s in seeds if seeds.count(s) > 1}):
+        raise ValueError(
+            f"seed {repeated[0]} is given twice (--seeds {','.join(map(str, seeds))}): a repeated seed "
+            "writes the same records twice; give distinct seeds"
+        )
+    return seeds
+
+
 def compare(
     prompts: Sequence[Prompt],
     controllers: Mapping[str, Planner],
@@ -189,6 +225,9 @@ def compare(
         raise ValueError("compare needs at least one prompt")
     if not controllers:
         raise ValueError("compare needs at least one controller")
+    seeds = check_seeds(seeds)
+    if prompts_per_batch < 1:
+        raise ValueError(f"--prompts-per-batch must be at least 1, got {prompts_per_batch}")
     if origins is not None and len(origins) != len(prompts):
         raise ValueError(f"{len(origins)} origins for {len(prompts)} prompts; give one per prompt")
     if baseline is not None and baseline not in controllers:
@@ -200,15 +239,20 @@ def compare(
     budgets = check_budgets(controllers, budgets, budget_unit, episode)
     for controller in controllers.values():
         controller.check(episode, cost)
-    extra = {**(settings or {}), **({"eval_rewards": list(eval_rewards)} if eval_rewards else {})}
-    settings = run_settings(prompts, controllers, budgets, seeds, extra, budget_unit)
+    settings = comparison_settings(
+        prompts, controllers, budgets, seeds, settings, list(eval_rewards or {}), budget_unit
+    )
     if world is not None:
         world.check_same(settings)  # ranks given different settings stop here, every one of them
     shard = None if world is None else world.rank
 
     def open_run() -> tuple[RunStore, list[Job]]:
         """The store (settings checked or written, torn jobs dropped) and the jobs left to do."""
-        store = RunStore(out_dir, settings, resume=resume, overwrite=overwrite, shard=shard)
+        # one process writes nothing until its first records: a run that fails before leaves the folder
+        # as it was; rank 0 of many writes settings.json at once, for the others to join
+        store = RunStore(
+            out_dir, settings, resume=resume, overwrite=overwrite, shard=shard, lazy=world is None
+        )
         done = store.done(KEY, per_key=len(budgets))
         store.discard(KEY, store.done(KEY) - done)  # jobs torn mid-write are redone from scratch
         return store, pending_jobs(len(prompts), list(controllers), seeds, prompts_per_batch, done)

@@ -18,7 +18,6 @@ mid-write) is dropped per file.
 from __future__ import annotations
 
 import json
-import math
 import os
 import re
 import warnings
@@ -27,48 +26,14 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from mpc_llm.evaluation.strict import finite, strict_json
+
+__all__ = ["RunFolderError", "RunStore", "append_records", "finite", "read_records", "shard_name",
+           "strict_json", "write_records"]  # fmt: skip
+
 
 class RunFolderError(ValueError):
     """The output folder holds something this run must not overwrite or cannot read."""
-
-
-def finite(value: Any) -> Any:
-    """``value`` with every NaN or infinite float (in nested dicts, lists and tuples) made None.
-
-    Example:
-        >>> finite({"reward": float("nan"), "kl": [0.5, float("inf")]})
-        {'reward': None, 'kl': [0.5, None]}
-    """
-    if isinstance(value, float):
-        return value if math.isfinite(value) else None
-    if isinstance(value, Mapping):
-        return {k: finite(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [finite(v) for v in value]
-    return value
-
-
-def strict_json(value: Any, **options: Any) -> str:
-    """``json.dumps`` (sorted keys) that refuses NaN and infinities, naming the offending fields.
-
-    Example:
-        >>> try:
-        ...     strict_json({"reward": float("nan"), "cost": 1.0})
-        ... except ValueError as err:
-        ...     print(str(err).split(":")[0])
-        refusing to write a non-finite number (NaN or infinity) in reward
-    """
-    try:
-        return json.dumps(value, sort_keys=True, allow_nan=False, **options)
-    except ValueError:
-        fields = [] if not isinstance(value, Mapping) else [
-            str(k) for k, v in value.items() if isinstance(v, float) and not math.isfinite(v)
-        ]  # fmt: skip
-        where = f" in {', '.join(sorted(fields))}" if fields else ""
-        raise ValueError(
-            f"refusing to write a non-finite number (NaN or infinity){where}: "
-            "records hold finite numbers or null"
-        ) from None
 
 
 def shard_name(rank: int) -> str:
@@ -84,11 +49,40 @@ def shard_name(rank: int) -> str:
 _SHARD = re.compile(r"records\.rank-\d{5,}\.jsonl")
 
 
-def read_records(path: Path) -> list[dict[str, Any]]:
-    """The records of one file; a torn last line (a kill mid-write) is cut off the file with a warning.
+def _listed(names: Sequence[str]) -> str:  # the first three, then ...
+    return ", ".join(names[:3]) + (", ..." if len(names) > 3 else "")
+
+
+def _check_writable(folder: Path) -> None:
+    """Refuse a new run folder that could not be created: its nearest existing parent is a file or
+    is not writable."""
+    parent = folder.parent
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    if not parent.is_dir():
+        raise RunFolderError(f"--out {folder}: {parent} is a file, not a folder; pass a folder for the run")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise RunFolderError(
+            f"--out {folder}: cannot create it ({parent} is not writable); choose another folder"
+        )
+
+
+class _NonFinite(ValueError):
+    """A records line holding NaN or an infinity (json's ``NaN``, ``Infinity``, ``-Infinity``)."""
+
+
+def _refuse_constant(constant: str) -> Any:
+    raise _NonFinite(constant)
+
+
+def read_records(path: Path, *, repair: bool = True) -> list[dict[str, Any]]:
+    """The records of one file; a torn last line (a kill mid-write) is cut off the file with a warning
+    (``repair=False``: left in place and skipped, e.g. to check a folder without writing to it).
 
     Raises:
-        RunFolderError: a line before the last is not JSON (not a torn write: the file is damaged).
+        RunFolderError: a line before the last is not JSON (not a torn write: the file is damaged), or
+            a line holds NaN or an infinity (records hold finite numbers or null); the message names
+            the file and line and what to do.
     """
     if not path.exists():
         return []
@@ -97,14 +91,23 @@ def read_records(path: Path) -> list[dict[str, Any]]:
     good_bytes = 0
     for number, line in enumerate(lines, start=1):
         try:
-            records.append(json.loads(line))
+            records.append(json.loads(line, parse_constant=_refuse_constant))
+        except _NonFinite as err:
+            raise RunFolderError(
+                f"{path}:{number} holds {err} (records hold finite numbers or null): delete that line "
+                "and run again with --resume to redo its job, or start anew with --overwrite"
+            ) from None
         except json.JSONDecodeError as err:
             if number == len(lines):
-                warnings.warn(f"dropping a torn last line of {path}", RuntimeWarning, stacklevel=4)
-                with path.open("r+b") as handle:
-                    handle.truncate(good_bytes)
+                if repair:
+                    warnings.warn(f"dropping a torn last line of {path}", RuntimeWarning, stacklevel=4)
+                    with path.open("r+b") as handle:
+                        handle.truncate(good_bytes)
                 break
-            raise RunFolderError(f"{path}:{number} is not valid JSON: {err}") from err
+            raise RunFolderError(
+                f"{path}:{number} is not valid JSON ({err}): delete that line and run again with --resume "
+                "to redo its job, or start anew with --overwrite"
+            ) from err
         good_bytes += len(line.encode("utf-8"))
     return records
 
@@ -142,11 +145,18 @@ class RunStore:
             settings is refused unless ``overwrite``.
         resume: continue a run with the same settings (finished records are kept and skipped).
         overwrite: replace the run the folder holds (only the files a run writes are deleted; a
-            folder holding other files is still refused).
+            folder holding any other file is refused before anything is deleted).
         shard: the rank whose shard this process appends to (None: ``records.jsonl``, one process).
         join: join a run another process (rank 0) has just opened: check that ``settings.json`` is
             there and equal, read no records (``records`` then holds only what this store appends)
             and only append to the shard. The folder must be the same one every process sees.
+        lazy: write nothing (no folder, no ``settings.json``, no deletion for ``overwrite``) until the
+            first records are appended, so that a run that fails before it finishes a job leaves the
+            folder as it was (`mpc_llm.evaluation.compare` on one process).
+
+    A folder whose ``settings.json`` has no records beside it (a run that failed before finishing a
+    job) holds no run to protect: a new run replaces it without ``overwrite``. Every check
+    (`RunStore.check`) runs before anything is written or deleted.
 
     ``records`` holds the records of every records file (``records.jsonl`` first, then the shards in
     rank order), each exact duplicate once (a merge interrupted before it deleted the shards).
@@ -165,31 +175,103 @@ class RunStore:
         overwrite: bool = False,
         shard: int | None = None,
         join: bool = False,
+        lazy: bool = False,
     ) -> None:
         self.folder = Path(folder)
         self.settings = json.loads(json.dumps(settings))  # normalise (tuples -> lists, ...)
         self.records_path = self.folder / (self.RECORDS if shard is None else shard_name(shard))
+        self._pending: str | None = None  # "new" or "replace": what the first append must do first
         if join:
-            self._check_settings(self._existing_settings(joining=True))
+            self._compare_settings(self.folder, self._existing_settings(joining=True), self.settings)
             self.records: list[dict[str, Any]] = []
             return
-        settings_path = self.folder / self.SETTINGS
-        if overwrite and settings_path.exists():  # only ever delete what a run wrote
-            for path in (settings_path, *self.record_files(), *(self.folder / n for n in self.OUTPUTS)):
-                path.unlink(missing_ok=True)
-        if settings_path.exists():
-            self._check_settings(self._existing_settings())
-            if not resume:
+        state = self.check(self.folder, self.settings, resume=resume, overwrite=overwrite)
+        if state == "resume":
+            self.records = self._load()
+            return
+        self.records = []
+        self._pending = state
+        if not lazy:
+            self._open()
+
+    @classmethod
+    def check(
+        cls, folder: str | Path, settings: Mapping[str, Any], *, resume: bool = False, overwrite: bool = False
+    ) -> str:
+        """Whether a run with ``settings`` may use ``folder``, without writing or deleting anything.
+
+        Returns:
+            ``"new"`` (no run there: the folder is missing or empty, or holds only the
+            ``settings.json`` of a run that wrote no records), ``"resume"`` (the same run, to continue)
+            or ``"replace"`` (another run, to delete: ``overwrite``).
+
+        Raises:
+            RunFolderError: the path is a file; the folder holds files no run writes; it holds another
+                run (without ``overwrite``) or this run (without ``resume`` or ``overwrite``); a records
+                file is damaged (with ``resume``). The message says which flag or folder to use.
+        """
+        folder = Path(folder)
+        settings = json.loads(json.dumps(settings))
+        if folder.exists() and not folder.is_dir():
+            raise RunFolderError(
+                f"--out {folder} is a file, not a folder; pass a folder for the run (a new one, or a run "
+                "folder to continue with --resume)"
+            )
+        if not folder.exists():
+            _check_writable(folder)
+            return "new"
+        entries = sorted(p.name for p in folder.iterdir())
+        foreign = [n for n in entries if not cls._is_run_file(n)]
+        settings_path = folder / cls.SETTINGS
+        has_records = any(p.stat().st_size > 0 for p in cls._record_files(folder))
+        if not settings_path.exists() or not has_records:  # no run to protect
+            if foreign or (entries and not settings_path.exists()):
                 raise RunFolderError(
-                    f"{self.folder} already holds this run; "
-                    "pass resume to continue it or overwrite to start anew"
+                    f"{folder} is not empty ({_listed(foreign or entries)}) and holds no run; choose an "
+                    "empty or new folder for --out"
                 )
-        else:
-            self.folder.mkdir(parents=True, exist_ok=True)
-            if any(self.folder.iterdir()):
-                raise RunFolderError(f"{self.folder} is not empty and holds no run; choose an empty folder")
-            settings_path.write_text(json.dumps(self.settings, indent=2, sort_keys=True), encoding="utf-8")
-        self.records = self._load()
+            return "new"
+        if overwrite:
+            if foreign:
+                raise RunFolderError(
+                    f"{folder} holds files that no run writes ({_listed(foreign)}); --overwrite deletes only "
+                    "a run's own files and never empties a folder holding others: move them out or choose "
+                    "another folder"
+                )
+            return "replace"
+        try:
+            existing = json.loads(settings_path.read_text(encoding="utf-8"))
+        except json.JSONDecodeError as err:
+            raise RunFolderError(
+                f"{settings_path} is not valid JSON; pass --overwrite to start anew, or choose another folder"
+            ) from err
+        cls._compare_settings(folder, existing, settings)
+        if not resume:
+            raise RunFolderError(
+                f"{folder} already holds this run; run again with --resume to continue it or --overwrite "
+                "to start anew"
+            )
+        for path in cls._record_files(folder):
+            read_records(path, repair=False)  # a damaged line is refused here, before any work
+        return "resume"
+
+    @classmethod
+    def _is_run_file(cls, name: str) -> bool:
+        """Whether a run writes a file of this name (settings, records, shards, summaries, temporaries)."""
+        base = name.removesuffix(".tmp")
+        return name in (cls.SETTINGS, *cls.OUTPUTS) or base == cls.RECORDS or bool(_SHARD.fullmatch(base))
+
+    def _open(self) -> None:
+        """Make the folder hold this run: delete the run it replaces (only a run's own files), create
+        the folder and write ``settings.json``."""
+        if self._pending == "replace":
+            for name in sorted(p.name for p in self.folder.iterdir()):
+                if self._is_run_file(name):  # only ever delete what a run wrote
+                    (self.folder / name).unlink(missing_ok=True)
+        self.folder.mkdir(parents=True, exist_ok=True)
+        settings_path = self.folder / self.SETTINGS
+        settings_path.write_text(json.dumps(self.settings, indent=2, sort_keys=True), encoding="utf-8")
+        self._pending = None
 
     def _existing_settings(self, joining: bool = False) -> Any:
         settings_path = self.folder / self.SETTINGS
@@ -201,23 +283,30 @@ class RunStore:
         try:
             return json.loads(settings_path.read_text(encoding="utf-8"))
         except json.JSONDecodeError as err:
-            raise RunFolderError(f"{settings_path} is not valid JSON; pass overwrite to start anew") from err
-
-    def _check_settings(self, existing: Any) -> None:
-        if existing != self.settings:
-            changed = sorted(
-                k for k in set(existing) | set(self.settings) if existing.get(k) != self.settings.get(k)
-            )
             raise RunFolderError(
-                f"{self.folder} holds a run with different settings (differs in: {', '.join(changed)}); "
-                "choose another folder or pass overwrite to replace it"
+                f"{settings_path} is not valid JSON; pass --overwrite to start anew"
+            ) from err
+
+    @staticmethod
+    def _compare_settings(folder: Path, existing: Any, settings: Mapping[str, Any]) -> None:
+        if not isinstance(existing, Mapping):
+            existing = {}
+        if existing != settings:
+            changed = sorted(k for k in set(existing) | set(settings) if existing.get(k) != settings.get(k))
+            raise RunFolderError(
+                f"{folder} holds a run with different settings (differs in: {', '.join(changed)}); "
+                "choose another folder for --out, or pass --overwrite to replace that run"
             )
+
+    @classmethod
+    def _record_files(cls, folder: Path) -> list[Path]:
+        shards = sorted(p for p in folder.glob("records.rank-*.jsonl") if _SHARD.fullmatch(p.name))
+        main = folder / cls.RECORDS
+        return ([main] if main.exists() else []) + shards
 
     def record_files(self) -> list[Path]:
         """The records files on disk: ``records.jsonl`` first (if present), then the shards in rank order."""
-        shards = sorted(p for p in self.folder.glob("records.rank-*.jsonl") if _SHARD.fullmatch(p.name))
-        main = self.folder / self.RECORDS
-        return ([main] if main.exists() else []) + shards
+        return self._record_files(self.folder)
 
     def has_shards(self) -> bool:
         """Whether any rank's shard is on disk (a run on many processes, unmerged)."""
@@ -243,6 +332,10 @@ class RunStore:
                 invalid sample holds null, see `mpc_llm.evaluation.records`); nothing is written.
         """
         batch = [dict(r) for r in records]
+        for record in batch:
+            strict_json(record)  # refused before the folder changes
+        if self._pending is not None:
+            self._open()
         append_records(self.records_path, batch)
         self.records.extend(batch)
 
@@ -250,6 +343,8 @@ class RunStore:
         """Remove the records of ``keys`` (e.g. a job only partly written before a crash) from every
         records file, each file atomically. Only while no other process writes to the folder."""
         fields = tuple(key_fields)
+        if not keys:
+            return
 
         def keep(record: Mapping[str, Any]) -> bool:
             return tuple(record[f] for f in fields) not in keys

@@ -44,11 +44,13 @@ def refuse_remote_code(spec: object, source: object, allow: str) -> None:
         )
 
 
-def spec_from_flag(text: str, output_index: int | None = None) -> str | dict[str, Any]:
+def spec_from_flag(
+    text: str, output_index: int | None = None, flag: str = "--reward"
+) -> str | dict[str, Any]:
     """The reward spec of a command-line value: a built-in name, or a reward model's folder or hub id.
 
     A path is checked here, before anything loads: one that does not exist is refused without
-    asking a hub.
+    asking a hub. ``flag``: the flag messages name (``--reward``, ``--eval-reward``).
 
     Raises:
         ValueError: a path that does not exist, or a file where a folder is needed.
@@ -58,12 +60,12 @@ def spec_from_flag(text: str, output_index: int | None = None) -> str | dict[str
         return text
     if path.is_file():
         raise ValueError(
-            f"--reward {text}: is a file; pass the folder that holds the reward model (config.json and "
+            f"{flag} {text}: is a file; pass the folder that holds the reward model (config.json and "
             "weights), a hub id 'org/name', or a built-in name"
         )
     if not path.exists() and looks_like_a_path(text):
         raise ValueError(
-            f"--reward {text}: no such folder; pass an existing folder holding a sequence-classification "
+            f"{flag} {text}: no such folder; pass an existing folder holding a sequence-classification "
             f"reward model (config.json and weights), a hub id 'org/name', or a built-in reward "
             f"({', '.join(sorted(REWARDS))})"
         )
