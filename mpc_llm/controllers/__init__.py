@@ -8,11 +8,14 @@
   re-plan); `BlockwiseBestOfN` is receding-horizon best-of-N, the controlled-decoding baseline;
   `SpeculativeRejection` starts many responses and drops the weak ones at checkpoints; `ARGS`
   rescores the top-k next tokens by the reward.
+- Samplers (return a draw toward the tilted model ``p exp(r / beta) / Z``, with ``log Z``):
+  `SoftBestOfN` and `AISPSampler` (open loop, `Sampler`), `SMC` (sequential).
 - `CONTROLLERS`, `register`, `build`, `with_preset`: controllers by name, for config files and the
   command line (`mpc_llm.controllers.registry`).
 """
 
 from mpc_llm.controllers.aisp import AISP, AISPConfig
+from mpc_llm.controllers.aisp_sampler import AISPSampler
 from mpc_llm.controllers.args import ARGS, ARGSConfig
 from mpc_llm.controllers.base import BestSoFar, Controller
 from mpc_llm.controllers.best_of_n import BestOfN
@@ -32,7 +35,10 @@ from mpc_llm.controllers.registry import (
     unregister,
     with_preset,
 )
+from mpc_llm.controllers.sampling import Sampler, SamplerConfig
 from mpc_llm.controllers.sequential import Episode, Final, SequentialController, Step
+from mpc_llm.controllers.smc import SMC, SMCConfig
+from mpc_llm.controllers.soft_best_of_n import SoftBestOfN
 from mpc_llm.controllers.speculative_rejection import SpeculativeRejection, SpeculativeRejectionConfig
 from mpc_llm.controllers.state import (
     ControllerConfig,
@@ -52,6 +58,7 @@ __all__ = [
     "DEFAULT_NAME",
     "GAUSSIAN_PRESET",
     "AISPConfig",
+    "AISPSampler",
     "ARGSConfig",
     "BestOfN",
     "BestSoFar",
@@ -72,8 +79,13 @@ __all__ = [
     "RandomShooting",
     "RecedingHorizon",
     "RecedingHorizonConfig",
+    "SMC",
+    "SMCConfig",
+    "Sampler",
+    "SamplerConfig",
     "SequentialController",
     "Settings",
+    "SoftBestOfN",
     "SpeculativeRejection",
     "SpeculativeRejectionConfig",
     "Step",
