@@ -9,7 +9,7 @@
   `SpeculativeRejection` starts many responses and drops the weak ones at checkpoints; `ARGS`
   rescores the top-k next tokens by the reward.
 - Samplers (return a draw toward the tilted model ``p exp(r / beta) / Z``, with ``log Z``):
-  `SoftBestOfN` and `AISPSampler` (open loop, `Sampler`), `SMC` (sequential).
+  `SoftBestOfN` and `AISPSampler` (open loop, `Sampler`), `SMC` and `QAlign` (sequential).
 - `CONTROLLERS`, `register`, `build`, `with_preset`: controllers by name, for config files and the
   command line (`mpc_llm.controllers.registry`).
 """
@@ -23,6 +23,7 @@ from mpc_llm.controllers.blockwise import BlockwiseBestOfN, BlockwiseConfig
 from mpc_llm.controllers.cem import CEM, CEMConfig
 from mpc_llm.controllers.gaussian import GAUSSIAN_PRESET, GaussianController
 from mpc_llm.controllers.planner import Planner
+from mpc_llm.controllers.qalign import QAlign, QAlignConfig
 from mpc_llm.controllers.random_shooting import RandomShooting
 from mpc_llm.controllers.receding_horizon import Plan, RecedingHorizon, RecedingHorizonConfig
 from mpc_llm.controllers.registry import (
@@ -76,6 +77,8 @@ __all__ = [
     "Plan",
     "Planner",
     "PlannerState",
+    "QAlign",
+    "QAlignConfig",
     "RandomShooting",
     "RecedingHorizon",
     "RecedingHorizonConfig",

@@ -30,6 +30,7 @@ from mpc_llm.controllers.best_of_n import BestOfN
 from mpc_llm.controllers.blockwise import BlockwiseBestOfN
 from mpc_llm.controllers.cem import CEM
 from mpc_llm.controllers.planner import Planner
+from mpc_llm.controllers.qalign import QAlign
 from mpc_llm.controllers.random_shooting import RandomShooting
 from mpc_llm.controllers.receding_horizon import RecedingHorizon
 from mpc_llm.controllers.smc import SMC
@@ -153,5 +154,6 @@ for _name, _cls in {
     "soft_best_of_n": SoftBestOfN,
     "aisp_sample": AISPSampler,
     "smc": SMC,
+    "qalign": QAlign,
 }.items():
     register(_name, _cls)

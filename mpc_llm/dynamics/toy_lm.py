@@ -124,26 +124,33 @@ class ToyLM(Dynamics):
         """``N`` continuations per row: step ``s`` of row ``b`` adds ``controls[b, n, s]`` (``s <
         tau``) to the log-probabilities; one uniform per sample and step from ``generators[b]``."""
         self.check_controls(controls)
-        B, N, tau, _ = controls.shape
-        L = self.length
-        tokens = torch.full((B, N, L), PAD, dtype=torch.long)
-        for b in range(B):
-            m = int(self.committed[b])
-            tokens[b, :, :m] = self.prefix[b, :m]
-            alive = torch.full((N,), not bool(self.finished()[b]))
-            last = torch.full((N,), int(self.prefix[b, m - 1]) if m > 0 else PAD, dtype=torch.long)
-            for s in range(min(self.horizon, L - m)):
-                logits = self.log_initial.expand(N, -1) if m + s == 0 else self.log_transition[last.clamp(min=0)]
-                if s < tau:
-                    logits = logits + controls[b, :, s].to(torch.float64)
-                cdf = torch.softmax(logits, dim=-1).cumsum(dim=-1)
-                u = torch.rand(N, generator=generators[b], dtype=torch.float64) * cdf[:, -1]
-                tok = torch.searchsorted(cdf, u.unsqueeze(1), right=True)[:, 0].clamp(max=self.control_dim - 1)
-                tok = torch.where(alive, tok, torch.full_like(tok, PAD))
-                tokens[b, :, m + s] = tok
-                last = torch.where(alive, tok, last)
-                if self.eos is not None:
-                    alive = alive & (tok != self.eos)
+        B, N, tau, V = controls.shape
+        L, m = self.length, self.committed
+        tokens = self.prefix.unsqueeze(1).expand(B, N, L).clone()
+        steps = [min(self.horizon, L - int(k)) for k in m]  # each row's steps
+        alive = (~self.finished()).view(B, 1).expand(B, N).clone()
+        rows = torch.arange(B)
+        last = self.prefix[rows, (m - 1).clamp(min=0)].view(B, 1).expand(B, N).clone()  # (B, N)
+        for s in range(max(steps, default=0)):
+            going = torch.tensor([s < k for k in steps]).view(B, 1)
+            logits = torch.where(
+                (m + s == 0).view(B, 1, 1), self.log_initial.expand(B, N, V), self.log_transition[last.clamp(min=0)]
+            )
+            if s < tau:
+                logits = logits + controls[:, :, s].to(torch.float64)
+            cdf = torch.softmax(logits, dim=-1).cumsum(dim=-1)  # (B, N, V)
+            u = torch.stack([
+                torch.rand(N, generator=g, dtype=torch.float64) if s < k else torch.zeros(N, dtype=torch.float64)
+                for g, k in zip(generators, steps, strict=True)
+            ])  # fmt: skip
+            tok = torch.searchsorted(cdf, (u * cdf[..., -1]).unsqueeze(-1), right=True)[..., 0].clamp(max=V - 1)
+            write = alive & going
+            position = (m + s).clamp(max=L - 1).view(B, 1, 1).expand(B, N, 1)
+            current = tokens.gather(2, position)[..., 0]
+            tokens.scatter_(2, position, torch.where(write, tok, current).unsqueeze(-1))
+            last = torch.where(write, tok, last)
+            if self.eos is not None:
+                alive = alive & ~(write & (tok == self.eos))
         lengths = (tokens != PAD).sum(dim=-1)
         return ToyRollout(
             controls=controls,
