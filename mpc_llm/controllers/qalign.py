@@ -103,16 +103,26 @@ class QAlign(SequentialController[QAlignConfig, Streams]):
         return list(range(B)), make_generators(0 if seed is None else seed, B, dynamics.device)
 
     def propose(
-        self, system: Dynamics, cost: CostFunction, current: Rollout, current_cost: Tensor, streams: Streams
+        self,
+        system: Dynamics,
+        cost: CostFunction,
+        current: Rollout,
+        current_cost: Tensor,
+        streams: Streams,
+        length: Tensor | None = None,
     ) -> tuple[Rollout, Tensor, Metrics, Tensor, list[int]]:
         """One proposal per chain: a uniform prefix of ``current`` kept, the rest regenerated.
 
+        Args:
+            length: ``(R,)`` ``|y|`` of each chain's response (default: ``current.token_counts()``,
+                right for a response generated from the prompt).
+
         Returns:
             The ``(R, 1)`` proposals, their ``(R,)`` costs and metrics, the ``(R,)`` acceptance
-            probabilities and the prefix lengths kept.
+            probabilities and the prefix lengths kept (``|y'|`` is the proposal's new tokens plus it).
         """
         R = system.batch_size
-        length = current.token_counts()[:, 0]  # |y| (the chain's system is fresh: all generated)
+        length = current.token_counts()[:, 0] if length is None else length
         u = torch.stack([torch.rand((), generator=g, dtype=torch.float64, device=g.device).cpu() for g in streams])
         keep = (u * length.double()).floor().long().clamp(min=0).tolist()
         base = system.advance(current, keep) if any(keep) else system
@@ -134,6 +144,7 @@ class QAlign(SequentialController[QAlignConfig, Streams]):
         metrics = {k: v[:, 0].double().cpu() for k, v in raw.items()}
         samples = [1] * R
         tokens = [int(n) for n in current.token_counts()[:, 0].tolist()]
+        length = current.token_counts()[:, 0]  # |y| of each chain's state
         if episode.max_samples is not None:
             proposals = episode.max_samples - 1
         elif episode.max_tokens is not None:
@@ -144,10 +155,13 @@ class QAlign(SequentialController[QAlignConfig, Streams]):
         for _ in range(proposals):
             if not bool(active.any()):
                 break
-            proposal, new_cost, new_metrics, prob, _ = self.propose(system, cost, current, cost_now, streams)
+            proposal, new_cost, new_metrics, prob, keep = self.propose(
+                system, cost, current, cost_now, streams, length
+            )
             u = torch.stack([torch.rand((), generator=g, dtype=torch.float64, device=g.device).cpu() for g in streams])
             accept = (u < prob) & active
             current = _pick(current, proposal, accept)
+            length = torch.where(accept, proposal.token_counts()[:, 0] + torch.tensor(keep), length)
             cost_now = torch.where(accept, new_cost, cost_now)
             metrics = {k: torch.where(accept, new_metrics[k], v) for k, v in metrics.items()}
             counts = proposal.token_counts()[:, 0].tolist()

@@ -168,8 +168,10 @@ class SMC(SequentialController[SMCConfig, list[Particle]]):
         betas = [p.beta for p in carry]
         if any(math.isnan(x) for x in betas):  # ess_target: beta per problem from the first block
             assert self.config.ess_target is not None
-            for b in dict.fromkeys(episode.owners):
-                rows = [i for i, o in enumerate(episode.owners) if o == b]
+            groups: dict[int, list[int]] = {}
+            for i, b in enumerate(episode.owners):
+                groups.setdefault(b, []).append(i)
+            for rows in groups.values():
                 beta_b = float(temperature_for_ess(c[rows].unsqueeze(0), self.config.ess_target)[0])
                 for i in rows:
                     betas[i] = beta_b
@@ -197,10 +199,11 @@ class SMC(SequentialController[SMCConfig, list[Particle]]):
         """Per problem, its unfinished particles, resampled when their ESS fraction is below the
         threshold (each copy with their mean weight)."""
         carry, rows, out = step.carry, [], []
-        for b in dict.fromkeys(episode.owners):
-            alive = [i for i, o in enumerate(episode.owners) if o == b and not done[i]]
-            if not alive:
-                continue
+        groups: dict[int, list[int]] = {}
+        for i, b in enumerate(episode.owners):
+            if not done[i]:
+                groups.setdefault(b, []).append(i)
+        for alive in groups.values():
             log_w = torch.tensor([carry[i].log_w for i in alive], dtype=torch.float64)
             w = torch.softmax(log_w, dim=0)
             ess = float(1.0 / w.pow(2).sum()) / len(alive) if bool(torch.isfinite(log_w).any()) else 1.0

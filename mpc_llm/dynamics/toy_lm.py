@@ -127,7 +127,8 @@ class ToyLM(Dynamics):
         B, N, tau, V = controls.shape
         L, m = self.length, self.committed
         tokens = self.prefix.unsqueeze(1).expand(B, N, L).clone()
-        steps = [min(self.horizon, L - int(k)) for k in m]  # each row's steps
+        horizon = self.horizon
+        steps = [min(horizon, L - k) for k in m.tolist()]  # each row's steps
         alive = (~self.finished()).view(B, 1).expand(B, N).clone()
         rows = torch.arange(B)
         last = self.prefix[rows, (m - 1).clamp(min=0)].view(B, 1).expand(B, N).clone()  # (B, N)
@@ -173,18 +174,19 @@ class ToyLM(Dynamics):
         assert isinstance(rollout, ToyRollout)
         if rollout.batch_size != self.batch_size or rollout.num_samples != 1:
             raise ValueError(f"advance needs one rollout per row, (B={self.batch_size}, N=1)")
-        counts = per_row_steps(steps, self.batch_size, self.horizon)
+        counts = torch.tensor(per_row_steps(steps, self.batch_size, self.horizon), dtype=torch.long)
+        m, tokens = self.committed, rollout.tokens[:, 0]
+        if bool((counts > self.length - m).any()):
+            raise ValueError(f"cannot commit {counts.tolist()} tokens: {(self.length - m).tolist()} left per row")
+        position = torch.arange(self.length)
+        past = position < m.unsqueeze(1)
+        if not bool(((tokens == self.prefix) | ~past).all()):
+            raise ValueError("the rollout does not continue the rows' committed tokens")
+        end = torch.maximum(torch.minimum(m + counts, rollout.lengths[:, 0]), m)
+        new = ~past & (position < end.unsqueeze(1))
         other = copy.copy(self)
-        other.prefix, other.committed = self.prefix.clone(), self.committed.clone()
-        for b, k in enumerate(counts):
-            m = int(self.committed[b])
-            if k > self.length - m:
-                raise ValueError(f"row {b} has {self.length - m} tokens left, cannot commit {k}")
-            if not torch.equal(rollout.tokens[b, 0, :m], self.prefix[b, :m]):
-                raise ValueError(f"the rollout of row {b} does not continue its committed tokens")
-            end = min(m + k, int(rollout.lengths[b, 0]))
-            other.prefix[b, m:end] = rollout.tokens[b, 0, m:end]
-            other.committed[b] = max(end, m)
+        other.prefix = torch.where(new, tokens, self.prefix)
+        other.committed = end
         return other
 
     def finished(self) -> Tensor:
@@ -263,9 +265,18 @@ class ToyReward(CostFunction):
 
     def evaluate(self, rollout: Rollout) -> tuple[Tensor, Metrics]:
         assert isinstance(rollout, ToyRollout), "ToyReward scores ToyLM rollouts"
-        B, N = rollout.batch_size, rollout.num_samples
+        tokens, lengths = rollout.tokens.tolist(), rollout.lengths.tolist()
+        memo: dict[tuple[int, ...], float] = {}
+
+        def score(row: list[int], n: int) -> float:
+            seq = tuple(row[:n])
+            if seq not in memo:
+                memo[seq] = float(self.fn(seq))
+            return memo[seq]
+
         r = torch.tensor(
-            [[self.fn(rollout.sequence(b, n)) for n in range(N)] for b in range(B)], dtype=torch.float64
+            [[score(row, n) for row, n in zip(rows, ns, strict=True)] for rows, ns in zip(tokens, lengths, strict=True)],
+            dtype=torch.float64,
         )
         return -r, {"reward": r}
 
