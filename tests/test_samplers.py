@@ -71,7 +71,9 @@ def test_per_row_commits_and_partial_rollouts() -> None:
     later = system.advance(rollout, [0, 2])
     assert later.committed.tolist() == [0, min(2, int(rollout.lengths[1, 0]))]
     part = later.with_horizon(1).rollout(torch.zeros(2, 5, 1, 3, dtype=torch.float64), make_generators(0, 2))
-    assert (part.token_counts() <= 1).all() and torch.equal(part.tokens[1, :, :2], rollout.tokens[1, :, :2].expand(5, 2))
+    assert (part.token_counts() <= 1).all() and torch.equal(
+        part.tokens[1, :, :2], rollout.tokens[1, :, :2].expand(5, 2)
+    )
     same = system.advance(rollout, 1)  # one count for every row, as before
     assert same.committed.tolist() == [1, 1]
     with pytest.raises(ValueError, match="one count >= 0 per row"):
@@ -137,7 +139,9 @@ def test_qalign_without_the_length_factor_would_fail() -> None:
 
     class NoLengthFactor(QAlign):
         def propose(self, system, cost, current, current_cost, streams, length=None):
-            proposal, new_cost, metrics, _, keep = super().propose(system, cost, current, current_cost, streams, length)
+            proposal, new_cost, metrics, _, keep = super().propose(
+                system, cost, current, current_cost, streams, length
+            )
             prob = ((current_cost - new_cost) / self.config.beta).clamp(max=0).exp()
             return proposal, new_cost, metrics, prob, keep
 
@@ -163,7 +167,9 @@ def test_one_qalign_step_accepts_with_the_formula() -> None:
     )  # fmt: skip
     cost = torch.full((B,), -REWARD.fn(y), dtype=torch.float64)
     qalign = QAlign(beta=beta)
-    proposal, new_cost, _, prob, keep = qalign.propose(system, REWARD, current, cost, make_generators(list(range(B)), B))
+    proposal, new_cost, _, prob, keep = qalign.propose(
+        system, REWARD, current, cost, make_generators(list(range(B)), B)
+    )
     new_len = proposal.lengths[:, 0]
     expected = ((-new_cost + cost) / beta).exp() * 4 / new_len.double()
     assert torch.allclose(prob, expected.clamp(max=1.0))
@@ -187,7 +193,9 @@ def test_an_infinite_beta_returns_base_samples(name: str) -> None:
     B, beta = DRAWS, 1e12
     system = ToyLM.example(B)
     if name == "soft_best_of_n":
-        result = SoftBestOfN(beta=beta, num_samples=8).optimize(system, REWARD, max_samples=8, seed=list(range(B)))
+        result = SoftBestOfN(beta=beta, num_samples=8).optimize(
+            system, REWARD, max_samples=8, seed=list(range(B))
+        )
     elif name == "smc":
         result = SMC(num_particles=8, block=1, beta=beta).optimize(system, REWARD, seed=list(range(B)))
     else:
@@ -251,7 +259,9 @@ def test_anytime_records_draw_with_the_runs_own_uniform() -> None:
         assert last["log_z"] == pytest.approx(float(result.population.estimate.log_z[b]))
         assert last["selection_bound"] == pytest.approx(math.log(16))
         assert {"beta", "kl_tilted", "ess"} <= set(last) and last["ess"] == pytest.approx(0.3, abs=1e-5)
-    plain = BestOfN(num_samples=8).optimize(ToyLM.example(B), REWARD, max_samples=16, seed=seeds, keep_rollouts=True)
+    plain = BestOfN(num_samples=8).optimize(
+        ToyLM.example(B), REWARD, max_samples=16, seed=seeds, keep_rollouts=True
+    )
     assert anytime_records(plain, list(range(B)), "b", 0, [4, 16], "samples") == anytime_records(
         plain, list(range(B)), "b", 0, [4, 16], "samples", None, BestOfN(num_samples=8)
     )

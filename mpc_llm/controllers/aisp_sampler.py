@@ -41,6 +41,6 @@ class AISPSampler(Sampler, AISP):
         return self.config.lambda_, self.config.ess_target
 
     def log_ratio(self, state: GaussianState, knots: Tensor) -> Tensor:
-        """``log N(V; 0, s^2) - log N(V; U, s^2) = sum (U^2 - 2 U V) / (2 s^2)`` over the knots, ``(B, N)``."""
+        """``(B, N)`` ``log N(V; 0, s^2) - log N(V; U, s^2) = sum (U^2 - 2 U V) / (2 s^2)`` over the knots."""
         mean, sigma = state.mean.unsqueeze(1), state.sigma.unsqueeze(1)
         return ((mean.pow(2) - 2 * mean * knots) / (2 * sigma.pow(2))).sum(dim=(-1, -2)).double()

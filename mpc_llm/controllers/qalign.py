@@ -12,8 +12,10 @@ the Metropolis-Hastings ratio of the tilted model ``p exp(r / beta) / Z`` under 
 base probabilities of the two suffixes cancel). The chain's state after the budget is the answer.
 It needs only a reward on finished text.
 
-Departures: the kept prefix is committed per row (`mpc_llm.core.Dynamics.advance` with one count
-per row) onto the prompt's cached prefill, so a step runs the kept prefix through the model once
+Departures: the kept prefix is committed onto the prompt's cached prefill (`Dynamics.advance` with
+one count per row where the system supports it, as the toy model does; a language model commits
+each group of chains with equal prefix lengths in one batch, so a proposal step runs up to one
+decode per distinct length), and a step runs the kept prefix through the model once
 (``DecodeEngine.extend``) rather than truncating the response's own cache; ``beta`` must be given
 (there are no weights to aim an ESS at); no chains are restarted or thinned. The whole chain is one
 step of the episode loop (`SequentialController`): its answer is the chain's last state.
@@ -42,6 +44,7 @@ from torch import Tensor
 from mpc_llm.controllers.sequential import Episode, SequentialController, Step
 from mpc_llm.controllers.state import Settings
 from mpc_llm.core import BudgetUnit, CostFunction, Dynamics, Metrics, Rollout, draw_seeds, make_generators
+from mpc_llm.core.rollout import stack_problems
 
 Streams = list[torch.Generator]
 
@@ -65,6 +68,35 @@ def acceptance(cost: Tensor, new_cost: Tensor, length: Tensor, new_length: Tenso
     return log_a.clamp(max=0.0).exp().nan_to_num(0.0).masked_fill(~torch.isfinite(new_cost), 0.0)
 
 
+def regenerate(system: Dynamics, current: Rollout, keep: list[int], generators: Streams) -> Rollout:
+    """``(R, 1)`` responses that keep the first ``keep[i]`` steps of ``current``'s row ``i`` and
+    continue from the base model (zero control), row ``i`` drawing from ``generators[i]``.
+
+    One rollout with per-row commits where the system supports them; otherwise one per distinct
+    prefix length (`Dynamics.select` the rows, `Dynamics.advance` them by their common count).
+    """
+    R = system.batch_size
+
+    def zero(rows: int) -> Tensor:
+        return torch.zeros((rows, 1, 1, system.control_dim), dtype=system.dtype, device=system.device)
+
+    if not any(keep):
+        return system.rollout(zero(R), generators)
+    try:
+        return system.advance(current, keep).rollout(zero(R), generators)
+    except NotImplementedError:
+        pass
+    pieces: dict[int, Rollout] = {}
+    for k in sorted(set(keep)):
+        rows = [i for i in range(R) if keep[i] == k]
+        part = system.select(rows)
+        if k > 0:
+            part = part.advance(current.problems(rows), k)
+        out = part.rollout(zero(len(rows)), [generators[i] for i in rows])
+        pieces.update({i: out.problems([j]) for j, i in enumerate(rows)})
+    return stack_problems([pieces[i] for i in range(R)])
+
+
 def _pick(current: Rollout, proposal: Rollout, accept: Tensor) -> Rollout:
     """Per row, ``proposal`` where ``accept`` else ``current`` (``(R, 1)`` rollouts)."""
     return type(current).cat([current, proposal]).take(accept.long().unsqueeze(1))
@@ -86,7 +118,8 @@ class QAlign(SequentialController[QAlignConfig, Streams]):
             )
         if unit == "tokens" and episode is not None and budget < episode:
             raise ValueError(
-                f"a budget of {budget} tokens is below one QAlign response ({episode} tokens); raise the budget"
+                f"a budget of {budget} tokens is below one QAlign response ({episode} tokens); "
+                "raise the budget"
             )
 
     def begin(
@@ -123,11 +156,12 @@ class QAlign(SequentialController[QAlignConfig, Streams]):
         """
         R = system.batch_size
         length = current.token_counts()[:, 0] if length is None else length
-        u = torch.stack([torch.rand((), generator=g, dtype=torch.float64, device=g.device).cpu() for g in streams])
+        u = torch.stack(
+            [torch.rand((), generator=g, dtype=torch.float64, device=g.device).cpu() for g in streams]
+        )
         keep = (u * length.double()).floor().long().clamp(min=0).tolist()
-        base = system.advance(current, keep) if any(keep) else system
-        zero = torch.zeros((R, 1, 1, system.control_dim), dtype=system.dtype, device=system.device)
-        proposal = base.rollout(zero, make_generators(draw_seeds(streams), R, system.device))
+        generators = make_generators(draw_seeds(streams), R, system.device)
+        proposal = regenerate(system, current, keep, generators)
         costs, metrics = cost.evaluate(proposal)
         new_cost = costs[:, 0].double().cpu()
         new_length = proposal.token_counts()[:, 0] + torch.tensor(keep)
@@ -158,7 +192,9 @@ class QAlign(SequentialController[QAlignConfig, Streams]):
             proposal, new_cost, new_metrics, prob, keep = self.propose(
                 system, cost, current, cost_now, streams, length
             )
-            u = torch.stack([torch.rand((), generator=g, dtype=torch.float64, device=g.device).cpu() for g in streams])
+            u = torch.stack(
+                [torch.rand((), generator=g, dtype=torch.float64, device=g.device).cpu() for g in streams]
+            )
             accept = (u < prob) & active
             current = _pick(current, proposal, accept)
             length = torch.where(accept, proposal.token_counts()[:, 0] + torch.tensor(keep), length)

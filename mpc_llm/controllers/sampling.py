@@ -137,7 +137,8 @@ class Sampler:
         chosen = everything.take(index.unsqueeze(1))
         pick = index.unsqueeze(1)
         metrics = {
-            k: torch.cat([r.metrics[k] for r in history], dim=1).gather(1, pick)[:, 0] for k in history[0].metrics
+            k: torch.cat([r.metrics[k] for r in history], dim=1).gather(1, pick)[:, 0]
+            for k in history[0].metrics
         }
         if not keep_rollouts:
             history = [dataclasses.replace(r, rollout=None) for r in history]

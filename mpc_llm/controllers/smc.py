@@ -156,7 +156,9 @@ class SMC(SequentialController[SMCConfig, list[Particle]]):
         owners = [b for b in range(dynamics.batch_size) for _ in range(N)]
         return owners, [Particle(streams[b], 0.0, 0.0, beta) for b in owners]
 
-    def step(self, system: Dynamics, cost: CostFunction, episode: Episode[list[Particle]]) -> Step[list[Particle]]:
+    def step(
+        self, system: Dynamics, cost: CostFunction, episode: Episode[list[Particle]]
+    ) -> Step[list[Particle]]:
         """Grow every unfinished particle by one block (zero control) and reweight it."""
         plan = system.with_horizon(min(self.config.block, system.horizon))
         R, carry = system.batch_size, episode.carry

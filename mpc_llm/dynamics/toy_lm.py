@@ -28,6 +28,7 @@ from mpc_llm.core import CostFunction, Dynamics, Metrics, Rollout
 
 #: The id past the end of a sequence in rollouts.
 PAD = -1
+float64 = torch.float64
 
 
 @dataclass(frozen=True)
@@ -135,16 +136,20 @@ class ToyLM(Dynamics):
         for s in range(max(steps, default=0)):
             going = torch.tensor([s < k for k in steps]).view(B, 1)
             logits = torch.where(
-                (m + s == 0).view(B, 1, 1), self.log_initial.expand(B, N, V), self.log_transition[last.clamp(min=0)]
+                (m + s == 0).view(B, 1, 1),
+                self.log_initial.expand(B, N, V),
+                self.log_transition[last.clamp(min=0)],
             )
             if s < tau:
                 logits = logits + controls[:, :, s].to(torch.float64)
             cdf = torch.softmax(logits, dim=-1).cumsum(dim=-1)  # (B, N, V)
             u = torch.stack([
-                torch.rand(N, generator=g, dtype=torch.float64) if s < k else torch.zeros(N, dtype=torch.float64)
+                torch.rand(N, generator=g, dtype=torch.float64) if s < k else torch.zeros(N, dtype=float64)
                 for g, k in zip(generators, steps, strict=True)
             ])  # fmt: skip
-            tok = torch.searchsorted(cdf, (u * cdf[..., -1]).unsqueeze(-1), right=True)[..., 0].clamp(max=V - 1)
+            tok = torch.searchsorted(cdf, (u * cdf[..., -1]).unsqueeze(-1), right=True)[..., 0].clamp(
+                max=V - 1
+            )
             write = alive & going
             position = (m + s).clamp(max=L - 1).view(B, 1, 1).expand(B, N, 1)
             current = tokens.gather(2, position)[..., 0]
@@ -163,7 +168,11 @@ class ToyLM(Dynamics):
 
     def _ended(self, tokens: Tensor, lengths: Tensor) -> Tensor:
         """Sequences that hold an end-of-sequence token or ``L`` tokens."""
-        eos = torch.zeros_like(lengths, dtype=torch.bool) if self.eos is None else (tokens == self.eos).any(dim=-1)
+        eos = (
+            torch.zeros_like(lengths, dtype=torch.bool)
+            if self.eos is None
+            else (tokens == self.eos).any(dim=-1)
+        )
         return eos | (lengths >= self.length)
 
     # ------------------------------------------------------------------ closed loop
@@ -177,7 +186,9 @@ class ToyLM(Dynamics):
         counts = torch.tensor(per_row_steps(steps, self.batch_size, self.horizon), dtype=torch.long)
         m, tokens = self.committed, rollout.tokens[:, 0]
         if bool((counts > self.length - m).any()):
-            raise ValueError(f"cannot commit {counts.tolist()} tokens: {(self.length - m).tolist()} left per row")
+            raise ValueError(
+                f"cannot commit {counts.tolist()} tokens: {(self.length - m).tolist()} left per row"
+            )
         position = torch.arange(self.length)
         past = position < m.unsqueeze(1)
         if not bool(((tokens == self.prefix) | ~past).all()):
@@ -275,7 +286,10 @@ class ToyReward(CostFunction):
             return memo[seq]
 
         r = torch.tensor(
-            [[score(row, n) for row, n in zip(rows, ns, strict=True)] for rows, ns in zip(tokens, lengths, strict=True)],
+            [
+                [score(row, n) for row, n in zip(rows, ns, strict=True)]
+                for rows, ns in zip(tokens, lengths, strict=True)
+            ],
             dtype=torch.float64,
         )
         return -r, {"reward": r}
