@@ -72,9 +72,10 @@ def tilted_estimate(log_weights: Tensor, costs: Tensor, beta: Tensor | float) ->
     ``M`` (they were drawn). ``beta`` (a number or ``(B,)``) may be ``+inf``: then ``r / beta = 0``.
 
     Example:
-        >>> est = tilted_estimate(torch.tensor([[0.0, 0.0]]), torch.tensor([[1.0, 1.0]]), 1.0)
+        >>> costs = torch.tensor([[1.0, 1.0]])  # equal rewards: the tilted model is the base model
+        >>> est = tilted_estimate(-costs / 1.0, costs, 1.0)
         >>> float(est.log_z[0]), float(est.kl[0]), float(est.ess[0])
-        (0.0, 0.0, 1.0)
+        (-1.0, 0.0, 1.0)
     """
     lw = log_weights.to(torch.float64)
     c = costs.to(torch.float64)
