@@ -27,7 +27,7 @@ from mpc_llm.core.parameterization import ZeroOrderHold
 from mpc_llm.core.random import draw_seeds, make_generators
 from mpc_llm.core.result import Budget, BudgetUnit, IterationRecord, OptimizeResult
 from mpc_llm.core.rollout import Rollout
-from mpc_llm.core.tilted import Population, TiltedEstimate, check_beta, draw_index, tilted_estimate
+from mpc_llm.core.tilted import Population, TiltedEstimate, draw_index, tilted_estimate
 from mpc_llm.core.weighted import WeightedTerms, check_weight
 
 __all__ = [
@@ -46,7 +46,6 @@ __all__ = [
     "TiltedEstimate",
     "WeightedTerms",
     "ZeroOrderHold",
-    "check_beta",
     "check_weight",
     "draw_index",
     "draw_seeds",

@@ -26,17 +26,6 @@ from torch import Tensor
 from mpc_llm.core.rollout import Rollout
 
 
-def check_beta(beta: float) -> float:
-    """``beta`` if it is a finite positive number.
-
-    Raises:
-        ValueError: ``beta <= 0`` or not finite.
-    """
-    if not (isinstance(beta, int | float) and math.isfinite(beta) and beta > 0):
-        raise ValueError(f"beta (the tilted model's temperature) must be a finite number > 0, got {beta}")
-    return float(beta)
-
-
 @dataclass(frozen=True)
 class TiltedEstimate:
     """What ``(B, M)`` log-weights estimate about the tilted model, per problem.
