@@ -118,7 +118,7 @@ def test_compare_end_to_end(llama_dir: str, tmp_path, capsys) -> None:
         (["align", "   "], "the prompt is empty"),
         (
             ["align", "Hi", "--controller", "nope"],
-            "unknown controller 'nope'; valid names: aisp, args, best_of_n, blockwise_best_of_n, cem",
+            "unknown controller 'nope'; valid names: aisp, aisp_sample, args, best_of_n, blockwise_best_of_n",
         ),
         (["align", "Hi", "--reward", "nope"], "unknown reward 'nope'; valid names:"),
         (["align", "Hi", "--sigma", "-1"], "controller"),

@@ -8,11 +8,14 @@
   re-plan); `BlockwiseBestOfN` is receding-horizon best-of-N, the controlled-decoding baseline;
   `SpeculativeRejection` starts many responses and drops the weak ones at checkpoints; `ARGS`
   rescores the top-k next tokens by the reward.
+- Samplers (return a draw toward the tilted model ``p exp(r / beta) / Z``, with ``log Z``):
+  `SoftBestOfN` and `AISPSampler` (open loop, `Sampler`), `SMC` and `QAlign` (sequential).
 - `CONTROLLERS`, `register`, `build`, `with_preset`: controllers by name, for config files and the
   command line (`mpc_llm.controllers.registry`).
 """
 
 from mpc_llm.controllers.aisp import AISP, AISPConfig
+from mpc_llm.controllers.aisp_sampler import AISPSampler
 from mpc_llm.controllers.args import ARGS, ARGSConfig
 from mpc_llm.controllers.base import BestSoFar, Controller
 from mpc_llm.controllers.best_of_n import BestOfN
@@ -20,6 +23,7 @@ from mpc_llm.controllers.blockwise import BlockwiseBestOfN, BlockwiseConfig
 from mpc_llm.controllers.cem import CEM, CEMConfig
 from mpc_llm.controllers.gaussian import GAUSSIAN_PRESET, GaussianController
 from mpc_llm.controllers.planner import Planner
+from mpc_llm.controllers.qalign import QAlign, QAlignConfig
 from mpc_llm.controllers.random_shooting import RandomShooting
 from mpc_llm.controllers.receding_horizon import Plan, RecedingHorizon, RecedingHorizonConfig
 from mpc_llm.controllers.registry import (
@@ -32,7 +36,10 @@ from mpc_llm.controllers.registry import (
     unregister,
     with_preset,
 )
+from mpc_llm.controllers.sampling import Sampler, SamplerConfig
 from mpc_llm.controllers.sequential import Episode, Final, SequentialController, Step
+from mpc_llm.controllers.smc import SMC, SMCConfig
+from mpc_llm.controllers.soft_best_of_n import SoftBestOfN
 from mpc_llm.controllers.speculative_rejection import SpeculativeRejection, SpeculativeRejectionConfig
 from mpc_llm.controllers.state import (
     ControllerConfig,
@@ -51,7 +58,9 @@ __all__ = [
     "CONTROLLERS",
     "DEFAULT_NAME",
     "GAUSSIAN_PRESET",
+    "SMC",
     "AISPConfig",
+    "AISPSampler",
     "ARGSConfig",
     "BestOfN",
     "BestSoFar",
@@ -69,11 +78,17 @@ __all__ = [
     "Plan",
     "Planner",
     "PlannerState",
+    "QAlign",
+    "QAlignConfig",
     "RandomShooting",
     "RecedingHorizon",
     "RecedingHorizonConfig",
+    "SMCConfig",
+    "Sampler",
+    "SamplerConfig",
     "SequentialController",
     "Settings",
+    "SoftBestOfN",
     "SpeculativeRejection",
     "SpeculativeRejectionConfig",
     "Step",

@@ -140,6 +140,29 @@ class Controller(Planner[C], Generic[C, S]):
         """The ``(B, K, d)`` control mean a result reports (None: this controller has none)."""
         return None
 
+    def log_ratio(self, state: S, knots: Tensor) -> Tensor | None:
+        """``(B, N)`` ``log p(V) - log q(V | state)`` of the knots just drawn, kept in each iteration's
+        record (``IterationRecord.log_ratio``) for samplers that weight by it; None (default): not
+        reported."""
+        return None
+
+    def choose(
+        self, costs: Tensor, log_ratio: Tensor | None, generators: Sequence[torch.Generator]
+    ) -> tuple[Tensor, dict[str, Tensor]]:
+        """The answer among ``(B, k)`` scored samples (``+inf``: invalid), as a comparison reads a run
+        at budget ``k`` (`mpc_llm.evaluation.records.anytime_records`).
+
+        Args:
+            costs: ``(B, k)`` float64 costs of the first ``k`` samples, in draw order.
+            log_ratio: ``(B, k)`` their ``log p / q`` (`log_ratio`), or None.
+            generators: one per problem, for controllers whose answer is a random draw (samplers).
+
+        Returns:
+            ``(B,)`` the index chosen, and figures to record, each ``(B,)`` (samplers: ``beta``,
+            ``log_z``, ``kl_tilted``, ``ess``). Default: the lowest cost (the first on ties), no figures.
+        """
+        return costs.argmin(dim=1), {}
+
     # ----------------------------------------------------------------- checks
     def check(self, episode: int, cost: Any = None, *, episode_name: str = "the episode length") -> None:
         """``tau <= episode`` and ``num_knots <= tau``, before any model work."""
@@ -262,6 +285,7 @@ class Controller(Planner[C], Generic[C, S]):
             rollout = dynamics.rollout(controls, make_generators(sub_seeds, len(sub_seeds), dynamics.device))
             raw_costs, metrics = cost.evaluate(rollout)
             costs = self._checked_costs(raw_costs, n, state.iteration)
+            log_ratio = self.log_ratio(state, knots)
             state = self.update(state, knots, costs)
             state = state.replace(iteration=state.iteration + 1)
             candidate = BestSoFar.of(rollout, controls, costs, metrics)
@@ -282,6 +306,7 @@ class Controller(Planner[C], Generic[C, S]):
                 best_metrics={k: v.detach().to("cpu", torch.float64) for k, v in best.metrics.items()},
                 token_counts=counts.detach().cpu(),
                 rollout=rollout if keep_rollouts else None,
+                log_ratio=None if log_ratio is None else log_ratio.detach().to("cpu", torch.float64),
             )
             history.append(record)
             if callback is not None:

@@ -24,13 +24,17 @@ from collections.abc import Mapping
 from typing import Any
 
 from mpc_llm.controllers.aisp import AISP
+from mpc_llm.controllers.aisp_sampler import AISPSampler
 from mpc_llm.controllers.args import ARGS
 from mpc_llm.controllers.best_of_n import BestOfN
 from mpc_llm.controllers.blockwise import BlockwiseBestOfN
 from mpc_llm.controllers.cem import CEM
 from mpc_llm.controllers.planner import Planner
+from mpc_llm.controllers.qalign import QAlign
 from mpc_llm.controllers.random_shooting import RandomShooting
 from mpc_llm.controllers.receding_horizon import RecedingHorizon
+from mpc_llm.controllers.smc import SMC
+from mpc_llm.controllers.soft_best_of_n import SoftBestOfN
 from mpc_llm.controllers.speculative_rejection import SpeculativeRejection
 from mpc_llm.controllers.state import override
 
@@ -160,5 +164,9 @@ for _name, _cls in {
     "blockwise_best_of_n": BlockwiseBestOfN,
     "speculative_rejection": SpeculativeRejection,
     "args": ARGS,
+    "soft_best_of_n": SoftBestOfN,
+    "aisp_sample": AISPSampler,
+    "smc": SMC,
+    "qalign": QAlign,
 }.items():
     register(_name, _cls)

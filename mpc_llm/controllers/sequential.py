@@ -8,14 +8,16 @@ them and lives here, in `SequentialController.optimize`:
     while rows are left:
         step = step(system, episode)             # the controller's one step: what to commit
         system = system.advance(step.chosen, step.commit)
-        rows that finished -> each problem keeps its best finished row
+        rows that finished -> kept, with their carry
         keep = keep(...)                         # default: the unfinished rows
         system, rows, carry = their selection    # repeats allowed (resampling)
+    answer = answer(finished rows)               # default: each problem's best finished row
 
 A new sequential controller implements `SequentialController.step` (and `begin` when it starts
 with several rows per problem or carries a state between steps, `keep` when it drops or resamples
-rows). The loop keeps the accounting: samples scored and tokens generated per problem, the
-finished answers, and the `OptimizeResult`.
+rows, `answer` when the answer is not the best finished row, e.g. a draw from a weighted
+population). The loop keeps the accounting: samples scored and tokens generated per problem, the
+finished rows, and the `OptimizeResult`.
 """
 
 from __future__ import annotations
@@ -31,7 +33,7 @@ from torch import Tensor
 
 from mpc_llm.controllers.planner import C, Planner
 from mpc_llm.controllers.state import PlannerState
-from mpc_llm.core import Budget, CostFunction, Dynamics, IterationRecord, OptimizeResult, Rollout
+from mpc_llm.core import Budget, CostFunction, Dynamics, IterationRecord, OptimizeResult, Population, Rollout
 from mpc_llm.core.rollout import stack_problems
 
 #: What a controller carries from one step to the next, one entry per row (None: nothing).
@@ -74,7 +76,8 @@ class Step(Generic[S]):
 
     Attributes:
         chosen: ``(R, 1)`` the rollout whose first ``commit`` steps are committed, per row.
-        commit: steps committed (``1 <= commit <= system.horizon``).
+        commit: steps committed: one count for every row (``1 <= commit <= system.horizon``) or one
+            per row (``commit[i] >= 0``; systems that take per-row counts in `Dynamics.advance`).
         costs: ``(R,)`` float64 cost of each chosen rollout (the answer's cost if the row finishes).
         metrics: what the cost function scored for each chosen rollout, each ``(R,)``.
         samples: ``R`` counts of samples scored in this step.
@@ -84,7 +87,7 @@ class Step(Generic[S]):
     """
 
     chosen: Rollout
-    commit: int
+    commit: int | Sequence[int]
     costs: Tensor
     metrics: dict[str, Tensor]
     samples: Sequence[int]
@@ -94,11 +97,14 @@ class Step(Generic[S]):
 
 
 class Final(NamedTuple):
-    """One problem's finished answer: its cost, its trajectory (``B = N = 1``) and its metrics."""
+    """A finished row: its cost, its trajectory (``B = N = 1``), its metrics and, for `answer`, the
+    step's carry and the row's index in it (``select_rows(carry, [row])`` is the row's own)."""
 
     cost: float
     rollout: Rollout
     metrics: dict[str, float]
+    carry: Any = None
+    row: int = 0
 
 
 def select_rows(carry: Any, index: Sequence[int]) -> Any:
@@ -138,9 +144,17 @@ class SequentialController(Planner[C], Generic[C, S]):
     def step(self, system: Dynamics, cost: CostFunction, episode: Episode[S]) -> Step[S]:
         """Decide what each row of ``system`` commits next (``system``'s ``B`` is the rows)."""
 
-    def keep(self, episode: Episode[S], step: Step[S], done: list[bool]) -> list[int]:
-        """The rows that go on, in order (repeats allowed: resampling). Default: the unfinished ones."""
+    def keep(self, episode: Episode[S], step: Step[S], done: list[bool]) -> list[int] | tuple[list[int], S]:
+        """The rows that go on, in order (repeats allowed: resampling), or the rows and their carry
+        when resampling changes it (SMC resets the weights of the rows it resampled; otherwise the
+        loop selects ``step.carry`` to match). Default: the unfinished ones."""
         return [i for i, d in enumerate(done) if not d]
+
+    def answer(self, finished: Sequence[Sequence[Final]]) -> tuple[list[Final], Population | None]:
+        """Each problem's answer among its finished rows (``finished[b]``, in the order they
+        finished), and the weighted population it was drawn from (samplers; None otherwise).
+        Default: the lowest cost, the first on ties."""
+        return [min(rows, key=lambda f: f.cost) for rows in finished], None
 
     # ----------------------------------------------------------------- the loop
     def optimize(
@@ -171,7 +185,7 @@ class SequentialController(Planner[C], Generic[C, S]):
             dynamics, seed=seed, max_samples=max_samples, max_tokens=max_tokens, state=state
         )
         system = dynamics if owners == list(range(B)) else dynamics.select(owners)
-        finals: dict[int, Final] = {}
+        finals: dict[int, list[Final]] = {}
         samples, tokens = [0] * B, [0] * B
         history: list[IterationRecord] = []
         last: Step[S] | None = None
@@ -191,23 +205,29 @@ class SequentialController(Planner[C], Generic[C, S]):
             system = system.advance(last.chosen, last.commit)
             done = system.finished().tolist()
             for i, b in enumerate(owners):
-                if done[i] and (b not in finals or float(last.costs[i]) < finals[b].cost):
-                    finals[b] = Final(
-                        float(last.costs[i]),
-                        last.chosen.problems([i]),
-                        {k: float(v[i]) for k, v in last.metrics.items()},
+                if done[i]:
+                    finals.setdefault(b, []).append(
+                        Final(
+                            float(last.costs[i]),
+                            last.chosen.problems([i]),
+                            {k: float(v[i]) for k, v in last.metrics.items()},
+                            last.carry,
+                            i,
+                        )
                     )
-            keep = self.keep(episode, last, done)
+            kept = self.keep(episode, last, done)
+            keep, carry = kept if isinstance(kept, tuple) else (kept, None)
             if not keep:
                 break
             system, owners = system.select(keep), [owners[i] for i in keep]
-            carry = select_rows(last.carry, keep)
+            carry = select_rows(last.carry, keep) if not isinstance(kept, tuple) else carry
         missing = [b for b in range(B) if b not in finals]
         if missing:
             raise RuntimeError(f"{type(self).__name__}: the episodes of problems {missing} never finished")
+        answers, population = self.answer([finals[b] for b in range(B)])
         return episode_result(
-            [finals[b] for b in range(B)], samples, tokens, time.perf_counter() - start, history=history,
-            state=None if last is None else last.carry,
+            answers, samples, tokens, time.perf_counter() - start, history=history,
+            state=None if last is None else last.carry, population=population,
         )  # fmt: skip
 
 
@@ -236,6 +256,7 @@ def episode_result(
     *,
     history: Sequence[IterationRecord] = (),
     state: object = None,
+    population: Population | None = None,
 ) -> OptimizeResult:
     """The `OptimizeResult` of ``B`` finished episodes (``finals`` in problem order)."""
     best = stack_problems([f.rollout for f in finals])
@@ -256,4 +277,5 @@ def episode_result(
         best_metrics={
             k: torch.tensor([f.metrics[k] for f in finals], dtype=torch.float64) for k in finals[0].metrics
         },
+        population=population,
     )

@@ -6,6 +6,8 @@
 - `importance_weights`, `effective_sample_size`, `likelihood_log_ratio`: the AISP / MPPI weights,
   and `temperature_for_ess`: the temperature that reaches a target effective sample size;
 - `ZeroOrderHold`: ``K`` knots held over ``tau`` controlled steps;
+- `tilted_estimate`, `Population`: what a sampler's weights estimate about the tilted model
+  (``log Z``, its KL to the base model);
 - `make_generators`: one seeded `torch.Generator` per problem.
 
 This package imports nothing else of mpc_llm (checked by the import-linter contracts).
@@ -25,6 +27,7 @@ from mpc_llm.core.parameterization import ZeroOrderHold
 from mpc_llm.core.random import draw_seeds, make_generators
 from mpc_llm.core.result import Budget, BudgetUnit, IterationRecord, OptimizeResult
 from mpc_llm.core.rollout import Rollout
+from mpc_llm.core.tilted import Population, TiltedEstimate, draw_index, tilted_estimate
 from mpc_llm.core.weighted import WeightedTerms, check_weight
 
 __all__ = [
@@ -37,11 +40,14 @@ __all__ = [
     "Metrics",
     "MissingDependencyError",
     "OptimizeResult",
+    "Population",
     "Rollout",
     "SumCost",
+    "TiltedEstimate",
     "WeightedTerms",
     "ZeroOrderHold",
     "check_weight",
+    "draw_index",
     "draw_seeds",
     "effective_sample_size",
     "importance_weights",
@@ -50,5 +56,6 @@ __all__ = [
     "read_mapping",
     "require",
     "temperature_for_ess",
+    "tilted_estimate",
     "validated",
 ]

@@ -116,13 +116,15 @@ class Dynamics(ABC):
     # problems whose episode has ended. Systems that support it override all three (and, to score a
     # plan over its planning horizon only, `with_horizon`).
 
-    def advance(self, rollout: Rollout, steps: int) -> Dynamics:
+    def advance(self, rollout: Rollout, steps: int | Sequence[int]) -> Dynamics:
         """The same problems after committing the first ``steps`` steps of ``rollout``.
 
         Args:
             rollout: one rollout per problem (``N = 1``), made by this dynamics (or by
                 ``self.with_horizon(h)``).
-            steps: steps to commit, ``1 <= steps <= horizon``.
+            steps: steps to commit, ``1 <= steps <= horizon``; or one count per row (``>= 0``), for
+                systems that support per-row commits (`mpc_llm.dynamics.ToyLM`; others raise
+                `NotImplementedError`, and callers commit groups of rows with equal counts).
 
         Returns:
             A new dynamics (this one is unchanged) whose initial state is the state reached, whose

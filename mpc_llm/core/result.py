@@ -9,6 +9,7 @@ import torch
 from torch import Tensor
 
 from mpc_llm.core.rollout import Rollout
+from mpc_llm.core.tilted import Population
 
 #: What a budget counts: responses scored by the cost (``"samples"``) or tokens generated.
 BudgetUnit = Literal["samples", "tokens"]
@@ -52,6 +53,9 @@ class IterationRecord:
             reward ``"reward"`` as the reward scored it (see `CostFunction.evaluate`).
         token_counts: ``(B, n)`` tokens generated for each sample (zeros for non-LM dynamics).
         rollout: this iteration's rollout, kept only when ``optimize(..., keep_rollouts=True)``.
+        log_ratio: ``(B, n)`` ``log p(V_i) - log q(V_i)`` of each sample's controls under the prior
+            and the proposal that drew them (samplers weight by it), or None (controllers that do
+            not report it).
     """
 
     iteration: int
@@ -64,6 +68,7 @@ class IterationRecord:
     best_metrics: dict[str, Tensor] = field(default_factory=dict)
     token_counts: Tensor | None = None
     rollout: Rollout | None = None
+    log_ratio: Tensor | None = None
 
 
 @dataclass(frozen=True)
@@ -84,6 +89,9 @@ class OptimizeResult:
             ``sigma``, the absolute initial standard deviation of the proposal (resolved from
             ``sigma_relative`` when given), and then ``control_scale``, the measured scale it is a
             fraction of (a language model's pre-logit RMS on each prompt).
+        population: for samplers (soft best-of-N, AISP's sampling mode, SMC), the weighted samples
+            the returned response was drawn from, with ``log Z`` and the tilted model's KL
+            estimated from their weights (`mpc_llm.core.Population`); None for other controllers.
     """
 
     best_rollout: Rollout
@@ -95,6 +103,7 @@ class OptimizeResult:
     mean: Tensor | None = None
     best_metrics: dict[str, Tensor] = field(default_factory=dict)
     settings: dict[str, Tensor] = field(default_factory=dict)
+    population: Population | None = None
 
     def all_metric(self, name: str) -> Tensor:
         """``(B, M)`` the metric ``name`` (e.g. ``"reward"``) of every scored sample, in draw order.

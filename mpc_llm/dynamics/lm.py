@@ -241,13 +241,15 @@ class LMDynamics(Dynamics):
         return self._prefix
 
     # ------------------------------------------------------------------ closed loop
-    def advance(self, rollout: LMRollout, steps: int) -> LMDynamics:  # type: ignore[override]
+    def advance(self, rollout: LMRollout, steps: int | Sequence[int]) -> LMDynamics:  # type: ignore[override]
         """Commit the next ``steps`` tokens of each problem's response in ``rollout`` (``N = 1``).
 
         A problem is finished when its response ended (end-of-sequence or a stop string) within
         the committed tokens, or no token is left.
         """
         m = self.committed
+        if not isinstance(steps, int):  # one count per row: not for a language model yet
+            raise NotImplementedError("LMDynamics commits one count for all rows (select equal ones)")
         if not 1 <= steps <= self.horizon:
             raise ValueError(f"steps must be in [1, {self.horizon}] (tokens left), got {steps}")
         if rollout.batch_size != self.batch_size or rollout.num_samples != 1:

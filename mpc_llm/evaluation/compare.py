@@ -326,7 +326,7 @@ def _run_job(
     if controller.anytime:  # open loop: one run, read at every budget
         limit = {"max_samples": budgets[-1]} if unit == "samples" else {"max_tokens": budgets[-1]}
         result = controller.optimize(dynamics, cost, seed=seeds, keep_rollouts=True, **limit)
-        return anytime_records(result, indices, name, seed, budgets, unit, scorer)
+        return anytime_records(result, indices, name, seed, budgets, unit, scorer, controller)
     records = []
     for k in budgets:  # sequential: one run per budget
         limit = {"max_samples": k} if unit == "samples" else {"max_tokens": k}

@@ -8,14 +8,17 @@ log-probs), the ``samples`` it scored and the ``tokens`` it generated to get the
 ``sigma_relative``) and AISP's mean temperature ``lambda_mean`` (chosen per iteration with
 ``ess_target``). Given the dynamics, the closeness of the response to the base model:
 ``base_logp_mean``, ``base_ppl``, ``kl_estimate`` and ``selection_bound``
-(`mpc_llm.evaluation.closeness`, which says which is an estimate and which a bound); a comparison
+(`mpc_llm.evaluation.closeness`, which says which is an estimate and which a bound); a sampler's
+records add what its weights estimate about the tilted model: ``beta``, ``log_z``, ``kl_tilted``
+(``E_pi[r] / beta - log Z``) and ``ess`` (`mpc_llm.core.tilted_estimate`); a comparison
 with held-out rewards adds ``eval`` (`mpc_llm.evaluation.heldout`).
 
 Two ways to read a budget ``k``:
 
 - `anytime_records` (open-loop controllers): one run serves every budget; the answer at budget
   ``k`` is the best of the run's first samples within ``k`` (``k`` samples, or as many samples as
-  fit in ``k`` generated tokens, at least one).
+  fit in ``k`` generated tokens, at least one), or for a sampler (soft best-of-N, AISP's sampling
+  mode) its weighted draw among them (`mpc_llm.controllers.Controller.choose`).
 - `final_records` (sequential controllers: receding horizon, blockwise): one run per budget; its
   answer is the run's own.
 
@@ -34,7 +37,8 @@ from typing import Any
 
 import torch
 
-from mpc_llm.core import BudgetUnit, Dynamics, OptimizeResult
+from mpc_llm.controllers import Planner
+from mpc_llm.core import BudgetUnit, Dynamics, OptimizeResult, make_generators
 from mpc_llm.evaluation.closeness import chosen_rollout, closeness_fields, selection_bound
 from mpc_llm.evaluation.store import finite
 
@@ -47,10 +51,20 @@ def anytime_records(
     budgets: list[int],
     unit: BudgetUnit,
     dynamics: Dynamics | None = None,
+    controller: Planner | None = None,
 ) -> list[dict[str, Any]]:
     """Records at every budget from one run kept with ``keep_rollouts=True``; with the ``dynamics``,
-    each returned response's closeness to the base model (`mpc_llm.evaluation.closeness`)."""
+    each returned response's closeness to the base model (`mpc_llm.evaluation.closeness`).
+
+    The answer at budget ``k`` is the ``controller``'s `Controller.choose` among the first samples
+    when it is a sampler (a weighted draw, with the uniform of ``settings["choice_seed"]``; its
+    record adds ``beta``, ``log_z``, ``kl_tilted``, ``ess``, and ``selection_bound = log k``),
+    otherwise the lowest cost."""
     history = result.history
+    sampler = controller if getattr(controller, "samples_answer", False) else None
+    ratios = None
+    if sampler is not None and all(r.log_ratio is not None for r in history):
+        ratios = torch.cat([r.log_ratio for r in history], dim=1)  # type: ignore[misc]
     costs = result.all_costs()
     rewards = result.all_metric("reward") if "reward" in history[0].metrics else -costs
     counts = torch.cat([r.token_counts for r in history], dim=1).cumsum(dim=1)  # type: ignore[misc]
@@ -65,7 +79,17 @@ def anytime_records(
             # in tokens: the samples whose tokens fit in k (at least one)
             used = k if unit == "samples" else max(1, int((counts[b] <= k).sum()))
             valid = torch.isfinite(costs[b, :used]) & torch.isfinite(rewards[b, :used])
-            j = int(costs[b, :used].masked_fill(~valid, float("inf")).argmin())
+            masked = costs[b, :used].masked_fill(~valid, float("inf"))
+            figures: dict[str, float] = {}
+            if sampler is not None and bool(valid.any()):  # a weighted draw among the first samples
+                seed_b = int(result.settings["choice_seed"][b])
+                index, stats = sampler.choose(
+                    masked.unsqueeze(0), None if ratios is None else ratios[b : b + 1, :used],
+                    make_generators([seed_b], 1),
+                )  # fmt: skip
+                j, figures = int(index[0]), {k: float(v[0]) for k, v in stats.items()}
+            else:
+                j = int(masked.argmin())
             it = next(i for i, end in enumerate(ends) if end > j)
             rollout = history[it].rollout
             assert rollout is not None, "anytime records need optimize(..., keep_rollouts=True)"
@@ -86,7 +110,8 @@ def anytime_records(
                     "reward": float(rewards[b, j]),
                     "cost": float(costs[b, j]),
                     **rollout.describe(b, j - (ends[it] - sizes[it])),
-                    "selection_bound": selection_bound(used),
+                    "selection_bound": math.log(used) if sampler is not None else selection_bound(used),
+                    **figures,
                     **_settings(result, b, history, used, sizes),
                     **spent,
                 }
@@ -142,8 +167,9 @@ def final_records(
     budget: int,
     dynamics: Dynamics | None = None,
 ) -> list[dict[str, Any]]:
-    """Records of one run at one budget: each problem's answer is the run's own best (with the
-    ``dynamics``, its base log-likelihood; no selection bound: such a run selects at every step)."""
+    """Records of one run at one budget: each problem's answer is the run's own (with the
+    ``dynamics``, its base log-likelihood; no selection bound: such a run selects at every step;
+    for a sampler with a weighted population, SMC, its ``beta``, ``log_z``, ``kl_tilted``, ``ess``)."""
     rewards = result.best_metrics.get("reward")
     fields = (
         None if dynamics is None else closeness_fields(dynamics, result.best_rollout, with_controls=False)
@@ -162,6 +188,7 @@ def final_records(
                     "cost": cost,
                     **result.best_rollout.describe(b, 0),
                     **(fields[b][0] if fields is not None else {}),
+                    **({} if result.population is None else result.population.estimate.figures(b)),
                     "samples": result.budget.samples_per_problem[b],
                     "tokens": result.budget.tokens_per_problem[b],
                     "seconds": result.budget.seconds / len(indices),
