@@ -8,6 +8,8 @@
   re-plan); `BlockwiseBestOfN` is receding-horizon best-of-N, the controlled-decoding baseline;
   `SpeculativeRejection` starts many responses and drops the weak ones at checkpoints; `ARGS`
   rescores the top-k next tokens by the reward.
+- State feedback (a `Controller` whose ``sample`` returns a `mpc_llm.core.Policy`): `REControl`,
+  gradient ascent on a learned value of the pre-logit at every step (`mpc_llm.values`).
 - `CONTROLLERS`, `register`, `build`, `with_preset`: controllers by name, for config files and the
   command line (`mpc_llm.controllers.registry`).
 """
@@ -21,6 +23,7 @@ from mpc_llm.controllers.cem import CEM, CEMConfig
 from mpc_llm.controllers.gaussian import GAUSSIAN_PRESET, GaussianController
 from mpc_llm.controllers.planner import Planner
 from mpc_llm.controllers.random_shooting import RandomShooting
+from mpc_llm.controllers.re_control import REControl, REControlConfig
 from mpc_llm.controllers.receding_horizon import Plan, RecedingHorizon, RecedingHorizonConfig
 from mpc_llm.controllers.registry import (
     CONTROLLERS,
@@ -70,6 +73,8 @@ __all__ = [
     "Planner",
     "PlannerState",
     "RandomShooting",
+    "REControl",
+    "REControlConfig",
     "RecedingHorizon",
     "RecedingHorizonConfig",
     "SequentialController",

@@ -30,6 +30,7 @@ from mpc_llm.controllers.blockwise import BlockwiseBestOfN
 from mpc_llm.controllers.cem import CEM
 from mpc_llm.controllers.planner import Planner
 from mpc_llm.controllers.random_shooting import RandomShooting
+from mpc_llm.controllers.re_control import REControl
 from mpc_llm.controllers.receding_horizon import RecedingHorizon
 from mpc_llm.controllers.speculative_rejection import SpeculativeRejection
 from mpc_llm.controllers.state import override
@@ -147,5 +148,6 @@ for _name, _cls in {
     "blockwise_best_of_n": BlockwiseBestOfN,
     "speculative_rejection": SpeculativeRejection,
     "args": ARGS,
+    "re_control": REControl,
 }.items():
     register(_name, _cls)

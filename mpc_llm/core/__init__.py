@@ -6,6 +6,7 @@
 - `importance_weights`, `effective_sample_size`, `likelihood_log_ratio`: the AISP / MPPI weights,
   and `temperature_for_ess`: the temperature that reaches a target effective sample size;
 - `ZeroOrderHold`: ``K`` knots held over ``tau`` controlled steps;
+- `Policy`: a state-feedback control law ``v_t = policy(z_t, t)`` (`Dynamics.rollout_feedback`);
 - `make_generators`: one seeded `torch.Generator` per problem.
 
 This package imports nothing else of mpc_llm (checked by the import-linter contracts).
@@ -22,6 +23,7 @@ from mpc_llm.core.importance import (
 )
 from mpc_llm.core.optional import MissingDependencyError, require
 from mpc_llm.core.parameterization import ZeroOrderHold
+from mpc_llm.core.policy import Policy
 from mpc_llm.core.random import draw_seeds, make_generators
 from mpc_llm.core.result import Budget, BudgetUnit, IterationRecord, OptimizeResult
 from mpc_llm.core.rollout import Rollout
@@ -37,6 +39,7 @@ __all__ = [
     "Metrics",
     "MissingDependencyError",
     "OptimizeResult",
+    "Policy",
     "Rollout",
     "SumCost",
     "WeightedTerms",

@@ -3,7 +3,9 @@
 `PreLogitControl` is registered on the model's head (`ModelAdapter.head`) for a decode: the head's
 input ``z`` becomes ``z + v``, or ``[z + v; z]`` stacked along the batch when the log-probs of the
 unperturbed model are wanted too (one head call gives both). The model's own forward runs as it
-is, so whatever it does after the head (soft-capping, scaling) stays in place.
+is, so whatever it does after the head (soft-capping, scaling) stays in place. With a state-feedback
+``policy`` (`mpc_llm.core.Policy`), the hook also adds ``policy(z + v, t)`` at the last position
+and keeps it in ``applied`` for the decode to record.
 
 For a compiled decode (`compiled_step`), one `torch.compile` wrapper is kept per model with a hook
 that stays registered (inactive, ``control`` None, outside decodes): registering a hook per decode
@@ -18,6 +20,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from mpc_llm.core import Policy
 from mpc_llm.lm.adapters import ModelAdapter
 
 
@@ -28,13 +31,20 @@ class PreLogitControl:
         self.control: Tensor | None = None  # (R, d)
         self.with_base = False
         self.fired = False
+        #: state feedback: ``v = policy(z + control, step)`` at the last position, added too
+        self.policy: Policy | None = None
+        self.step = 0
+        self.applied: Tensor | None = None  # (R, d) the feedback part of the last call's control
 
     def __call__(self, module: torch.nn.Module, args: tuple[Any, ...]) -> tuple[Any, ...] | None:
         self.fired = True
-        if self.control is None:
+        if self.control is None and self.policy is None:
             return None
         z = args[0]
-        zv = z + self.control.to(z.dtype).unsqueeze(1)  # (R, 1, d), broadcast over positions
+        zv = z if self.control is None else z + self.control.to(z.dtype).unsqueeze(1)  # (R, 1, d)
+        if self.policy is not None:
+            self.applied = self.policy(zv[:, -1].detach(), self.step)
+            zv = zv + self.applied.to(z.dtype).unsqueeze(1)
         if self.with_base:
             zv = torch.cat([zv, z], dim=0)
         return (zv, *args[1:])
