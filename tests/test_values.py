@@ -26,7 +26,9 @@ from mpc_llm.values import (
 )
 
 
-def identity_linear_data(E: int = 1200, d: int = 4, T: int = 2, seed: int = 0) -> tuple[ValueData, torch.Tensor]:
+def identity_linear_data(
+    E: int = 1200, d: int = 4, T: int = 2, seed: int = 0
+) -> tuple[ValueData, torch.Tensor]:
     """Identity dynamics with a linear reward: the outcome is the control sequence ``V`` itself and the
     reward ``<a, sum_t v_t>`` (`LinearCost` with ``a`` at every step). Take the state at step ``t`` to
     be the sum of the controls so far, ``z_t = sum_{s <= t} v_s``; the controls still to come have mean
@@ -47,7 +49,9 @@ def test_trained_value_matches_the_closed_form_on_held_out_states():
     closed form ``<a, z>`` is below 15% of the closed form's standard deviation (Monte Carlo
     targets, so the training labels themselves are noisy where steps remain)."""
     data, a = identity_linear_data()
-    net, report = train_value(data, TrainConfig(width=64, depth=2, epochs=60, patience=10, lr=3e-3, batch_size=128))
+    net, report = train_value(
+        data, TrainConfig(width=64, depth=2, epochs=60, patience=10, lr=3e-3, batch_size=128)
+    )
     held = torch.isin(data.prompt, torch.tensor(report["heldout_prompts"]))
     z = data.states[held]
     exact = z.double() @ a
@@ -83,7 +87,9 @@ def test_split_is_by_prompt_and_never_shares_a_prompt():
     train, held = split_by_prompt(data, 0.2, seed=3)
     assert not set(data.prompt[train].tolist()) & set(data.prompt[held].tolist())
     assert len(train) + len(held) == len(data.states)
-    one = ValueData.from_episodes(torch.zeros(2, 1, 3), torch.ones(2, dtype=torch.long), torch.zeros(2), torch.zeros(2))
+    one = ValueData.from_episodes(
+        torch.zeros(2, 1, 3), torch.ones(2, dtype=torch.long), torch.zeros(2), torch.zeros(2)
+    )
     with pytest.raises(ValueError, match="at least 2 prompts"):
         split_by_prompt(one, 0.2, 0)
 
@@ -135,7 +141,9 @@ def test_step_size_must_be_positive(bad):
 def test_save_then_load_gives_the_same_predictions(tmp_path):
     data, _ = identity_linear_data(E=80, T=2)
     net, report = train_value(data, TrainConfig(width=8, depth=2, epochs=2))
-    save_value(net, {"model": "toy", "model_fingerprint": "abc", "losses": report["train_loss"]}, tmp_path / "v")
+    save_value(
+        net, {"model": "toy", "model_fingerprint": "abc", "losses": report["train_loss"]}, tmp_path / "v"
+    )
     loaded, card = load_value(tmp_path / "v", d=4, fingerprint="abc")
     with torch.no_grad():
         assert torch.equal(net(data.states), loaded(data.states))

@@ -67,7 +67,9 @@ class Dynamics(ABC):
             A rollout with ``B`` problems and ``N`` samples each.
         """
 
-    def rollout_feedback(self, controls: Tensor, generators: Sequence[torch.Generator], policy: Policy) -> Rollout:
+    def rollout_feedback(
+        self, controls: Tensor, generators: Sequence[torch.Generator], policy: Policy
+    ) -> Rollout:
         """Simulate under state feedback: at each step ``t < tau`` the control applied is
         ``u_t + policy(x_t + u_t, t)``, ``u_t = controls[:, :, t]`` (zeros: the policy alone).
 

@@ -25,8 +25,8 @@ from torch import Tensor
 from mpc_llm.core import Dynamics, Policy, validated
 from mpc_llm.dynamics import lm_closeness
 from mpc_llm.lm import LMConfig, LMRollout, Prompt, load_model, resolve_dtype
-from mpc_llm.lm.fingerprint import head_fingerprint
 from mpc_llm.lm.engine import DecodeEngine, Prefix
+from mpc_llm.lm.fingerprint import head_fingerprint
 from mpc_llm.lm.prompts import as_prompt_list, encode_prompt, uses_chat_template
 
 if TYPE_CHECKING:

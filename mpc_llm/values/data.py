@@ -75,9 +75,7 @@ class ValueData:
         return int(self.last.sum())
 
     @classmethod
-    def from_episodes(
-        cls, states: Tensor, lengths: Tensor, rewards: Tensor, prompts: Tensor
-    ) -> ValueData:
+    def from_episodes(cls, states: Tensor, lengths: Tensor, rewards: Tensor, prompts: Tensor) -> ValueData:
         """From ``E`` padded episodes: ``states (E, T, d)``, ``lengths (E,)`` (``>= 1``), ``rewards
         (E,)``, ``prompts (E,)``."""
         E, T, _ = states.shape
@@ -94,8 +92,8 @@ class ValueData:
 
     def subset(self, rows: Tensor) -> ValueData:
         """The rows ``rows`` (whole responses, in order, keep TD pairs intact)."""
-        return ValueData(self.states[rows], self.reward[rows], self.step[rows], self.last[rows],
-                         self.prompt[rows], self.response[rows], self.skipped_nan, self.tokens, self.seconds)  # fmt: skip
+        fields = (self.states, self.reward, self.step, self.last, self.prompt, self.response)
+        return ValueData(*(x[rows] for x in fields), self.skipped_nan, self.tokens, self.seconds)
 
 
 def collect(
@@ -137,7 +135,9 @@ def collect(
     """
     st = require("safetensors.torch", extra="hf", feature="to store value data", package="safetensors")
     if samples_per_prompt < 1 or chunk_size < 1:
-        raise ValueError(f"samples_per_prompt and chunk_size must be >= 1, got {samples_per_prompt}, {chunk_size}")
+        raise ValueError(
+            f"samples_per_prompt and chunk_size must be >= 1, got {samples_per_prompt}, {chunk_size}"
+        )
     if not prompts:
         raise ValueError("no prompts to collect value data on")
     root = Path(folder)
@@ -193,7 +193,9 @@ def _collect_chunk(
     B = len(prompts)
     generators = make_generators([seed * 1_000_003 + i for i in indices], B, system.device)
     recorder = RecordStates()
-    zeros = torch.zeros((), dtype=system.dtype, device=system.device).expand(B, N, system.horizon, system.control_dim)
+    zeros = torch.zeros((), dtype=system.dtype, device=system.device).expand(
+        B, N, system.horizon, system.control_dim
+    )
     rollout = system.rollout_feedback(zeros, generators, recorder)
     costs, metrics = cost.evaluate(rollout)
     reward = metrics.get("reward", -costs).detach().double().cpu().reshape(-1)  # (B * N,)
@@ -258,7 +260,9 @@ def load_data(folder: str | os.PathLike[str]) -> ValueData:
             with require("safetensors", extra="hf", feature="").safe_open(str(path), framework="pt") as f:
                 meta = f.metadata() or {}
         except Exception as err:
-            raise ValueError(f"{path} is corrupt ({type(err).__name__}: {err}); remove it and resume") from None
+            raise ValueError(
+                f"{path} is corrupt ({type(err).__name__}: {err}); remove it and resume"
+            ) from None
         local = torch.unique_consecutive(t["response"], return_inverse=True)[1]
         ends = torch.cumsum(t["length"], 0) - 1
         parts.append(ValueData(

@@ -66,7 +66,9 @@ def read_card(path: str | os.PathLike[str]) -> dict[str, Any]:
             meta = f.metadata() or {}
         card = json.loads(meta["card"])
     except Exception as err:  # safetensors raises its own error types on a corrupt header
-        raise ValueFileError(f"{target} is corrupt or not a value file ({type(err).__name__}: {err})") from None
+        raise ValueFileError(
+            f"{target} is corrupt or not a value file ({type(err).__name__}: {err})"
+        ) from None
     if not isinstance(card, dict) or card.get("format") != FORMAT:
         raise ValueFileError(f"{target} is not a value file of this format ({FORMAT})")
     return card
@@ -104,5 +106,7 @@ def load_value(
         net = ValueMLP(int(arch["d"]), int(arch["width"]), int(arch["depth"]), arch["activation"])
         net.load_state_dict(st.load_file(str(target)))
     except Exception as err:
-        raise ValueFileError(f"{target} is corrupt or not a value file ({type(err).__name__}: {err})") from None
+        raise ValueFileError(
+            f"{target} is corrupt or not a value file ({type(err).__name__}: {err})"
+        ) from None
     return net.eval(), card

@@ -87,7 +87,7 @@ def spearman(x: Tensor, y: Tensor) -> float:
 
 
 def _ranks(x: Tensor) -> Tensor:
-    values, inverse, counts = torch.unique(x, return_inverse=True, return_counts=True)
+    _, inverse, counts = torch.unique(x, return_inverse=True, return_counts=True)
     ends = torch.cumsum(counts, 0).double()
     return (ends - (counts.double() - 1) / 2)[inverse]
 
@@ -177,8 +177,11 @@ def train_value(
         "best_epoch": best[1],
         "train_loss": train_losses,
         "heldout_mse": held_losses,
-        "train": {"states": len(train_rows), "responses": int(data.last[train_rows].sum()),
-                  "prompts": len(torch.unique(data.prompt[train_rows]))},  # fmt: skip
+        "train": {
+            "states": len(train_rows),
+            "responses": int(data.last[train_rows].sum()),
+            "prompts": len(torch.unique(data.prompt[train_rows])),
+        },
         "heldout": evaluate(net, data, held_rows),
         "heldout_prompts": sorted(int(p) for p in torch.unique(data.prompt[held_rows])),
         "seconds": time.perf_counter() - tic,
