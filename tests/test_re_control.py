@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 
 import pytest
@@ -197,3 +198,21 @@ def test_a_value_trained_on_collected_states_steers_toward_its_reward(system, tm
         system, CallableReward(count_a).as_cost(), seed=0
     )
     assert result.budget.samples == 2 and math.isfinite(report["heldout"]["mse"])
+
+
+def test_compare_records_re_control_beside_best_of_n_with_closeness_and_compute(system, value_dir, tmp_path):
+    from mpc_llm.evaluation.compare import compare
+
+    controllers = {
+        "best_of_n": BestOfN(num_samples=2, num_iterations=1),
+        "re_control": REControl(value=str(value_dir), num_steps=2, step_size=20.0, num_samples=2),
+    }
+    compare(PROMPTS[:2], controllers, system.with_prompts, CallableReward(count_a).as_cost(),
+            budgets=[1, 2], out_dir=tmp_path / "run", progress=False)  # fmt: skip
+    lines = (tmp_path / "run" / "records.jsonl").read_text().splitlines()
+    records = [json.loads(line) for line in lines]
+    ours = [r for r in records if r["controller"] == "re_control"]
+    assert len(ours) == 4 and all(r["grad_steps_per_token"] == 2.0 for r in ours)
+    assert all(r["kl_estimate"] > 0 for r in ours)  # the recorded edits are what closeness measures
+    base = [r for r in records if r["controller"] == "best_of_n"]
+    assert all(r["kl_estimate"] == 0 and "grad_steps_per_token" not in r for r in base)
