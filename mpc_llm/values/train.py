@@ -34,15 +34,12 @@ from mpc_llm.values.network import Activation, ValueMLP
 class TrainConfig(BaseModel):
     """How a value is trained.
 
-    Attributes:
-        width, depth, activation: the network (`ValueMLP`).
-        target: ``"mc"`` or ``"td"`` (module docstring).
-        epochs: the most passes over the training states.
-        patience: stop after this many epochs without a lower held-out error (the best epoch's
-            weights are kept).
-        batch_size, lr, weight_decay: Adam's minibatches and settings.
-        heldout_fraction: the share of prompts held out (their states are never trained on).
-        seed: the split, the initial weights and the minibatch order.
+    The network is `ValueMLP` (``width``, ``depth``, ``activation``); ``target`` is ``"mc"`` or
+    ``"td"`` (module docstring); training runs at most ``epochs`` passes over the training states in
+    minibatches of ``batch_size`` (Adam with ``lr`` and ``weight_decay``) and stops after
+    ``patience`` epochs without a lower held-out error (the best epoch's weights are kept);
+    ``heldout_fraction`` of the prompts are held out (their states are never trained on); ``seed``
+    fixes the split, the initial weights and the minibatch order.
     """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
