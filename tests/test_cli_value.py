@@ -91,7 +91,9 @@ def test_nan_rewards_are_skipped_and_counted_and_all_nan_writes_no_value(
     assert not (tmp_path / "w" / "value.safetensors").exists()
 
 
-def test_an_interrupted_collection_resumes_and_loses_nothing(llama_dir, prompt_file, reward, tmp_path, capsys):
+def test_an_interrupted_collection_resumes_and_loses_nothing(
+    llama_dir, prompt_file, reward, tmp_path, capsys
+):
     assert main(train_args(llama_dir, prompt_file, tmp_path / "whole")) == 0
     reward.calls, reward.stop_after = 0, 2  # Ctrl-C while scoring the third chunk
     assert main(train_args(llama_dir, prompt_file, tmp_path / "part")) == 130

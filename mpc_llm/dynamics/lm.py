@@ -22,18 +22,18 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import Tensor
 
-from mpc_llm.core import Dynamics, Policy, validated
+from mpc_llm.core import Dynamics, validated
 from mpc_llm.dynamics import lm_closeness
+from mpc_llm.dynamics.lm_feedback import StateFeedback
 from mpc_llm.lm import LMConfig, LMRollout, Prompt, load_model, resolve_dtype
 from mpc_llm.lm.engine import DecodeEngine, Prefix
-from mpc_llm.lm.fingerprint import head_fingerprint
 from mpc_llm.lm.prompts import as_prompt_list, encode_prompt, uses_chat_template
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 
-class LMDynamics(Dynamics):
+class LMDynamics(StateFeedback, Dynamics):
     """Any `transformers` causal LM as a system driven by pre-logit controls, for ``B`` bound prompts.
 
     Args:
@@ -188,25 +188,6 @@ class LMDynamics(Dynamics):
             return dataclasses.replace(self._generate(None, N, generators), controls=controls)
         flat = controls.to(device=self.device, dtype=self.model_dtype).reshape(B * N, tau, d)
         return dataclasses.replace(self._generate(flat, N, generators), controls=controls)
-
-    def rollout_feedback(
-        self, controls: Tensor, generators: Sequence[torch.Generator], policy: Policy
-    ) -> LMRollout:
-        """Generate under state feedback: at token ``t < tau`` the head's input is ``z + u + policy(z +
-        u, t)``, ``u = controls[:, :, t]`` (zeros: the policy alone, e.g. RE-Control).
-
-        Returns:
-            An `LMRollout` whose ``controls`` are the ``(B, N, T, d)`` controls applied (float32, zero
-            past each response's end), so closeness is measured as for open-loop controls.
-        """
-        self.check_controls(controls)
-        B, N, tau, d = controls.shape
-        flat = controls.to(device=self.device, dtype=self.model_dtype).reshape(B * N, tau, d)
-        return self._generate(flat, N, generators, policy)
-
-    def model_fingerprint(self) -> str:
-        """The model's `mpc_llm.lm.head_fingerprint` (its head's shape and first rows)."""
-        return head_fingerprint(self.engine.adapter.head)
 
     def sample(self, num_samples: int, generators: Sequence[torch.Generator]) -> LMRollout:
         """Generate ``num_samples`` uncontrolled responses per prompt (the model as it is).
@@ -368,11 +349,7 @@ class LMDynamics(Dynamics):
         self._finished: Tensor | None = None  # (B,)
 
     def _generate(
-        self,
-        controls: Tensor | None,
-        N: int,
-        generators: Sequence[torch.Generator],
-        policy: Policy | None = None,
+        self, controls: Tensor | None, N: int, generators: Sequence[torch.Generator], policy: Any = None
     ) -> LMRollout:
         B, m = self.batch_size, self.committed
         self.engine.check_generators(generators, B)
@@ -397,9 +374,9 @@ class LMDynamics(Dynamics):
         def per_problem(x: Tensor | None) -> Tensor | None:
             return None if x is None else x.reshape(B, N, *x.shape[1:])
 
-        zeros = torch.zeros((), dtype=self.dtype, device=self.device).expand(B, N, 1, self.control_dim)
-        return LMRollout(
-            controls=zeros if out.controls is None else _applied(out.controls, B, N, T),
+        zero = torch.zeros((), dtype=self.dtype, device=self.device).expand(B, N, 1, self.control_dim)
+        return LMRollout(  # a feedback decode's controls: those applied to the new tokens (StateFeedback)
+            controls=zero if out.controls is None else out.controls.view(B, N, *out.controls.shape[1:]),
             tokens=tokens.view(B, N, T),
             lengths=lengths.view(B, N),
             texts=[texts[b * N : (b + 1) * N] for b in range(B)],
@@ -410,16 +387,6 @@ class LMDynamics(Dynamics):
             finished=per_problem(out.finished),
             prefix_lengths=None if m == 0 else torch.full((B, N), m, dtype=torch.long),
         )
-
-
-def _applied(applied: Tensor, B: int, N: int, T: int) -> Tensor:
-    """The ``(B, N, T, d)`` controls a feedback decode applied (committed steps of a closed loop:
-    zero, they came first and were not steered by it)."""
-    applied = applied.reshape(B, N, applied.shape[1], applied.shape[2])
-    if applied.shape[2] < T:
-        front = applied.new_zeros((B, N, T - applied.shape[2], applied.shape[3]))
-        applied = torch.cat([front, applied], dim=2)
-    return applied
 
 
 def _columns(x: Tensor, start: int, width: int, pad: float) -> Tensor:

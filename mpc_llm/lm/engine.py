@@ -39,11 +39,10 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from mpc_llm.core import Policy
 from mpc_llm.lm.adapters import ModelAdapter
 from mpc_llm.lm.cache import expand_cache
 from mpc_llm.lm.config import LMConfig
-from mpc_llm.lm.control import PreLogitControl, compiled_step
+from mpc_llm.lm.control import PreLogitControl, compiled_step, feedback_record, recorded
 from mpc_llm.lm.prefix import left_pad
 from mpc_llm.lm.sampling import StopStrings, choose_tokens, token_logprobs
 
@@ -82,8 +81,7 @@ class Decoded:
         logprobs: ``(B * N, T)`` log-probs under the controlled model, or None.
         base_logprobs: ``(B * N, T)`` under the unperturbed model, or None.
         finished: ``(B * N,)`` rows that ended (end-of-sequence or a stop string) before the step limit.
-        controls: ``(B * N, T, d)`` controls applied (float32 at least) (open-loop part plus feedback), with a
-            state-feedback ``policy`` only (None otherwise); zero past each row's end.
+        controls: ``(B * N, T, d)`` controls a feedback ``policy`` applied (else None), 0 past the end.
     """
 
     tokens: Tensor
@@ -229,7 +227,7 @@ class DecodeEngine:
         generators: Sequence[torch.Generator],
         steps: int | None = None,
         history: Tensor | None = None,
-        policy: Policy | None = None,
+        policy: Callable[[Tensor, int], Tensor] | None = None,
     ) -> Decoded:
         """Decode ``N`` responses per prompt of ``prefix``.
 
@@ -241,9 +239,8 @@ class DecodeEngine:
             steps: the most tokens to generate (default ``max_new_tokens``).
             history: ``(B, m)`` response tokens already in ``prefix`` (committed ones), so that a stop
                 string begun in them and ended in the new tokens ends the response.
-            policy: state feedback (`mpc_llm.core.Policy`): at each step ``t < tau`` (``controls``
-                required) the head's input becomes ``z + u + policy(z + u, t)``; the controls
-                applied are recorded in ``Decoded.controls``. Not with compiled decoding.
+            policy: state feedback (`mpc_llm.core.Policy`): the head's input at ``t < tau`` is
+                ``z + u + policy(z + u, t)``, recorded in ``Decoded.controls`` (eager decoding only).
         """
         cfg, adapter = self.config, self.adapter
         B, device = len(prefix.lengths), adapter.device
@@ -252,9 +249,6 @@ class DecodeEngine:
         self.check_context(prefix.lengths, T)
         R, P = B * N, prefix.mask.shape[1]
         tau = 0 if controls is None else controls.shape[1]
-        if policy is not None and (controls is None or cfg.compile):
-            raise ValueError("state feedback needs controls (zeros for the policy alone) and eager decoding "
-                             "(LMConfig(compile=False))")  # fmt: skip
         static = cfg.uses_static_cache
         width = -(-(P + T) // STATIC_BUCKET) * STATIC_BUCKET if static else P + T
         cache = self._static_cache(prefix.cache, N, R, width) if static else expand_cache(prefix.cache, N, T)
@@ -268,10 +262,6 @@ class DecodeEngine:
         done = torch.zeros(R, dtype=torch.bool, device=device)
         logp = torch.zeros((R, T), dtype=torch.float32, device=device) if cfg.return_logprobs else None
         base_logp = torch.zeros_like(logp) if logp is not None else None
-        applied = None
-        if policy is not None:  # float32 at least, as the controls a controller keeps
-            dt = torch.promote_types(controls.dtype, torch.float32)  # type: ignore[union-attr]
-            applied = torch.zeros((R, T, controls.shape[-1]), dtype=dt, device=device)  # type: ignore[union-attr]
         eos = torch.tensor(self.eos_token_ids, dtype=torch.long, device=device) if cfg.stop_at_eos else None
         sync_every = cfg.sync_every or (1 if device.type == "cpu" else 8)
         before = (
@@ -280,13 +270,14 @@ class DecodeEngine:
             else None
         )
 
+        record = feedback_record(policy, controls, cfg.compile, T)
         module, hook, release = self._hook()
         ran = T
         try:
             for t in range(T):
                 controlled = controls is not None and t < tau
                 hook.control = controls[:, t] if controlled else None  # type: ignore[index]
-                hook.policy, hook.step = (policy if controlled else None), t
+                hook.policy, hook.step, hook.record = (policy if controlled else None), t, record
                 hook.with_base = controlled and logp is not None
                 step_mask = mask if static else mask[:, : P + t + 1]
                 out = adapter.forward(input_ids, step_mask, positions, cache, module=module)
@@ -304,9 +295,6 @@ class DecodeEngine:
                 alive = ~done
                 next_tokens = next_tokens.masked_fill(done, self.pad_token_id)
                 tokens[:, t] = next_tokens
-                if applied is not None and controlled and hook.applied is not None:
-                    v = controls[:, t].float() + hook.applied.float()  # type: ignore[index]
-                    applied[:, t] = v.masked_fill(done.unsqueeze(1), 0.0)
                 lengths += alive
                 if logp is not None and base_logp is not None:
                     lp = token_logprobs(logits, next_tokens, cfg.temperature).masked_fill(done, 0.0)
@@ -326,7 +314,7 @@ class DecodeEngine:
                 input_ids = next_tokens.unsqueeze(1)
                 positions = positions + 1
         finally:
-            hook.control, hook.with_base, hook.policy, hook.applied = None, False, None, None
+            hook.control, hook.with_base, hook.policy, hook.record = None, False, None, None
             release()
         return Decoded(
             tokens=tokens[:, :ran],
@@ -334,7 +322,7 @@ class DecodeEngine:
             logprobs=None if logp is None else logp[:, :ran],
             base_logprobs=None if base_logp is None else base_logp[:, :ran],
             finished=done,
-            controls=None if applied is None else applied[:, :ran],
+            controls=recorded(record, ran, lengths),
         )
 
     def texts(self, tokens: Tensor, lengths: Tensor) -> list[str]:
