@@ -15,6 +15,7 @@ from mpc_llm.cli.commands import cmd_align, cmd_info
 from mpc_llm.cli.compare import cmd_compare
 from mpc_llm.cli.errors import EXIT_INTERRUPTED, EXIT_USAGE, CLIError, one_line, one_line_warning
 from mpc_llm.cli.parser import build_parser
+from mpc_llm.cli.value import cmd_train_value
 
 
 def _quiet_libraries() -> None:
@@ -39,6 +40,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         args = build_parser().parse_args(argv)
         _quiet_libraries()
         commands = {"align": cmd_align, "compare": cmd_compare, "info": cmd_info}
+        commands["train-value"] = cmd_train_value
         return commands[args.command](args)
     except KeyboardInterrupt:
         print("mpc-llm: interrupted", file=sys.stderr)

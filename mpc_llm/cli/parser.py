@@ -1,4 +1,4 @@
-"""The command line's grammar: ``align``, ``compare`` and ``info`` and their flags."""
+"""The command line's grammar: ``align``, ``compare``, ``info``, ``train-value`` (`value`) and flags."""
 
 from __future__ import annotations
 
@@ -6,6 +6,8 @@ import argparse
 import json
 from pathlib import Path
 from typing import Any, NoReturn
+
+from mpc_llm.cli import value
 
 
 class _Parser(argparse.ArgumentParser):
@@ -120,7 +122,7 @@ def build_parser() -> argparse.ArgumentParser:
     align.add_argument(
         "--controller",
         help="aisp, cem, random_shooting, best_of_n, receding_horizon, blockwise_best_of_n, "
-        "speculative_rejection, args (default: aisp)",
+        "speculative_rejection, args, re_control (--set value=FOLDER) (default: aisp)",
     )
     align.add_argument("-n", "--num-samples", type=int, dest="num_samples", help="samples per iteration")
     align.add_argument("--iterations", type=int, dest="num_iterations")
@@ -166,4 +168,5 @@ def build_parser() -> argparse.ArgumentParser:
     )
 
     sub.add_parser("info", help="versions, devices and the embedded model's cache")
+    value.add_parser(sub)
     return parser

@@ -10,6 +10,8 @@
   rescores the top-k next tokens by the reward.
 - Samplers (return a draw toward the tilted model ``p exp(r / beta) / Z``, with ``log Z``):
   `SoftBestOfN` and `AISPSampler` (open loop, `Sampler`), `SMC` and `QAlign` (sequential).
+- State feedback (a `Controller` whose ``sample`` returns a `mpc_llm.core.Policy`): `REControl`,
+  gradient ascent on a learned value of the pre-logit at every step (`mpc_llm.values`).
 - `CONTROLLERS`, `register`, `build`, `with_preset`: controllers by name, for config files and the
   command line (`mpc_llm.controllers.registry`).
 """
@@ -25,6 +27,7 @@ from mpc_llm.controllers.gaussian import GAUSSIAN_PRESET, GaussianController
 from mpc_llm.controllers.planner import Planner
 from mpc_llm.controllers.qalign import QAlign, QAlignConfig
 from mpc_llm.controllers.random_shooting import RandomShooting
+from mpc_llm.controllers.re_control import REControl, REControlConfig
 from mpc_llm.controllers.receding_horizon import Plan, RecedingHorizon, RecedingHorizonConfig
 from mpc_llm.controllers.registry import (
     CONTROLLERS,
@@ -80,6 +83,8 @@ __all__ = [
     "PlannerState",
     "QAlign",
     "QAlignConfig",
+    "REControl",
+    "REControlConfig",
     "RandomShooting",
     "RecedingHorizon",
     "RecedingHorizonConfig",

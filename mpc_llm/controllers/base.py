@@ -37,6 +37,7 @@ from mpc_llm.core import (
     IterationRecord,
     Metrics,
     OptimizeResult,
+    Policy,
     Rollout,
     ZeroOrderHold,
     draw_seeds,
@@ -121,8 +122,13 @@ class Controller(Planner[C], Generic[C, S]):
         """The state a run starts from on ``dynamics``' ``B`` problems (``mean``: an initial plan)."""
 
     @abstractmethod
-    def sample(self, state: S, num_samples: int, generators: Sequence[torch.Generator]) -> Tensor:
-        """Draw ``(B, num_samples, K, d)`` knots; draw for problem ``b`` only from ``generators[b]``."""
+    def sample(self, state: S, num_samples: int, generators: Sequence[torch.Generator]) -> Tensor | Policy:
+        """Draw ``(B, num_samples, K, d)`` knots; draw for problem ``b`` only from ``generators[b]``.
+
+        A feedback controller returns a `mpc_llm.core.Policy` instead: the loop then rolls out
+        ``num_samples`` samples under it (`Dynamics.rollout_feedback`), and the controls it keeps and
+        reports are those the dynamics applied, ``(B, N, horizon, d)``.
+        """
 
     def update(self, state: S, knots: Tensor, costs: Tensor) -> S:
         """Return the state after seeing ``(B, N, K, d)`` knots and their ``(B, N)`` costs.
@@ -279,10 +285,16 @@ class Controller(Planner[C], Generic[C, S]):
                 break
             tic = time.perf_counter()
             knots = self.sample(state, n, generators)
-            controls = hold.expand(knots)
+            feedback = knots if isinstance(knots, Policy) else None
+            controls = hold.expand(knots) if feedback is None else _zeros(dynamics, n, hold.tau)
             dynamics.check_controls(controls)
             sub_seeds = draw_seeds(generators)
-            rollout = dynamics.rollout(controls, make_generators(sub_seeds, len(sub_seeds), dynamics.device))
+            streams = make_generators(sub_seeds, len(sub_seeds), dynamics.device)
+            if feedback is None:
+                rollout = dynamics.rollout(controls, streams)
+            else:  # the controls applied, padded to the horizon so that iterations' bests merge
+                rollout = dynamics.rollout_feedback(controls, streams, feedback)
+                controls = dynamics.pad_controls(rollout.controls)
             raw_costs, metrics = cost.evaluate(rollout)
             costs = self._checked_costs(raw_costs, n, state.iteration)
             log_ratio = self.log_ratio(state, knots)
@@ -367,3 +379,9 @@ class Controller(Planner[C], Generic[C, S]):
             stacklevel=3,
         )
         return costs.masked_fill(~valid, float("inf"))
+
+
+def _zeros(dynamics: Dynamics, n: int, tau: int) -> Tensor:
+    """``(B, n, tau, d)`` zero controls (a broadcast view): a feedback policy's open-loop part."""
+    zero = torch.zeros((), dtype=dynamics.dtype, device=dynamics.device)
+    return zero.expand(dynamics.batch_size, n, tau, dynamics.control_dim)

@@ -32,6 +32,7 @@ from mpc_llm.controllers.cem import CEM
 from mpc_llm.controllers.planner import Planner
 from mpc_llm.controllers.qalign import QAlign
 from mpc_llm.controllers.random_shooting import RandomShooting
+from mpc_llm.controllers.re_control import REControl
 from mpc_llm.controllers.receding_horizon import RecedingHorizon
 from mpc_llm.controllers.smc import SMC
 from mpc_llm.controllers.soft_best_of_n import SoftBestOfN
@@ -168,5 +169,6 @@ for _name, _cls in {
     "aisp_sample": AISPSampler,
     "smc": SMC,
     "qalign": QAlign,
+    "re_control": REControl,
 }.items():
     register(_name, _cls)

@@ -8,6 +8,7 @@
 - `ZeroOrderHold`: ``K`` knots held over ``tau`` controlled steps;
 - `tilted_estimate`, `Population`: what a sampler's weights estimate about the tilted model
   (``log Z``, its KL to the base model);
+- `Policy`: a state-feedback control law ``v_t = policy(z_t, t)`` (`Dynamics.rollout_feedback`);
 - `make_generators`: one seeded `torch.Generator` per problem.
 
 This package imports nothing else of mpc_llm (checked by the import-linter contracts).
@@ -24,6 +25,7 @@ from mpc_llm.core.importance import (
 )
 from mpc_llm.core.optional import MissingDependencyError, require
 from mpc_llm.core.parameterization import ZeroOrderHold
+from mpc_llm.core.policy import Policy
 from mpc_llm.core.random import draw_seeds, make_generators
 from mpc_llm.core.result import Budget, BudgetUnit, IterationRecord, OptimizeResult
 from mpc_llm.core.rollout import Rollout
@@ -40,6 +42,7 @@ __all__ = [
     "Metrics",
     "MissingDependencyError",
     "OptimizeResult",
+    "Policy",
     "Population",
     "Rollout",
     "SumCost",

@@ -17,6 +17,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
+from mpc_llm.core.policy import Policy
 from mpc_llm.core.rollout import Rollout
 
 
@@ -65,6 +66,28 @@ class Dynamics(ABC):
         Returns:
             A rollout with ``B`` problems and ``N`` samples each.
         """
+
+    def rollout_feedback(
+        self, controls: Tensor, generators: Sequence[torch.Generator], policy: Policy
+    ) -> Rollout:
+        """Simulate under state feedback: at each step ``t < tau`` the control applied is
+        ``u_t + policy(x_t + u_t, t)``, ``u_t = controls[:, :, t]`` (zeros: the policy alone).
+
+        Returns:
+            A rollout whose ``controls`` are the ``(B, N, T, d)`` controls applied.
+
+        Raises:
+            ValueError: for systems without state feedback (the default).
+        """
+        raise ValueError(
+            f"{type(self).__name__} has no state feedback (a control law evaluated inside its rollout); "
+            "feedback controllers such as RE-Control need a language model"
+        )
+
+    def model_fingerprint(self) -> str | None:
+        """A short string identifying the model behind the system (None: no model), so that a
+        component learned on one model (a value function) refuses another."""
+        return None
 
     def control_scale(self) -> Tensor:
         """``(B,)`` the natural size of a control for each problem, which ``sigma_relative`` scales.

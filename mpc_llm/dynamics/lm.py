@@ -24,6 +24,7 @@ from torch import Tensor
 
 from mpc_llm.core import Dynamics, validated
 from mpc_llm.dynamics import lm_closeness
+from mpc_llm.dynamics.lm_feedback import StateFeedback
 from mpc_llm.lm import LMConfig, LMRollout, Prompt, load_model, resolve_dtype
 from mpc_llm.lm.engine import DecodeEngine, Prefix
 from mpc_llm.lm.prompts import as_prompt_list, encode_prompt, uses_chat_template
@@ -32,7 +33,7 @@ if TYPE_CHECKING:
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 
-class LMDynamics(Dynamics):
+class LMDynamics(StateFeedback, Dynamics):
     """Any `transformers` causal LM as a system driven by pre-logit controls, for ``B`` bound prompts.
 
     Args:
@@ -349,11 +350,13 @@ class LMDynamics(Dynamics):
         self._response_logp: tuple[Tensor, Tensor] | None = None  # their (controlled, base) log-probs
         self._finished: Tensor | None = None  # (B,)
 
-    def _generate(self, controls: Tensor | None, N: int, generators: Sequence[torch.Generator]) -> LMRollout:
+    def _generate(
+        self, controls: Tensor | None, N: int, generators: Sequence[torch.Generator], policy: Any = None
+    ) -> LMRollout:
         B, m = self.batch_size, self.committed
         self.engine.check_generators(generators, B)
         out = self.engine.decode(
-            self.prefill(), controls, N, generators, steps=self.horizon, history=self._response
+            self.prefill(), controls, N, generators, steps=self.horizon, history=self._response, policy=policy
         )
         tokens, lengths, logp, base_logp = out.tokens, out.lengths, out.logprobs, out.base_logprobs
         if self._response is not None:  # the committed tokens first: rollouts hold whole responses
@@ -373,8 +376,9 @@ class LMDynamics(Dynamics):
         def per_problem(x: Tensor | None) -> Tensor | None:
             return None if x is None else x.reshape(B, N, *x.shape[1:])
 
-        return LMRollout(
-            controls=torch.zeros((), dtype=self.dtype, device=self.device).expand(B, N, 1, self.control_dim),
+        zero = torch.zeros((), dtype=self.dtype, device=self.device).expand(B, N, 1, self.control_dim)
+        return LMRollout(  # a feedback decode's controls: those applied to the new tokens (StateFeedback)
+            controls=zero if out.controls is None else out.controls.view(B, N, *out.controls.shape[1:]),
             tokens=tokens.view(B, N, T),
             lengths=lengths.view(B, N),
             texts=[texts[b * N : (b + 1) * N] for b in range(B)],

@@ -141,7 +141,14 @@ def _settings(
             lambdas.append(value)  # +inf: all costs equal, any lambda gives the same weights
     if lambdas:
         out["lambda_mean"] = sum(lambdas) / len(lambdas)
+    for name in COMPUTE_STATS:  # test-time compute a scored sample hides (RE-Control's value gradients)
+        if history and name in history[0].stats:
+            out[name] = float(history[0].stats[name][b])
     return out
+
+
+#: per-token compute a controller reports in its stats, copied into its records
+COMPUTE_STATS = ("grad_steps_per_token", "value_evals_per_token")
 
 
 def invalid_record(key: Mapping[str, Any], spent: Mapping[str, Any]) -> dict[str, Any]:

@@ -42,7 +42,7 @@ from torch import Tensor
 from mpc_llm.lm.adapters import ModelAdapter
 from mpc_llm.lm.cache import expand_cache
 from mpc_llm.lm.config import LMConfig
-from mpc_llm.lm.control import PreLogitControl, compiled_step
+from mpc_llm.lm.control import PreLogitControl, compiled_step, feedback_record, recorded
 from mpc_llm.lm.prefix import left_pad
 from mpc_llm.lm.sampling import StopStrings, choose_tokens, token_logprobs
 
@@ -81,6 +81,7 @@ class Decoded:
         logprobs: ``(B * N, T)`` log-probs under the controlled model, or None.
         base_logprobs: ``(B * N, T)`` under the unperturbed model, or None.
         finished: ``(B * N,)`` rows that ended (end-of-sequence or a stop string) before the step limit.
+        controls: ``(B * N, T, d)`` controls a feedback ``policy`` applied (else None), 0 past the end.
     """
 
     tokens: Tensor
@@ -88,6 +89,7 @@ class Decoded:
     logprobs: Tensor | None
     base_logprobs: Tensor | None
     finished: Tensor
+    controls: Tensor | None = None
 
 
 class DecodeEngine:
@@ -225,6 +227,7 @@ class DecodeEngine:
         generators: Sequence[torch.Generator],
         steps: int | None = None,
         history: Tensor | None = None,
+        policy: Callable[[Tensor, int], Tensor] | None = None,
     ) -> Decoded:
         """Decode ``N`` responses per prompt of ``prefix``.
 
@@ -236,6 +239,8 @@ class DecodeEngine:
             steps: the most tokens to generate (default ``max_new_tokens``).
             history: ``(B, m)`` response tokens already in ``prefix`` (committed ones), so that a stop
                 string begun in them and ended in the new tokens ends the response.
+            policy: state feedback (`mpc_llm.core.Policy`): the head's input at ``t < tau`` is
+                ``z + u + policy(z + u, t)``, recorded in ``Decoded.controls`` (eager decoding only).
         """
         cfg, adapter = self.config, self.adapter
         B, device = len(prefix.lengths), adapter.device
@@ -265,12 +270,14 @@ class DecodeEngine:
             else None
         )
 
+        record = feedback_record(policy, controls, cfg.compile, T)
         module, hook, release = self._hook()
         ran = T
         try:
             for t in range(T):
                 controlled = controls is not None and t < tau
                 hook.control = controls[:, t] if controlled else None  # type: ignore[index]
+                hook.policy, hook.step, hook.record = (policy if controlled else None), t, record
                 hook.with_base = controlled and logp is not None
                 step_mask = mask if static else mask[:, : P + t + 1]
                 out = adapter.forward(input_ids, step_mask, positions, cache, module=module)
@@ -307,7 +314,7 @@ class DecodeEngine:
                 input_ids = next_tokens.unsqueeze(1)
                 positions = positions + 1
         finally:
-            hook.control, hook.with_base = None, False
+            hook.control, hook.with_base, hook.policy, hook.record = None, False, None, None
             release()
         return Decoded(
             tokens=tokens[:, :ran],
@@ -315,6 +322,7 @@ class DecodeEngine:
             logprobs=None if logp is None else logp[:, :ran],
             base_logprobs=None if base_logp is None else base_logp[:, :ran],
             finished=done,
+            controls=recorded(record, ran, lengths),
         )
 
     def texts(self, tokens: Tensor, lengths: Tensor) -> list[str]:
