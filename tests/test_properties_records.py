@@ -16,14 +16,14 @@ import torch
 from fake_text import COST, PROMPTS, FakeText
 
 from mpc_llm import CostFunction
-from mpc_llm.controllers import AISP, BestOfN, RandomShooting
+from mpc_llm.controllers import AISP, BestOfN, BlockwiseBestOfN, RandomShooting
 from mpc_llm.dynamics import IdentityDynamics, LMDynamics, QuadraticCost
 from mpc_llm.evaluation.compare import compare
 from mpc_llm.evaluation.metrics import paired_bootstrap
-from mpc_llm.evaluation.records import anytime_records
+from mpc_llm.evaluation.records import anytime_records, final_records
 from mpc_llm.evaluation.summary import summarize
 from mpc_llm.lm import LMRollout
-from mpc_llm.rewards import KeywordReward
+from mpc_llm.rewards import KeywordReward, Reward
 
 
 # --------------------------------------------------------------------------- the anytime rule
@@ -173,3 +173,32 @@ def test_the_summarys_difference_interval_is_95_percent() -> None:
     assert row["diff_high"] - row["diff_low"] == pytest.approx(2 * half, rel=0.12)
     assert row["reward_high"] - row["reward_low"] == pytest.approx(2 * half, rel=0.05)  # Student-t, large n
 
+
+
+class CharSum(Reward):
+    """A reward that tells tiny-model responses apart: their characters' codes, scaled to [0, 1)."""
+
+    accepts_partial = True
+
+    def score_batch(self, prompts, responses):  # type: ignore[no-untyped-def]
+        return [sum(map(ord, r)) % 97 / 97 for r in responses]
+
+
+def test_a_sequential_record_is_its_runs_own_answer_with_fresh_closeness(tiny_lm) -> None:
+    """final_records: the reward as the reward scored it (not the negated cost: the cost is scaled),
+    and the committed response's base log-likelihood without a steering estimate (its controls
+    come from several plans, so no single policy produced it)."""
+    model, tok = tiny_lm("llama")
+    prompts = ["Hello there", "The quick brown fox"]
+    lm = LMDynamics(model, tok, prompts, chat_template=False, max_new_tokens=6, stop_at_eos=False)
+    reward = CharSum()
+    result = BlockwiseBestOfN(num_samples=3, block=3).optimize(lm, reward.as_cost(2.0), seed=0)
+    records = final_records(result, [0, 1], "blockwise", 0, 6, dynamics=lm)
+    fresh = lm.closeness_to_base(result.best_rollout, None)
+    for b, r in enumerate(records):
+        text = result.best_rollout.texts[b][0]
+        assert r["response"] == text
+        assert r["reward"] == pytest.approx(float(reward.score([prompts[b]], [text])[0]))
+        assert r["cost"] == pytest.approx(-2.0 * r["reward"])
+        assert r["base_logp_mean"] == pytest.approx(float(fresh["base_logp_mean"][b, 0]), abs=1e-5)
+        assert "kl_estimate" not in r and r["samples"] == 6 and r["tokens"] == 3 * 6 + 3 * 3  # to the end
