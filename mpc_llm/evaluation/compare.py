@@ -236,14 +236,14 @@ def compare(
         )
         baseline = None
     episode = make_dynamics([prompts[0]]).horizon
-    budgets = check_budgets(controllers, budgets, budget_unit, episode)
-    for controller in controllers.values():
-        controller.check(episode, cost)
     settings = comparison_settings(
         prompts, controllers, budgets, seeds, settings, list(eval_rewards or {}), budget_unit
     )
-    if world is not None:
-        world.check_same(settings)  # ranks given different settings stop here, every one of them
+    if world is not None:  # first: ranks given different settings stop here, every one of them
+        world.check_same(settings)
+    budgets = check_budgets(controllers, budgets, budget_unit, episode)
+    for controller in controllers.values():
+        controller.check(episode, cost)
     shard = None if world is None else world.rank
 
     def open_run() -> tuple[RunStore, list[Job]]:
