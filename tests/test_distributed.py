@@ -247,6 +247,17 @@ def test_a_rank_that_fails_leaves_the_others_to_finish_and_resume_completes(tmp_
 
 
 def test_ranks_with_different_settings_stop_with_one_error(tmp_path) -> None:
+    # rank 1 counts its budgets in tokens (which a controller may refuse: the ranks compare first)
+    results = run_ranks(2, tmp_path / "run", per_rank=lambda r: {"budget_unit": "tokens"} if r else {})
+    for err in results:
+        assert isinstance(err, DistributedError)
+        assert str(err) == (
+            "rank 1's settings differ from rank 0's in: budget_unit (every rank must run the same command)"
+        )
+    assert not (tmp_path / "run").exists()  # stopped before anything was written
+
+
+def test_ranks_with_different_held_out_rewards_stop_with_one_error(tmp_path) -> None:
     # rank 1 scores a held-out reward that rank 0 does not (never scored: the ranks stop first)
     results = run_ranks(2, tmp_path / "run", per_rank=lambda r: {"eval_rewards": {"held": None}} if r else {})
     for err in results:
