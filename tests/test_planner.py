@@ -181,3 +181,12 @@ def test_sequential_results_have_no_mean_and_open_loop_ones_do() -> None:
     mpc = RecedingHorizon(AISP(sigma=1.0, num_samples=4, num_iterations=1), horizon=2)
     result = mpc.optimize(system, cost)
     assert result.mean is None and isinstance(result.state.state, GaussianState)
+
+
+def test_the_command_lines_help_names_every_built_in_controller() -> None:
+    from mpc_llm.cli.parser import build_parser
+
+    sub = next(a for a in build_parser()._actions if a.dest == "command")
+    align = sub.choices["align"]  # type: ignore[index]
+    text = next(a.help for a in align._actions if a.dest == "controller")
+    assert [name for name in CONTROLLERS if name not in text] == []
