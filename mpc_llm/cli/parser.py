@@ -122,7 +122,7 @@ def build_parser() -> argparse.ArgumentParser:
     align.add_argument(
         "--controller",
         help="aisp, cem, random_shooting, best_of_n, receding_horizon, blockwise_best_of_n, "
-        "speculative_rejection, args, soft_best_of_n, aisp_sample, smc, qalign, re_control "
+        "speculative_rejection, args, soft_best_of_n, aisp_sample, smc, qalign, re_control, value_blockwise "
         "(--set value=FOLDER), or any registered name (default: aisp)",
     )
     align.add_argument("-n", "--num-samples", type=int, dest="num_samples", help="samples per iteration")

@@ -20,7 +20,8 @@ from typing import Any
 def add_parser(sub: Any) -> None:
     """The ``train-value`` sub-command and its flags."""
     p: argparse.ArgumentParser = sub.add_parser(
-        "train-value", help="learn a value of the pre-logit state from base-model samples (for re_control)"
+        "train-value",
+        help="learn a value of the pre-logit state from base-model samples (re_control, value_blockwise)",
     )
     g = p.add_argument_group("data")
     g.add_argument("--model", help="HF id, local folder or .gguf file (default: embedded SmolLM2)")

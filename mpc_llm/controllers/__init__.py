@@ -12,6 +12,8 @@
   `SoftBestOfN` and `AISPSampler` (open loop, `Sampler`), `SMC` and `QAlign` (sequential).
 - State feedback (a `Controller` whose ``sample`` returns a `mpc_llm.core.Policy`): `REControl`,
   gradient ascent on a learned value of the pre-logit at every step (`mpc_llm.values`).
+- Learned prefix value, no gradient: `ValueBlockwise`, controlled decoding that keeps the best of
+  ``K`` blocks by the value and calls the reward only on finished responses.
 - `CONTROLLERS`, `register`, `build`, `with_preset`: controllers by name, for config files and the
   command line (`mpc_llm.controllers.registry`).
 """
@@ -53,6 +55,7 @@ from mpc_llm.controllers.state import (
     Settings,
     override,
 )
+from mpc_llm.controllers.value_blockwise import ValueBlockwise, ValueBlockwiseConfig
 
 __all__ = [
     "AISP",
@@ -97,6 +100,8 @@ __all__ = [
     "SpeculativeRejection",
     "SpeculativeRejectionConfig",
     "Step",
+    "ValueBlockwise",
+    "ValueBlockwiseConfig",
     "build",
     "controller_class",
     "override",

@@ -35,7 +35,7 @@ from pydantic import Field
 from mpc_llm.controllers.base import Controller
 from mpc_llm.controllers.state import ControllerConfig, PlannerState
 from mpc_llm.core import Dynamics, Policy
-from mpc_llm.values import GradientAscentPolicy, ValueMLP, load_value, read_card
+from mpc_llm.values import GradientAscentPolicy, ValueRef
 
 
 class REControlConfig(ControllerConfig):
@@ -70,29 +70,25 @@ class REControl(Controller[REControlConfig, PlannerState]):
 
     def __init__(self, config: Any = None, **overrides: object) -> None:
         super().__init__(config, **overrides)
-        self._value: tuple[tuple[str | None, int], ValueMLP] | None = None
+        self.value = ValueRef(self.config.value)
 
     def check(self, episode: int, cost: Any = None, *, episode_name: str = "the episode length") -> None:
         """The value file exists and is one (before any model loads), and the usual checks."""
         super().check(episode, cost, episode_name=episode_name)
-        read_card(self.config.value)
+        self.value.check()
 
-    def value_for(self, dynamics: Dynamics) -> ValueMLP:
-        """The value network, refused unless it was trained on this model and ``d``."""
-        key = (dynamics.model_fingerprint(), dynamics.control_dim)
-        if self._value is None or self._value[0] != key:
-            net, _ = load_value(self.config.value, d=key[1], fingerprint=key[0])
-            self._value = (key, net)
-        return self._value[1]
+    def spec(self) -> dict[str, Any]:
+        """Class and config, and what the value cost to learn (from its card)."""
+        return {**super().spec(), "value_learning": self.value.learning()}
 
     def init_state(self, dynamics: Dynamics, mean: torch.Tensor | None = None) -> PlannerState:
-        """Load and check the value; the stats give the gradient steps per controlled token."""
-        self.value_for(dynamics)
+        """Load the value (refused unless trained on this model and ``d``); the stats give the
+        gradient steps per controlled token."""
+        self.value.for_system(dynamics)
         steps = torch.full((dynamics.batch_size,), float(self.config.num_steps))
         return PlannerState(stats={"grad_steps_per_token": steps, "value_evals_per_token": steps.clone()})
 
     def sample(self, state: PlannerState, num_samples: int, generators: Sequence[torch.Generator]) -> Policy:
         """The gradient-ascent policy (no random draw: the system's sampling is the only randomness)."""
-        assert self._value is not None, "init_state loads the value"
         cfg = self.config
-        return GradientAscentPolicy(self._value[1], cfg.num_steps, cfg.step_size, cfg.max_norm)
+        return GradientAscentPolicy(self.value.loaded, cfg.num_steps, cfg.step_size, cfg.max_norm)

@@ -38,6 +38,7 @@ from mpc_llm.controllers.smc import SMC
 from mpc_llm.controllers.soft_best_of_n import SoftBestOfN
 from mpc_llm.controllers.speculative_rejection import SpeculativeRejection
 from mpc_llm.controllers.state import override
+from mpc_llm.controllers.value_blockwise import ValueBlockwise
 
 #: The controller a spec without a ``name`` builds.
 DEFAULT_NAME = "aisp"
@@ -170,5 +171,6 @@ for _name, _cls in {
     "smc": SMC,
     "qalign": QAlign,
     "re_control": REControl,
+    "value_blockwise": ValueBlockwise,
 }.items():
     register(_name, _cls)

@@ -53,4 +53,3 @@ class StateFeedback:
     def model_fingerprint(self: LMDynamics) -> str:
         """The model's `mpc_llm.lm.fingerprint.head_fingerprint` (its head's shape and first rows)."""
         return head_fingerprint(self.engine.adapter.head)
-

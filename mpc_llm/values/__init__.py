@@ -5,7 +5,8 @@
   finished response, stored in resumable chunks;
 - `TrainConfig` / `train_value`: Monte Carlo or RE-Control's temporal-difference targets, a held-out
   split by prompt, early stopping, the held-out error and rank correlation;
-- `save_value` / `load_value` / `read_card`: safetensors plus a JSON card, no pickle;
+- `save_value` / `load_value` / `read_card`: safetensors plus a JSON card, no pickle; `ValueRef`, a
+  value file a controller names, loaded once per model and refused for another;
   `ValueFileError` for a missing, corrupt or mismatched file;
 - `GradientAscentPolicy`: RE-Control's test-time step, a `mpc_llm.core.Policy`.
 
@@ -14,7 +15,7 @@ torch, safetensors), so the RE-Control controller can load a value by path.
 """
 
 from mpc_llm.values.data import RecordStates, ValueData, collect, load_data, summarize
-from mpc_llm.values.io import ValueFileError, load_value, read_card, save_value, weights_path
+from mpc_llm.values.io import ValueFileError, ValueRef, load_value, read_card, save_value, weights_path
 from mpc_llm.values.network import ValueMLP
 from mpc_llm.values.policy import GradientAscentPolicy
 from mpc_llm.values.train import TrainConfig, evaluate, spearman, split_by_prompt, train_value
@@ -26,6 +27,7 @@ __all__ = [
     "ValueData",
     "ValueFileError",
     "ValueMLP",
+    "ValueRef",
     "collect",
     "evaluate",
     "load_data",

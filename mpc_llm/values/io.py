@@ -15,7 +15,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from mpc_llm.core import require
+from mpc_llm.core import Dynamics, require
 from mpc_llm.values.network import ValueMLP
 
 WEIGHTS = "value.safetensors"
@@ -110,3 +110,49 @@ def load_value(
             f"{target} is corrupt or not a value file ({type(err).__name__}: {err})"
         ) from None
     return net.eval(), card
+
+
+class ValueRef:
+    """A value file named by a controller's settings, loaded on first use for a system.
+
+    The network is loaded once per (model fingerprint, ``d``) and refused for a model it was not
+    trained on (`load_value`); `learning` summarises the card: what the value cost to learn.
+
+    Args:
+        path: the value folder or its ``.safetensors`` file.
+    """
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        self.path = path
+        self._loaded: tuple[tuple[str | None, int], ValueMLP] | None = None
+
+    def check(self) -> None:
+        """Raise `ValueFileError` unless ``path`` holds a readable value file (no weights read)."""
+        read_card(self.path)
+
+    def for_system(self, dynamics: Dynamics) -> ValueMLP:
+        """The network, checked against ``dynamics``' model fingerprint and pre-logit size."""
+        key = (dynamics.model_fingerprint(), dynamics.control_dim)
+        if self._loaded is None or self._loaded[0] != key:
+            net, _ = load_value(self.path, d=key[1], fingerprint=key[0])
+            self._loaded = (key, net)
+        return self._loaded[1]
+
+    @property
+    def loaded(self) -> ValueMLP:
+        """The network the last `for_system` loaded."""
+        if self._loaded is None:
+            raise RuntimeError(f"the value {self.path} is not loaded yet: call for_system(dynamics) first")
+        return self._loaded[1]
+
+    def learning(self) -> dict[str, Any]:
+        """What a comparison reports beside the test-time budget: the card's model, reward, prompts
+        (source, count) and ``learning_cost`` (responses sampled and scored, tokens, seconds)."""
+        card = read_card(self.path)
+        prompts = card.get("prompts") or {}
+        return {
+            "model": card.get("model"),
+            "reward": card.get("reward"),
+            "prompts": {k: prompts.get(k) for k in ("source", "count")},
+            "learning_cost": card.get("learning_cost"),
+        }
