@@ -14,6 +14,7 @@ from collections.abc import Sequence
 from mpc_llm.cli.commands import cmd_align, cmd_info
 from mpc_llm.cli.compare import cmd_compare
 from mpc_llm.cli.errors import EXIT_INTERRUPTED, EXIT_USAGE, CLIError, one_line, one_line_warning
+from mpc_llm.cli.merge import cmd_merge
 from mpc_llm.cli.parser import build_parser
 from mpc_llm.cli.value import cmd_train_value
 
@@ -41,6 +42,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         _quiet_libraries()
         commands = {"align": cmd_align, "compare": cmd_compare, "info": cmd_info}
         commands["train-value"] = cmd_train_value
+        commands["merge"] = cmd_merge
         return commands[args.command](args)
     except KeyboardInterrupt:
         print("mpc-llm: interrupted", file=sys.stderr)

@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 from typing import Any, NoReturn
 
-from mpc_llm.cli import value
+from mpc_llm.cli import merge, value
 
 
 class _Parser(argparse.ArgumentParser):
@@ -114,7 +114,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog="mpc-llm", description="Test-time alignment of LLMs as sampling-based optimal control."
     )
-    sub = parser.add_subparsers(dest="command", required=True, metavar="{align,compare,info}")
+    sub = parser.add_subparsers(
+        dest="command", required=True, metavar="{align,compare,info,train-value,merge}"
+    )
 
     align = sub.add_parser("align", help="steer one response toward the reward")
     align.add_argument("prompt", help="the prompt to respond to")
@@ -170,4 +172,5 @@ def build_parser() -> argparse.ArgumentParser:
 
     sub.add_parser("info", help="versions, devices and the embedded model's cache")
     value.add_parser(sub)
+    merge.add_parser(sub)
     return parser

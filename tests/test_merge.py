@@ -1,0 +1,87 @@
+"""`mpc-llm merge`: finished comparisons summarised together, on the prompts and seeds they share."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from fake_text import COST, PROMPTS, FakeText
+
+from mpc_llm.cli import main
+from mpc_llm.controllers import AISP, BestOfN, RandomShooting
+from mpc_llm.evaluation.compare import compare
+from mpc_llm.evaluation.merge import merge_runs
+
+
+def run(out, controllers, prompts=PROMPTS, seeds=(0, 1), settings=None):
+    return compare(
+        prompts, controllers, lambda p: FakeText(p), COST, budgets=[4, 8], seeds=list(seeds),
+        out_dir=out, settings=settings or {"system": "fake", "prompts": "toy"}, progress=False,
+    )  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    root = tmp_path_factory.mktemp("runs")
+    run(
+        root / "a", {"best_of_n": BestOfN(num_samples=8), "aisp": AISP(sigma=1.0, lambda_=0.5, num_samples=4)}
+    )
+    run(root / "b", {"best_of_n": BestOfN(num_samples=8), "rs": RandomShooting(sigma=1.0, num_samples=4)},
+        prompts=PROMPTS[:3], seeds=(0,))  # fmt: skip
+    return root
+
+
+def test_the_merge_keeps_the_shared_prompts_and_summarises_every_controller(runs, tmp_path):
+    rows = merge_runs([runs / "a", runs / "b"], tmp_path / "m")
+    assert {(r["controller"], r["budget"]) for r in rows} == {
+        (c, b) for c in ("best_of_n", "aisp", "rs") for b in (4, 8)
+    }
+    assert {r["n"] for r in rows} == {3}  # prompts 0..2, seed 0: what both runs hold
+    records = [json.loads(line) for line in (tmp_path / "m" / "records.jsonl").read_text().splitlines()]
+    assert {(r["prompt_index"], r["seed"]) for r in records} == {(i, 0) for i in range(3)}
+    # a shared label is taken once, from the first run, and equals that run's own records
+    ours = sorted(
+        (r["prompt_index"], r["budget"], r["reward"]) for r in records if r["controller"] == "best_of_n"
+    )
+    first = [json.loads(line) for line in (runs / "a" / "records.jsonl").read_text().splitlines()]
+    theirs = sorted(
+        (r["prompt_index"], r["budget"], r["reward"])
+        for r in first
+        if r["controller"] == "best_of_n" and r["seed"] == 0 and r["prompt_index"] < 3
+    )
+    assert ours == theirs and len(ours) == 6
+    aisp = next(r for r in rows if r["controller"] == "aisp" and r["budget"] == 8)
+    assert aisp["diff"] is not None  # paired against best-of-N on the shared prompts
+    settings = json.loads((tmp_path / "m" / "settings.json").read_text())
+    assert settings["num_prompts"] == 3 and settings["seeds"] == [0] and len(settings["merged_from"]) == 2
+    assert (tmp_path / "m" / "summary.md").is_file()
+
+
+def test_runs_that_are_not_comparable_are_refused(runs, tmp_path):
+    run(
+        tmp_path / "other",
+        {"best_of_n": BestOfN(num_samples=8)},
+        settings={"system": "other", "prompts": "toy"},
+    )
+    with pytest.raises(ValueError, match="differ in 'system'"):
+        merge_runs([runs / "a", tmp_path / "other"], tmp_path / "m")
+    run(tmp_path / "clash", {"aisp": AISP(sigma=2.0, lambda_=0.5, num_samples=4)})
+    with pytest.raises(ValueError, match="'aisp' has different settings"):
+        merge_runs([runs / "a", tmp_path / "clash"], tmp_path / "m")
+    run(tmp_path / "unnamed", {"rs": RandomShooting(sigma=1.0, num_samples=4)}, prompts=PROMPTS[:2],
+        settings={"system": "fake"})  # fmt: skip
+    run(tmp_path / "unnamed2", {"best_of_n": BestOfN(num_samples=8)}, settings={"system": "fake"})
+    with pytest.raises(ValueError, match="indices cannot be matched"):
+        merge_runs([tmp_path / "unnamed2", tmp_path / "unnamed"], tmp_path / "m")
+    with pytest.raises(ValueError, match="one of the runs"):
+        merge_runs([runs / "a", runs / "b"], runs / "a")
+
+
+def test_the_command_line_merges_and_refuses_an_unfinished_run(runs, tmp_path, capsys):
+    assert main(["merge", str(runs / "a"), str(runs / "b"), "--out", str(tmp_path / "m")]) == 0
+    assert "| rs | 8 |" in capsys.readouterr().out
+    (tmp_path / "half").mkdir()
+    (tmp_path / "half" / "settings.json").write_text("{}")
+    assert main(["merge", str(runs / "a"), str(tmp_path / "half"), "--out", str(tmp_path / "m2")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "has not finished" in err and "--resume" in err
