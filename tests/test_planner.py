@@ -129,7 +129,7 @@ class Branches(SequentialController[GreedyConfig, list[torch.Generator]]):
 
     config_class = GreedyConfig
 
-    def begin(self, dynamics, *, seed, max_samples, max_tokens, state):  # type: ignore[no-untyped-def]
+    def begin(self, dynamics, start):  # type: ignore[no-untyped-def]
         owners = [b for b in range(dynamics.batch_size) for _ in range(self.config.width)]
         return owners, make_generators(list(range(len(owners))), len(owners))
 

@@ -27,6 +27,7 @@ from mpc_llm.core import make_generators, tilted_estimate
 from mpc_llm.dynamics import ToyLM, ToyReward, exact_tilted
 from mpc_llm.evaluation.compare import compare
 from mpc_llm.evaluation.records import anytime_records
+from mpc_llm.rewards.rules import CallableReward
 
 DRAWS = 2000
 TV_TOLERANCE = 0.08  # at DRAWS draws (see the module docstring)
@@ -336,3 +337,25 @@ def test_bad_sampler_input_fails_in_one_line_before_any_model_loads(argv, messag
     assert main([*base, *argv]) == 2
     err = capsys.readouterr().err
     assert len(err.splitlines()) == 1 and err.startswith("mpc-llm: error: ") and message in err, err
+
+
+def test_qalign_regenerates_rows_of_different_prefix_lengths_on_a_language_model(tiny_lm) -> None:
+    """Rows keeping no prefix and rows keeping one are regenerated in separate decodes and stacked:
+    each proposal keeps its prefix and counts only its new tokens (a row keeping nothing first used
+    to make every row count its kept prefix as new, and a long chain then overran the episode)."""
+    from mpc_llm.controllers.qalign import regenerate
+    from mpc_llm.dynamics import LMDynamics
+
+    model, tok = tiny_lm("llama")
+    lm = LMDynamics(model, tok, ["Hello", "Hi there", "Tell me a story", "Good morning"], max_new_tokens=6)
+    zero = torch.zeros(4, 1, 1, lm.control_dim)
+    current = lm.rollout(zero, make_generators(0, 4))
+    keep = [min(k, int(n) - 1) for k, n in zip([0, 2, 0, 3], current.lengths[:, 0].tolist(), strict=True)]
+    proposal = regenerate(lm, current, keep, make_generators(1, 4))
+    assert torch.equal(proposal.token_counts()[:, 0] + torch.tensor(keep), proposal.lengths[:, 0].cpu())
+    for i, k in enumerate(keep):
+        assert torch.equal(proposal.tokens[i, 0, :k], current.tokens[i, 0, :k])
+    result = QAlign(beta=0.1).optimize(
+        lm, CallableReward(lambda p, r: r.count("a")).as_cost(), max_samples=12, seed=0
+    )
+    assert int(result.best_rollout.lengths.max()) <= 6

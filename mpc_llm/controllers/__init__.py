@@ -42,7 +42,7 @@ from mpc_llm.controllers.registry import (
     with_preset,
 )
 from mpc_llm.controllers.sampling import Sampler, SamplerConfig
-from mpc_llm.controllers.sequential import Episode, Final, SequentialController, Step
+from mpc_llm.controllers.sequential import Episode, Final, SequentialController, Start, Step
 from mpc_llm.controllers.smc import SMC, SMCConfig
 from mpc_llm.controllers.soft_best_of_n import SoftBestOfN
 from mpc_llm.controllers.speculative_rejection import SpeculativeRejection, SpeculativeRejectionConfig
@@ -99,6 +99,7 @@ __all__ = [
     "SoftBestOfN",
     "SpeculativeRejection",
     "SpeculativeRejectionConfig",
+    "Start",
     "Step",
     "ValueBlockwise",
     "ValueBlockwiseConfig",

@@ -34,14 +34,13 @@ from __future__ import annotations
 
 import math
 import sys
-from collections.abc import Sequence
 from typing import Any, ClassVar
 
 import torch
 from pydantic import Field
 from torch import Tensor
 
-from mpc_llm.controllers.sequential import Episode, SequentialController, Step
+from mpc_llm.controllers.sequential import Episode, SequentialController, Start, Step
 from mpc_llm.controllers.state import Settings
 from mpc_llm.core import BudgetUnit, CostFunction, Dynamics, Metrics, Rollout, draw_seeds, make_generators
 from mpc_llm.core.rollout import stack_problems
@@ -122,18 +121,10 @@ class QAlign(SequentialController[QAlignConfig, Streams]):
                 "raise the budget"
             )
 
-    def begin(
-        self,
-        dynamics: Dynamics,
-        *,
-        seed: int | Sequence[int] | None,
-        max_samples: int | None,
-        max_tokens: int | None,
-        state: Any,
-    ) -> tuple[list[int], Streams]:
+    def begin(self, dynamics: Dynamics, start: Start) -> tuple[list[int], Streams]:
         """One chain per problem, with its problem's stream."""
         B = dynamics.batch_size
-        return list(range(B)), make_generators(0 if seed is None else seed, B, dynamics.device)
+        return list(range(B)), start.streams(dynamics)
 
     def propose(
         self,

@@ -35,7 +35,7 @@ from pydantic import Field, model_validator
 
 from mpc_llm.controllers.base import Controller
 from mpc_llm.controllers.planner import Planner
-from mpc_llm.controllers.sequential import Episode, SequentialController, Step, require_partial
+from mpc_llm.controllers.sequential import Episode, SequentialController, Start, Step, require_partial
 from mpc_llm.controllers.state import PlannerState, Settings
 from mpc_llm.core import BudgetUnit, CostFunction, Dynamics, ZeroOrderHold
 
@@ -224,22 +224,18 @@ class RecedingHorizon(SequentialController[RecedingHorizonConfig, Plan]):
         return per_step
 
     # ----------------------------------------------------------------- the step
-    def begin(
-        self,
-        dynamics: Dynamics,
-        *,
-        seed: int | Sequence[int] | None,
-        max_samples: int | None,
-        max_tokens: int | None,
-        state: PlannerState | None,
-    ) -> tuple[list[int], Plan]:
-        """One row per problem; the first plan starts from ``state`` (an inner state) if given."""
-        if max_tokens is not None:
-            self.check_budget(dynamics.horizon, max_tokens, "tokens")
-        per_step = None if max_tokens is not None else self.per_step_budget(dynamics.horizon, max_samples)
+    def begin(self, dynamics: Dynamics, start: Start) -> tuple[list[int], Plan]:
+        """One row per problem; the first plan starts from ``start.state`` (an inner state) if given."""
+        if start.max_tokens is not None:
+            self.check_budget(dynamics.horizon, start.max_tokens, "tokens")
+        per_step = (
+            None
+            if start.max_tokens is not None
+            else self.per_step_budget(dynamics.horizon, start.max_samples)
+        )
         longest = float(self._rollout_steps(dynamics))
         return list(range(dynamics.batch_size)), Plan(
-            state, None, 0, per_step, (longest,) * dynamics.batch_size
+            start.state, None, 0, per_step, (longest,) * dynamics.batch_size
         )
 
     def step(self, system: Dynamics, cost: CostFunction, episode: Episode[Plan]) -> Step[Plan]:

@@ -33,7 +33,16 @@ from torch import Tensor
 
 from mpc_llm.controllers.planner import C, Planner
 from mpc_llm.controllers.state import PlannerState
-from mpc_llm.core import Budget, CostFunction, Dynamics, IterationRecord, OptimizeResult, Population, Rollout
+from mpc_llm.core import (
+    Budget,
+    CostFunction,
+    Dynamics,
+    IterationRecord,
+    OptimizeResult,
+    Population,
+    Rollout,
+    make_generators,
+)
 from mpc_llm.core.rollout import stack_problems
 
 #: What a controller carries from one step to the next, one entry per row (None: nothing).
@@ -68,6 +77,26 @@ class Episode(Generic[S]):
     max_tokens: int | None = None
     callback: Callable[[IterationRecord], None] | None = None
     keep_rollouts: bool = False
+
+
+@dataclass(frozen=True)
+class Start:
+    """What a run starts from, for `SequentialController.begin`.
+
+    Attributes:
+        seed: the run's seed(s): one for all problems, or one per problem.
+        max_samples / max_tokens: the run's budget per problem (None: unbounded in that unit).
+        state: a plan to start from, for controllers that take one (receding horizon).
+    """
+
+    seed: int | Sequence[int] | None = None
+    max_samples: int | None = None
+    max_tokens: int | None = None
+    state: PlannerState | None = None
+
+    def streams(self, dynamics: Dynamics) -> list[torch.Generator]:
+        """One random stream per problem of ``dynamics``, from ``seed`` (0 when None)."""
+        return make_generators(0 if self.seed is None else self.seed, dynamics.batch_size, dynamics.device)
 
 
 @dataclass(frozen=True)
@@ -127,17 +156,9 @@ class SequentialController(Planner[C], Generic[C, S]):
     anytime: ClassVar[bool] = False
 
     # ----------------------------------------------------------------- to implement
-    def begin(
-        self,
-        dynamics: Dynamics,
-        *,
-        seed: int | Sequence[int] | None,
-        max_samples: int | None,
-        max_tokens: int | None,
-        state: PlannerState | None,
-    ) -> tuple[list[int], S]:
-        """The owner problem of each starting row and the carry of the first step (``state``: a
-        plan to start from, for controllers that take one). Default: one row per problem, no carry."""
+    def begin(self, dynamics: Dynamics, start: Start) -> tuple[list[int], S]:
+        """The owner problem of each starting row and the carry of the first step (``start``: the
+        run's seed, budget and a plan to start from). Default: one row per problem, no carry."""
         return list(range(dynamics.batch_size)), None  # type: ignore[return-value]
 
     @abstractmethod
@@ -181,9 +202,7 @@ class SequentialController(Planner[C], Generic[C, S]):
         if max_samples is not None and max_tokens is not None:
             raise ValueError("give max_samples or max_tokens, not both")
         start, B = time.perf_counter(), dynamics.batch_size
-        owners, carry = self.begin(
-            dynamics, seed=seed, max_samples=max_samples, max_tokens=max_tokens, state=state
-        )
+        owners, carry = self.begin(dynamics, Start(seed, max_samples, max_tokens, state))
         system = dynamics if owners == list(range(B)) else dynamics.select(owners)
         finals: dict[int, list[Final]] = {}
         samples, tokens = [0] * B, [0] * B

@@ -41,8 +41,8 @@ import torch
 from pydantic import Field, field_validator
 
 from mpc_llm.controllers.sampling import BETA_OR_ESS, check_ess_fraction
-from mpc_llm.controllers.sequential import Episode, Final, SequentialController, Step, require_partial
-from mpc_llm.controllers.state import Alternative, PlannerState, Settings
+from mpc_llm.controllers.sequential import Episode, Final, SequentialController, Start, Step, require_partial
+from mpc_llm.controllers.state import Alternative, Settings
 from mpc_llm.core import (
     BudgetUnit,
     CostFunction,
@@ -140,18 +140,10 @@ class SMC(SequentialController[SMCConfig, list[Particle]]):
                 instead=f"set block >= {episode_name} (one block: importance sampling)",
             )
 
-    def begin(
-        self,
-        dynamics: Dynamics,
-        *,
-        seed: int | Sequence[int] | None,
-        max_samples: int | None,
-        max_tokens: int | None,
-        state: PlannerState | None,
-    ) -> tuple[list[int], list[Particle]]:
+    def begin(self, dynamics: Dynamics, start: Start) -> tuple[list[int], list[Particle]]:
         """``N`` particles per problem, weight 1, sharing their problem's stream."""
-        N = self.particles(dynamics.horizon, max_samples, max_tokens)
-        streams = make_generators(0 if seed is None else seed, dynamics.batch_size, dynamics.device)
+        N = self.particles(dynamics.horizon, start.max_samples, start.max_tokens)
+        streams = start.streams(dynamics)
         beta = math.nan if self.config.beta is None else self.config.beta
         owners = [b for b in range(dynamics.batch_size) for _ in range(N)]
         return owners, [Particle(streams[b], 0.0, 0.0, beta) for b in owners]

@@ -27,14 +27,13 @@ Example:
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
 from typing import Any
 
 import torch
 from pydantic import Field
 
-from mpc_llm.controllers.sequential import Episode, SequentialController, Step, require_partial
-from mpc_llm.controllers.state import PlannerState, Settings
+from mpc_llm.controllers.sequential import Episode, SequentialController, Start, Step, require_partial
+from mpc_llm.controllers.state import Settings
 from mpc_llm.core import BudgetUnit, CostFunction, Dynamics, draw_seeds, make_generators
 
 
@@ -101,19 +100,11 @@ class SpeculativeRejection(SequentialController[SpeculativeRejectionConfig, Stre
         any object with ``accepts_partial``, e.g. a reward's traits)."""
         require_partial(cost, "speculative rejection scores partial responses at its checkpoints")
 
-    def begin(
-        self,
-        dynamics: Dynamics,
-        *,
-        seed: int | Sequence[int] | None,
-        max_samples: int | None,
-        max_tokens: int | None,
-        state: PlannerState | None,
-    ) -> tuple[list[int], Streams]:
+    def begin(self, dynamics: Dynamics, start: Start) -> tuple[list[int], Streams]:
         """``N`` branches per problem, each with a fresh random stream drawn from its problem's."""
-        N = self.start_size(dynamics.horizon, max_samples, max_tokens)
+        N = self.start_size(dynamics.horizon, start.max_samples, start.max_tokens)
         owners = [b for b in range(dynamics.batch_size) for _ in range(N)]
-        streams = make_generators(0 if seed is None else seed, dynamics.batch_size, dynamics.device)
+        streams = start.streams(dynamics)
         branch_seeds = [draw_seeds([streams[b]])[0] for b in owners]  # N fresh streams per problem
         return owners, make_generators(branch_seeds, len(owners), dynamics.device)
 

@@ -35,15 +35,14 @@ Its settings record says what the value cost to learn (``value_learning``), besi
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
 from typing import Any, ClassVar
 
 import torch
 from pydantic import Field
 from torch import Tensor
 
-from mpc_llm.controllers.sequential import Episode, SequentialController, Step
-from mpc_llm.controllers.state import PlannerState, Settings
+from mpc_llm.controllers.sequential import Episode, SequentialController, Start, Step
+from mpc_llm.controllers.state import Settings
 from mpc_llm.core import (
     BudgetUnit,
     CostFunction,
@@ -120,19 +119,11 @@ class ValueBlockwise(SequentialController[ValueBlockwiseConfig, Streams]):
         if episode is not None and unit == "tokens":
             self.candidates(episode, max_tokens=budget)
 
-    def begin(
-        self,
-        dynamics: Dynamics,
-        *,
-        seed: int | Sequence[int] | None,
-        max_samples: int | None,
-        max_tokens: int | None,
-        state: PlannerState | None,
-    ) -> tuple[list[int], Streams]:
+    def begin(self, dynamics: Dynamics, start: Start) -> tuple[list[int], Streams]:
         """One row per problem with its own random stream; the value is loaded (and checked)."""
         self.value.for_system(dynamics)
-        self.candidates(dynamics.horizon, max_samples, max_tokens)
-        streams = make_generators(0 if seed is None else seed, dynamics.batch_size, dynamics.device)
+        self.candidates(dynamics.horizon, start.max_samples, start.max_tokens)
+        streams = start.streams(dynamics)
         return list(range(dynamics.batch_size)), streams
 
     def step(self, system: Dynamics, cost: CostFunction, episode: Episode[Streams]) -> Step[Streams]:

@@ -387,7 +387,7 @@ class LMDynamics(StateFeedback, Dynamics):
             base_logprobs=per_problem(base_logp),
             pad_token_id=self.pad_token_id,
             finished=per_problem(out.finished),
-            prefix_lengths=None if m == 0 else torch.full((B, N), m, dtype=torch.long),
+            prefix_lengths=torch.full((B, N), m, dtype=torch.long),
         )
 
 

@@ -98,11 +98,7 @@ def merge_runs(
                     )
                 continue
             controllers[label], owner[label] = spec, folder
-        merged.extend(
-            r
-            for r in records
-            if owner.get(r["controller"]) == folder and prompt_key(r) in common
-        )
+        merged.extend(r for r in records if owner.get(r["controller"]) == folder and prompt_key(r) in common)
     root.mkdir(parents=True, exist_ok=True)
     merged.sort(key=lambda r: (r["controller"], r["budget"], r["seed"], r["prompt_index"]))
     write_records(root / "records.jsonl", merged)
