@@ -359,3 +359,28 @@ def test_qalign_regenerates_rows_of_different_prefix_lengths_on_a_language_model
         lm, CallableReward(lambda p, r: r.count("a")).as_cost(), max_samples=12, seed=0
     )
     assert int(result.best_rollout.lengths.max()) <= 6
+
+
+def test_smc_chooses_beta_at_the_first_block_whose_twists_differ() -> None:
+    """A twist that scores every partial text 0 (as VADER scores 16 neutral tokens) says nothing at
+    the first block: beta is chosen where the values first differ, and the run then equals SMC with
+    that beta fixed from the start, draw for draw and weight for weight (choosing at the first block
+    fixed beta = +inf: base samples, never reweighted)."""
+
+    def finished_only(seq: tuple[int, ...]) -> float:
+        return REWARD.fn(seq) if seq[-1] == 0 or len(seq) == 4 else 0.0
+
+    reward = ToyReward(finished_only)
+    seeds = list(range(40))
+    adaptive = SMC(num_particles=16, block=1, ess_target=0.3).optimize(ToyLM.example(40), reward, seed=seeds)
+    betas = adaptive.population.estimate.beta
+    assert bool(torch.isfinite(betas).all())
+    for b in (0, 7, 23):
+        fixed = SMC(num_particles=16, block=1, beta=float(betas[b])).optimize(
+            ToyLM.example(1), reward, seed=[b]
+        )
+        assert fixed.best_rollout.sequence(0, 0) == adaptive.best_rollout.sequence(b, 0)
+        assert torch.allclose(fixed.population.log_weights[0], adaptive.population.log_weights[b], atol=1e-12)
+        assert float(fixed.population.estimate.log_z[0]) == pytest.approx(
+            float(adaptive.population.estimate.log_z[b])
+        )

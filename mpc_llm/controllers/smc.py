@@ -17,7 +17,10 @@ Departures: resampling acts on the unfinished particles only (finished ones keep
 rather than being copied); the twist is the reward itself (no learned value yet), so the reward
 must score partial text unless one block covers the whole episode (then SMC is importance
 sampling: soft best-of-N with its ``Z`` estimate); with ``ess_target``, ``beta`` is chosen per
-problem on the first block's scores (`mpc_llm.core.temperature_for_ess`) and then fixed.
+problem on the twist values of the first block where they are not all equal
+(`mpc_llm.core.temperature_for_ess`) and then fixed: until then every weight is equal whatever
+``beta`` is (a partial text that a reward scores neutral, e.g. VADER's 0 for 16 tokens of a code
+answer, would otherwise fix ``beta = +inf``: base samples, never reweighted).
 
 Budgets: each block scores every unfinished particle once (a scored sample) and generates its
 tokens; under a total budget ``N`` is the largest whose worst case (every particle running the whole
@@ -39,6 +42,7 @@ from typing import Any, ClassVar, NamedTuple
 
 import torch
 from pydantic import Field, field_validator
+from torch import Tensor
 
 from mpc_llm.controllers.sampling import BETA_OR_ESS, check_ess_fraction
 from mpc_llm.controllers.sequential import Episode, Final, SequentialController, Start, Step, require_partial
@@ -91,12 +95,15 @@ class SMCConfig(Settings):
 
 class Particle(NamedTuple):
     """One particle's carry: its problem's random stream (shared by the problem's particles), its
-    log-weight, its last twist value ``psi`` and the temperature (NaN until chosen by ESS)."""
+    log-weight, its last twist value ``psi`` taken into the weight, the temperature (NaN while
+    ``ess_target`` has not chosen it yet) and, while it has not, the latest twist value (``pending``)
+    that the weight will take once it has."""
 
     stream: torch.Generator
     log_w: float
     psi: float
     beta: float
+    pending: float = math.nan
 
 
 class SMC(SequentialController[SMCConfig, list[Particle]]):
@@ -159,24 +166,17 @@ class SMC(SequentialController[SMCConfig, list[Particle]]):
         rollout = plan.rollout(zero, streams)
         costs, metrics = cost.evaluate(rollout)
         c = costs[:, 0].double().cpu().nan_to_num(nan=math.inf)
-        betas = [p.beta for p in carry]
-        if any(math.isnan(x) for x in betas):  # ess_target: beta per problem from the first block
-            assert self.config.ess_target is not None
-            groups: dict[int, list[int]] = {}
-            for i, b in enumerate(episode.owners):
-                groups.setdefault(b, []).append(i)
-            for rows in groups.values():
-                beta_b = float(temperature_for_ess(c[rows].unsqueeze(0), self.config.ess_target)[0])
-                for i in rows:
-                    betas[i] = beta_b
+        betas = self._choose_betas(c, episode.owners, [p.beta for p in carry])
         out = []
         for i, p in enumerate(carry):
             psi = -float(c[i])
             if not math.isfinite(psi):
                 out.append(Particle(p.stream, -math.inf, p.psi, betas[i]))
-                continue
-            increment = 0.0 if math.isinf(betas[i]) else (psi - p.psi) / betas[i]
-            out.append(Particle(p.stream, p.log_w + increment, psi, betas[i]))
+            elif math.isnan(betas[i]):  # every twist so far equal: the weights wait for beta
+                out.append(p._replace(pending=psi))
+            else:
+                increment = 0.0 if math.isinf(betas[i]) else (psi - p.psi) / betas[i]
+                out.append(Particle(p.stream, p.log_w + increment, psi, betas[i]))
         return Step(
             chosen=rollout,
             commit=plan.horizon,
@@ -186,6 +186,27 @@ class SMC(SequentialController[SMCConfig, list[Particle]]):
             tokens=[int(n) for n in rollout.token_counts()[:, 0].tolist()],
             carry=out,
         )
+
+    def _choose_betas(self, c: Tensor, owners: Sequence[int], betas: list[float]) -> list[float]:
+        """``beta`` per row: the given one, or (``ess_target``) per problem on its rows' twist values
+        ``-c`` at the first block where they are not all equal; NaN until then."""
+        if not any(math.isnan(x) for x in betas):
+            return betas
+        assert self.config.ess_target is not None
+        out = list(betas)
+        groups: dict[int, list[int]] = {}
+        for i, b in enumerate(owners):
+            if math.isnan(betas[i]):
+                groups.setdefault(b, []).append(i)
+        for rows in groups.values():
+            finite = [i for i in rows if math.isfinite(float(c[i]))]
+            if not finite:
+                continue
+            beta_b = float(temperature_for_ess(c[finite].unsqueeze(0), self.config.ess_target)[0])
+            if math.isfinite(beta_b):  # +inf: the values are all equal, so no weight moves yet
+                for i in rows:
+                    out[i] = beta_b
+        return out
 
     def keep(
         self, episode: Episode[list[Particle]], step: Step[list[Particle]], done: list[bool]
@@ -215,7 +236,7 @@ class SMC(SequentialController[SMCConfig, list[Particle]]):
 
     def answer(self, finished: Sequence[Sequence[Final]]) -> tuple[list[Final], Population]:
         """Each problem's answer drawn by its particles' final weights, and the population."""
-        particles = [[f.carry[f.row] for f in rows] for rows in finished]
+        particles = [_settled([f.carry[f.row] for f in rows]) for rows in finished]
         log_w = torch.tensor([[p.log_w for p in ps] for ps in particles], dtype=torch.float64)
         costs = torch.tensor([[f.cost for f in rows] for rows in finished], dtype=torch.float64)
         beta = torch.tensor([ps[0].beta for ps in particles], dtype=torch.float64)
@@ -224,3 +245,17 @@ class SMC(SequentialController[SMCConfig, list[Particle]]):
         rollout = stack_problems([type(rows[0].rollout).cat([f.rollout for f in rows]) for rows in finished])
         population = Population(rollout=rollout, costs=costs, log_weights=log_w, estimate=estimate)
         return [rows[j] for rows, j in zip(finished, index, strict=True)], population
+
+
+def _settled(particles: list[Particle]) -> list[Particle]:
+    """A problem's finished particles with one temperature: the one ``ess_target`` chose (+inf when
+    every value stayed equal), and the weights that waited for it completed by their ``pending``."""
+    chosen = [p.beta for p in particles if not math.isnan(p.beta)]
+    beta = chosen[0] if chosen else math.inf
+    out = []
+    for p in particles:
+        if math.isnan(p.beta):
+            step = 0.0 if math.isinf(beta) or math.isnan(p.pending) else (p.pending - p.psi) / beta
+            p = Particle(p.stream, p.log_w + step, p.psi if math.isnan(p.pending) else p.pending, beta)
+        out.append(p)
+    return out
