@@ -85,3 +85,23 @@ def test_the_command_line_merges_and_refuses_an_unfinished_run(runs, tmp_path, c
     assert main(["merge", str(runs / "a"), str(tmp_path / "half"), "--out", str(tmp_path / "m2")]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "has not finished" in err and "--resume" in err
+
+
+def test_the_frontier_legend_names_controllers_with_no_kl_figure(tmp_path, monkeypatch):
+    """SMC and QAlign have a base perplexity but no KL figure: they are drawn only on the right
+    panels, and the legend must still name them."""
+    import matplotlib.figure
+
+    from mpc_llm.evaluation.frontier import plot_frontier
+
+    rows = [
+        {"controller": "best_of_n", "budget": 8, "reward": 0.7, "kl_estimate": 0.0, "selection_bound": 1.2,
+         "base_ppl": 4.0},
+        {"controller": "smc", "budget": 8, "reward": 0.6, "kl_estimate": None, "selection_bound": None,
+         "base_ppl": 3.9},
+    ]  # fmt: skip
+    seen = []
+    monkeypatch.setattr(matplotlib.figure.Figure, "savefig", lambda fig, *a, **k: seen.append(fig))
+    plot_frontier(rows, tmp_path / "f.png")
+    (legend,) = [ax.get_legend() for ax in seen[0].axes if ax.get_legend() is not None]
+    assert [t.get_text() for t in legend.get_texts()] == ["best_of_n", "smc"]

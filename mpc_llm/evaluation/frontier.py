@@ -66,7 +66,11 @@ def plot_frontier(rows: Sequence[Mapping[str, Any]], path: str | Path) -> Path |
             ax.set_xlabel(xlabel)
             ax.set_ylabel(ylabel)
             ax.grid(alpha=0.3)
-    axes[0][0].legend(fontsize="small")
+    legend: dict[str, Any] = {}  # every family, also those with no point on the first panel
+    for ax in (a for row in axes for a in row):
+        for handle, name in zip(*ax.get_legend_handles_labels(), strict=True):
+            legend.setdefault(name, handle)
+    axes[0][0].legend(list(legend.values()), list(legend), fontsize="small")
     fig.tight_layout()
     path = Path(path)
     fig.savefig(path)
