@@ -140,3 +140,13 @@ def test_re_control_with_a_linear_value_applies_the_closed_form_edit(system, tmp
     streams = make_generators(draw_seeds(make_generators(7, 2)), 2)  # what the loop hands the system
     open_loop = system.rollout((K * s * w).expand(2, 2, system.horizon, -1).contiguous(), streams)
     assert torch.equal(open_loop.tokens, rollout.tokens)
+
+
+def test_the_summary_says_what_the_value_cost_to_learn(value_dir):
+    from mpc_llm.evaluation.summary import learning_costs
+
+    controllers = {"cd": build({"name": "value_blockwise", "value": str(value_dir)}).spec(),
+                   "bon": BestOfN(num_samples=4).spec()}  # fmt: skip
+    text = learning_costs({"controllers": controllers})
+    assert "- cd: a value learned on" in text and "64 responses sampled and scored, 512 tokens, 3 s" in text
+    assert "bon" not in text and learning_costs({"controllers": {"bon": controllers["bon"]}}) == ""

@@ -252,10 +252,37 @@ def plot_reward_vs_samples(
     return path
 
 
+def learning_costs(settings: Mapping[str, Any]) -> str:
+    """A paragraph on what the learned values the controllers use cost to learn (their cards'
+    ``learning_cost``, `mpc_llm.values.ValueRef.learning`), beside the test-time budgets; empty when
+    no controller uses one."""
+    lines = []
+    for label, spec in sorted((settings.get("controllers") or {}).items()):
+        learned = spec.get("value_learning") if isinstance(spec, Mapping) else None
+        if not learned:
+            continue
+        cost = learned.get("learning_cost") or {}
+        prompts = learned.get("prompts") or {}
+        seconds = sum(float(cost.get(k) or 0.0) for k in ("seconds_collect", "seconds_train"))
+        where = f"{prompts.get('count', '?')} prompts of {prompts.get('source', '?')}"
+        spent = f"{cost.get('responses_scored', '?')} responses sampled and scored"
+        spent += f", {cost.get('tokens', '?')} tokens"
+        lines.append(
+            f"- {label}: a value learned on {where} ({learned.get('reward', '?')}): {spent}, {seconds:.0f} s"
+        )
+    if not lines:
+        return ""
+    return (
+        "\nWhat the learned values cost to learn (once, outside the budgets above):\n\n"
+        + "\n".join(lines)
+        + "\n"
+    )
+
+
 def write_summary(rows: Sequence[Mapping[str, Any]], folder: Path, settings: Mapping[str, Any]) -> None:
     """Write ``summary.md`` (settings and tables), ``summary.json``, ``reward_vs_samples.png`` and, when
     closeness was recorded, ``frontier.png`` (`mpc_llm.evaluation.frontier`)."""
-    text = "# Comparison\n\n" + markdown_table(rows)
+    text = "# Comparison\n\n" + markdown_table(rows) + learning_costs(settings)
     text += "\n<details><summary>settings</summary>\n\n```json\n"
     text += json.dumps(settings, indent=2, sort_keys=True, allow_nan=False) + "\n```\n</details>\n"
     (folder / "summary.md").write_text(text, encoding="utf-8")
