@@ -130,8 +130,9 @@ class ValueBlockwise(SequentialController[ValueBlockwiseConfig, Streams]):
         """Draw ``K`` blocks per row, score them (value, or reward in the last block), keep the best."""
         R, block = system.batch_size, self.config.block
         K = self.candidates(episode.length, episode.max_samples, episode.max_tokens)
-        last = system.horizon <= block + 1
-        plan = system.with_horizon(system.horizon if last else block + 1)
+        H = self.plan_lengths(system.horizon)[0]  # one rule for the step and for the budgets
+        last = system.horizon == H
+        plan = system.with_horizon(H)
         recorder = RecordStates()
         zeros = torch.zeros(
             (R, K, plan.horizon, system.control_dim), dtype=system.dtype, device=system.device
