@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import pytest
 import torch
 
 from mpc_llm import Rollout
@@ -51,3 +52,24 @@ def test_chat_prompts_shaped_like_b_by_n_stay_shared() -> None:
     picked = r.take(torch.tensor([[1]]))
     assert picked.prompts == [chat] and picked.texts == [["b"]]
     assert LMRollout.cat([r, picked]).prompts == [chat]
+
+
+@dataclass(frozen=True)
+class OptionalRollout(Rollout):
+    prefix_lengths: torch.Tensor | None = None
+
+
+def test_joining_rollouts_refuses_a_field_missing_in_some() -> None:
+    """A field None in one rollout and set in another would be taken from the first for all."""
+    from mpc_llm.core.rollout import stack_problems
+
+    with_field = OptionalRollout(
+        controls=torch.zeros(1, 2, 1, 1), prefix_lengths=torch.ones(1, 2, dtype=torch.long)
+    )
+    without = OptionalRollout(controls=torch.zeros(1, 2, 1, 1))
+    for join in (OptionalRollout.cat, stack_problems):
+        with pytest.raises(ValueError, match="'prefix_lengths' is None in rollouts \\[0\\]"):
+            join([without, with_field])
+    # all set or all missing: joined as before
+    assert OptionalRollout.cat([without, without]).prefix_lengths is None
+    assert stack_problems([with_field, with_field]).prefix_lengths.tolist() == [[1, 1], [1, 1]]

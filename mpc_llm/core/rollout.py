@@ -129,7 +129,7 @@ class Rollout:
         first = rollouts[0]
         changes: dict[str, Any] = {}
         for field in dataclasses.fields(first):
-            values = [getattr(r, field.name) for r in rollouts]
+            values = _field_values(rollouts, field.name)
             if not all(r._is_per_sample(v, field) for r, v in zip(rollouts, values, strict=True)):
                 continue
             if isinstance(values[0], Tensor):
@@ -151,7 +151,7 @@ def stack_problems(rollouts: Sequence[R]) -> R:
     first = rollouts[0]
     changes: dict[str, Any] = {}
     for field in dataclasses.fields(first):
-        values = [getattr(r, field.name) for r in rollouts]
+        values = _field_values(rollouts, field.name)
         if all(r._is_per_sample(v, field) for r, v in zip(rollouts, values, strict=True)):
             if isinstance(values[0], Tensor):
                 moved = [v.transpose(0, 1) for v in values]  # pad every dim after B and N alike
@@ -163,6 +163,22 @@ def stack_problems(rollouts: Sequence[R]) -> R:
         ):
             changes[field.name] = [x for v in values for x in v]
     return dataclasses.replace(first, **changes)
+
+
+def _field_values(rollouts: Sequence[Rollout], name: str) -> list[Any]:
+    """Field ``name`` of every rollout, refused when it is None in some and set in others.
+
+    Joining such rollouts would silently keep the first one's value for all of them (e.g. a missing
+    ``prefix_lengths`` miscounting the new tokens of every later sample).
+    """
+    values = [getattr(r, name) for r in rollouts]
+    missing = [k for k, v in enumerate(values) if v is None]
+    if missing and len(missing) < len(values):
+        raise ValueError(
+            f"field {name!r} is None in rollouts {missing} and set in the others; "
+            "give every rollout the field (or none of them) before joining them"
+        )
+    return values
 
 
 def _cat_padded(values: Sequence[Tensor], pad_value: float) -> Tensor:
