@@ -27,7 +27,9 @@ from mpc_llm.rewards import KeywordReward, Reward
 
 
 # --------------------------------------------------------------------------- the anytime rule
-@pytest.mark.parametrize("controller", [AISP(sigma=1.0, lambda_=0.5, num_samples=3), RandomShooting(num_samples=3)])  # noqa: E501
+@pytest.mark.parametrize(
+    "controller", [AISP(sigma=1.0, lambda_=0.5, num_samples=3), RandomShooting(num_samples=3)]
+)
 def test_each_record_is_the_minimum_of_the_first_k_costs_of_the_run(controller) -> None:
     system = IdentityDynamics(horizon=2, control_dim=2, batch_size=2)
     result = controller.optimize(system, QuadraticCost([[1.0, -1.0]] * 2), seed=[5, 6], max_samples=12,
@@ -163,8 +165,15 @@ def test_the_summarys_difference_interval_is_95_percent() -> None:
     G = 300
     diff = torch.randn(G, generator=g, dtype=torch.float64).tolist()
     records = [
-        {"prompt_index": i, "seed": 0, "budget": 8, "controller": name, "reward": value, "tokens": 8,
-         "seconds": 0.1}
+        {
+            "prompt_index": i,
+            "seed": 0,
+            "budget": 8,
+            "controller": name,
+            "reward": value,
+            "tokens": 8,
+            "seconds": 0.1,
+        }
         for i, d in enumerate(diff)
         for name, value in (("best_of_n", 1.0), ("aisp", 1.0 + d))
     ]
@@ -172,7 +181,6 @@ def test_the_summarys_difference_interval_is_95_percent() -> None:
     half = 1.959964 * float(torch.tensor(diff).std()) / math.sqrt(G)
     assert row["diff_high"] - row["diff_low"] == pytest.approx(2 * half, rel=0.12)
     assert row["reward_high"] - row["reward_low"] == pytest.approx(2 * half, rel=0.05)  # Student-t, large n
-
 
 
 class CharSum(Reward):
