@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from mpc_llm import Rollout
+from mpc_llm.core.rollout import stack_problems
 
 
 @dataclass(frozen=True)
@@ -61,8 +62,6 @@ class OptionalRollout(Rollout):
 
 def test_joining_rollouts_refuses_a_field_missing_in_some() -> None:
     """A field None in one rollout and set in another would be taken from the first for all."""
-    from mpc_llm.core.rollout import stack_problems
-
     with_field = OptionalRollout(
         controls=torch.zeros(1, 2, 1, 1), prefix_lengths=torch.ones(1, 2, dtype=torch.long)
     )
