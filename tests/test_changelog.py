@@ -1,17 +1,15 @@
 """CHANGELOG.md tells the truth about imports and versions.
 
-Every row of its upgrade table is checked: the new import works; a *warns* row's old import works,
-gives the very objects of the new one and warns once per name with a `DeprecationWarning` that names
-the new home and points at the importing line; a *fails* row's old import fails. The deprecated
-aliases in the package are exactly the table's *warns* modules, and the version is the same in
-pyproject.toml, ``mpc_llm.__version__`` and the CHANGELOG's newest release.
+Every row of its upgrade table is checked: the new import works and the old one raises
+`ImportError`, and a *gone* row's old module does not exist in the package (no alias modules are
+left). The version is the same in pyproject.toml,
+``mpc_llm.__version__`` and the CHANGELOG's newest release.
 """
 
 from __future__ import annotations
 
 import re
 import sys
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -30,7 +28,7 @@ class Row:
     old_names: tuple[str, ...]
     new_module: str
     new_names: tuple[str, ...]
-    outcome: str  # "warns" or "fails"
+    outcome: str  # "gone" or "fails"
 
     @property
     def old(self) -> str:
@@ -42,11 +40,11 @@ class Row:
 
 
 def rows() -> list[Row]:
-    """The upgrade table: ``| `from old import ...` | `from new import ...` ... | warns/fails |``."""
+    """The upgrade table: ``| `from old import ...` | `from new import ...` ... | gone/fails |``."""
     found = []
     for line in CHANGELOG.read_text(encoding="utf-8").splitlines():
         cells = [c.strip() for c in line.strip().strip("|").split("|")]
-        if len(cells) != 3 or cells[2] not in {"warns", "fails"}:
+        if len(cells) != 3 or cells[2] not in {"gone", "fails"}:
             continue
         old, new = IMPORT.search(cells[0]), IMPORT.search(cells[1])
         assert old and new, f"CHANGELOG.md: a table row without two imports: {line}"
@@ -87,47 +85,21 @@ def test_every_new_import_works(row: Row) -> None:
     run(row.new)
 
 
-@pytest.mark.parametrize("row", [r for r in ROWS if r.outcome == "warns"], ids=lambda r: r.old)
-def test_an_old_import_warns_and_gives_the_new_object(row: Row) -> None:
-    assert row.old_names == row.new_names, "a warns row moves names without renaming them"
-    sys.modules.pop(row.old_module, None)  # a fresh import, as in a user's first run
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        old = run(row.old)
-    new = run(row.new)
-    for name in row.old_names:
-        assert old[name] is new[name], f"{row.old_module}.{name} is not {row.new_module}.{name}"
-    assert [w.category for w in caught] == [DeprecationWarning] * len(row.old_names)
-    for name, warning in zip(row.old_names, caught, strict=True):
-        message = str(warning.message)
-        assert f"import {name} from {row.new_module}" in message
-        assert "0.3.0" in message
-        assert warning.filename == "user_code.py", "the warning points at the line that imported"
-
-
-@pytest.mark.parametrize("row", [r for r in ROWS if r.outcome == "fails"], ids=lambda r: r.old)
-def test_an_old_import_that_fails(row: Row) -> None:
+@pytest.mark.parametrize("row", ROWS, ids=lambda r: r.old)
+def test_every_old_import_fails(row: Row) -> None:
+    sys.modules.pop(row.old_module, None)
     with pytest.raises(ImportError):
         run(row.old)
 
 
-def test_an_unknown_name_of_an_old_module_is_an_attribute_error_without_a_warning() -> None:
-    import mpc_llm.cost
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("error")
-        with pytest.raises(AttributeError, match="no attribute 'Nothing'"):
-            mpc_llm.cost.Nothing  # noqa: B018
-
-
-def test_the_aliases_in_the_package_are_the_tables_warns_modules() -> None:
+def test_no_alias_module_is_left() -> None:
     package = ROOT / "mpc_llm"
-    aliases = {
-        ".".join(p.relative_to(ROOT).with_suffix("").parts)
+    modules = {
+        ".".join(p.relative_to(ROOT).with_suffix("").parts).removesuffix(".__init__")
         for p in package.rglob("*.py")
-        if "from mpc_llm._moved import moved" in p.read_text(encoding="utf-8")
     }
-    assert aliases == {r.old_module for r in ROWS if r.outcome == "warns"}
+    assert not {r.old_module for r in ROWS if r.outcome == "gone"} & modules
+    assert "mpc_llm._moved" not in modules
 
 
 def test_one_version_everywhere() -> None:
