@@ -38,6 +38,7 @@ from mpc_llm.lm import DEFAULT_MODEL, LMConfig, Prompt
 from mpc_llm.lm.facts import ModelFacts, check_scales, model_facts
 from mpc_llm.lm.gguf import check_gguf_file
 from mpc_llm.lm.loading import parse_devices
+from mpc_llm.lm.precision import check_dtype, resolve_dtype
 from mpc_llm.rewards import Reward, check_reward_spec, refuse_remote_code, reward_class_of, reward_from_spec
 from mpc_llm.rewards.registry import spec_items
 
@@ -93,10 +94,11 @@ def preflight(
         ValueError: naming the setting or prompt and what to change.
     """
     check_device(config.device)
+    dtype = check_dtype(config.dtype, config.device)
     specs = controller_specs(config) if specs is None else specs
-    facts = model_facts(config.model, config.dtype)
+    facts = model_facts(config.model, dtype)
     if facts is None:
-        check_scales(specs, config.dtype)
+        check_scales(specs, dtype)
         return None
     check_scales(specs, facts.dtype, facts.control_dim)
     check_systems(specs, facts)
@@ -130,7 +132,7 @@ class ExperimentConfig(BaseModel):
 
     model: str = DEFAULT_MODEL
     device: str = "cpu"
-    dtype: str | None = None
+    dtype: str | None = "auto"  # bfloat16 where the device computes it natively, else float32
     lm: LMConfig = Field(default_factory=lambda: LMConfig(**DEFAULT_LM))
     reward: str | dict[str, Any] | list[str | dict[str, Any]] = "vader"
     controller: dict[str, Any] = Field(default_factory=lambda: dict(DEFAULT_CONTROLLER))
@@ -229,6 +231,12 @@ class ExperimentConfig(BaseModel):
             except ValueError as err:
                 raise ValueError(f"{where}: {err}") from None
         return self
+
+    @field_validator("dtype")
+    @classmethod
+    def _known_dtype(cls, value: str | None) -> str | None:
+        resolve_dtype(value)  # an unknown name says which are accepted
+        return value
 
     @field_validator("device")
     @classmethod
@@ -344,7 +352,7 @@ class Experiment:
     def __init__(self, config: ExperimentConfig) -> None:
         self.config = config
         check_device(config.device)
-        check_scales(controller_specs(config), config.dtype)
+        check_scales(controller_specs(config), check_dtype(config.dtype, config.device))
         self.controller = build(config.controller)  # its checks ran when the config was validated
         self.reward: Reward = reward_from_spec(config.reward)
         #: held-out rewards, label -> reward: scored on returned responses, never optimised

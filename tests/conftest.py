@@ -74,7 +74,7 @@ def tiny_lm(tiny_model_dir):
 
     def load(arch: str):
         if arch not in loaded:
-            loaded[arch] = load_model(tiny_model_dir(arch))
+            loaded[arch] = load_model(tiny_model_dir(arch), dtype="float32")
         return loaded[arch]
 
     return load
@@ -85,4 +85,4 @@ def smollm():
     """The embedded SmolLM2-135M-Instruct and its tokenizer (the first load fills the fast-load cache)."""
     from mpc_llm.lm.loading import load_default_model
 
-    return load_default_model()
+    return load_default_model(dtype="float32")

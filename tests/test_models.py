@@ -10,7 +10,8 @@ import torch
 
 from mpc_llm.dynamics import LMDynamics, make_generators
 from mpc_llm.lm import gguf, loading
-from mpc_llm.lm.loading import load_model, resolve_dtype
+from mpc_llm.lm.loading import load_model
+from mpc_llm.lm.precision import auto_dtype, check_dtype, native_bfloat16, resolve_dtype
 
 
 # --------------------------------------------------------------------------- local folders and objects
@@ -20,7 +21,8 @@ def test_load_a_saved_folder_by_path_and_by_name(tiny_model_dir):
     assert model.dtype == torch.bfloat16 and not model.training
     assert tok.eos_token_id == 0
     lm = LMDynamics(str(folder), prompts=["Hello"], max_new_tokens=4, chat_template=False)
-    assert lm.control_dim == 64 and lm.model_dtype == torch.float32
+    assert lm.control_dim == 64 and lm.model_dtype == auto_dtype("cpu")  # "auto" by default
+    assert lm.dtype == torch.float32  # controls stay float32 whatever the model's dtype
     assert lm.sample(2, make_generators(0, 1)).tokens.shape[:2] == (1, 2)
 
 
@@ -39,9 +41,25 @@ def test_dynamics_from_objects_moves_and_converts_the_model(tiny_lm):
 def test_resolve_dtype():
     assert resolve_dtype("bf16") is torch.bfloat16
     assert resolve_dtype("torch.float16") is torch.float16
-    assert resolve_dtype(None) is None and resolve_dtype("auto") == "auto"
-    with pytest.raises(ValueError, match="unknown dtype"):
+    assert resolve_dtype(None) is None
+    with pytest.raises(ValueError, match="unknown dtype 'int8'; use auto, float32, bfloat16"):
         resolve_dtype("int8")
+
+
+def test_auto_dtype_is_bfloat16_exactly_where_the_device_computes_it_natively(monkeypatch):
+    native = native_bfloat16("cpu")
+    assert resolve_dtype("auto", "cpu") is (torch.bfloat16 if native else torch.float32)
+    assert resolve_dtype("AUTO") is resolve_dtype("auto", None)  # no device: the CPU
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False)
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: False)
+    assert not native_bfloat16("cpu") and resolve_dtype("auto", "cpu") is torch.float32
+    with pytest.raises(ValueError, match=r"--dtype bfloat16: this CPU has no AVX-512 BF16 or AMX.*float32"):
+        check_dtype("bfloat16", "cpu")
+    assert check_dtype("float32", "cpu") is torch.float32
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: True)
+    assert check_dtype("bf16", "cpu") is torch.bfloat16 and resolve_dtype("auto") is torch.bfloat16
+    if not torch.cuda.is_available():
+        assert not native_bfloat16("cuda:0") and resolve_dtype("auto", "cuda:0,cuda:1") is torch.float32
 
 
 # --------------------------------------------------------------------------- errors that say what to do
@@ -127,9 +145,12 @@ def test_smollm_loads_fast_from_the_cache(smollm):
     model, tok = smollm
     assert loading.is_cache_warm()
     tic = time.perf_counter()
-    again, tok2 = loading.load_default_model()
+    again, tok2 = loading.load_default_model(dtype="float32")
     assert time.perf_counter() - tic < 10  # the GGUF de-quantisation takes ~20 s
     assert torch.equal(again.model.embed_tokens.weight, model.model.embed_tokens.weight)
+    auto, _ = loading.load_default_model()  # "auto": bfloat16 on a CPU that computes it natively
+    assert auto.dtype == auto_dtype("cpu")
+    assert torch.equal(auto.model.embed_tokens.weight, model.model.embed_tokens.weight.to(auto.dtype))
     assert again.config.hidden_size == 576 and len(tok2) == len(tok) == 49152
     assert tok.chat_template is not None
     # transformers 5.17 reads the GGUF's EOS as <|im_start|>; the generation config adds <|im_end|>

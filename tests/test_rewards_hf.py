@@ -21,6 +21,7 @@ from transformers import (  # noqa: E402
     PreTrainedTokenizerFast,
 )
 
+from mpc_llm.lm.precision import auto_dtype  # noqa: E402
 from mpc_llm.rewards import (  # noqa: E402
     EmbeddingSimilarityReward,
     HFRewardModel,
@@ -288,8 +289,8 @@ def judge_dir(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathF
 
 
 def test_judge_batched_equals_single_equals_direct(judge_dir: Path) -> None:
-    batched = JudgeReward(judge_dir, batch_size=5)
-    single = JudgeReward(judge_dir, batch_size=1)
+    batched = JudgeReward(judge_dir, batch_size=5, dtype="float32")
+    single = JudgeReward(judge_dir, batch_size=1, dtype="float32")
     a, b = batched.score(PROMPTS, RESPONSES), single.score(PROMPTS, RESPONSES)
     torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)
     # direct: each query alone, unpadded, log-odds of the yes / no spellings in the vocabulary
@@ -308,6 +309,15 @@ def test_judge_batched_equals_single_equals_direct(judge_dir: Path) -> None:
         expected.append(torch.logsumexp(logits[yes], 0) - torch.logsumexp(logits[no], 0))
     torch.testing.assert_close(a, torch.stack(expected), atol=1e-5, rtol=1e-4)
     assert a.std() > 1e-4
+
+
+def test_judge_runs_in_the_auto_dtype_and_scores_in_float32(judge_dir: Path) -> None:
+    judge = JudgeReward(judge_dir, batch_size=5)  # dtype "auto": bfloat16 where the CPU has it
+    assert judge.model.dtype == auto_dtype("cpu")
+    scores = judge.score(PROMPTS, RESPONSES)
+    assert scores.dtype == torch.float32 and bool(torch.isfinite(scores).all())
+    exact = JudgeReward(judge_dir, batch_size=5, dtype="float32").score(PROMPTS, RESPONSES)
+    torch.testing.assert_close(scores, exact, atol=0.1, rtol=0.05)  # bfloat16 rounding only
 
 
 def test_judge_query_uses_rubric_and_template(judge_dir: Path) -> None:

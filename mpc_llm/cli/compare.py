@@ -78,13 +78,15 @@ def cmd_compare(args: argparse.Namespace) -> int:
     check_budgets(controllers, args.budgets, args.budget_unit, config.lm.max_new_tokens)
     source = args.prompts if args.prompts is not None else config.prompts
     prompt_set = load_prompt_set(source, limit=args.num_prompts)
+    from mpc_llm.lm.precision import dtype_name, resolve_dtype
+
     settings = {
         "model": config.model,
         "lm": config.lm.model_dump(mode="json"),
         "reward": config.reward,
         "eval_reward": config.eval_reward,
         "prompts": str(source),
-        "dtype": config.dtype,
+        "dtype": dtype_name(resolve_dtype(config.dtype, config.device)),  # the dtype that runs
     }
     if place is None:  # the run folder, before the model loads (many ranks: rank 0 checks it, later)
         check_run_folder(

@@ -56,7 +56,8 @@ def _add_shared(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--config", type=Path, help="YAML/JSON config file (flags override it)")
     g.add_argument("--model", help="HF id, local folder or .gguf file (default: embedded SmolLM2)")
     g.add_argument("--device", help="cpu, cuda, cuda:1, mps (default: cpu)")
-    g.add_argument("--dtype", help="float32, bfloat16, float16 (default: the model's)")
+    g.add_argument("--dtype", help="auto, float32, bfloat16, float16 (default auto: bfloat16 where the "
+                   "device computes it natively, else float32)")
     g.add_argument("--max-new-tokens", type=int, dest="max_new_tokens")
     g.add_argument("--temperature", type=float)
     g.add_argument("--top-p", type=float, dest="top_p")

@@ -43,8 +43,11 @@ class LMDynamics(StateFeedback, Dynamics):
         prompts: the ``B`` prompts (plain strings or chat messages); one prompt is a batch of one.
             Bind them later with `with_prompts` if not given here.
         device: where to run (default: where the model is; a loaded model is moved there, in place).
-        dtype: the model's dtype (a loaded model is converted in place). Controls are float32 for
-            half / bfloat16 models (the controller's arithmetic stays accurate) and cast at the head.
+        dtype: the model's dtype. ``"auto"`` (default): bfloat16 where ``device`` computes it natively,
+            else float32, for a model loaded by name (`mpc_llm.lm.precision`); a model object keeps
+            its dtype unless a dtype is named (then it is converted in place). Controls stay float32
+            for half / bfloat16 models and are added to the pre-logit in float32; sampling,
+            log-probs and closeness are float32 from the logits sampled from.
         config: an `LMConfig` or a mapping; keyword ``options`` override its fields.
 
     Shapes: ``horizon = max_new_tokens``; controls are ``(B, N, tau, d)`` with ``tau <= horizon`` the
@@ -71,7 +74,7 @@ class LMDynamics(StateFeedback, Dynamics):
         prompts: Sequence[Prompt] | Prompt | None = None,
         *,
         device: str | torch.device | None = None,
-        dtype: torch.dtype | str | None = None,
+        dtype: torch.dtype | str | None = "auto",
         config: LMConfig | Mapping[str, Any] | None = None,
         **options: Any,
     ) -> None:
@@ -81,11 +84,9 @@ class LMDynamics(StateFeedback, Dynamics):
         else:
             if tokenizer is None:
                 raise ValueError("pass the model's tokenizer: LMDynamics(model, tokenizer, prompts, ...)")
-            torch_dtype = resolve_dtype(dtype)
-            if isinstance(torch_dtype, torch.dtype) or device is not None:
-                model = model.to(
-                    device=device, dtype=torch_dtype if isinstance(torch_dtype, torch.dtype) else None
-                )
+            torch_dtype = None if dtype == "auto" else resolve_dtype(dtype, device)
+            if torch_dtype is not None or device is not None:
+                model = model.to(device=device, dtype=torch_dtype)
         self.model = model.eval()
         self.tokenizer = tokenizer
         self.engine = DecodeEngine(self.model, tokenizer, lm_config)
@@ -186,7 +187,7 @@ class LMDynamics(StateFeedback, Dynamics):
         B, N, tau, d = controls.shape
         if not bool(controls.any()):  # e.g. best-of-N: skip the hook's work (and the doubled head for KL)
             return dataclasses.replace(self._generate(None, N, generators), controls=controls)
-        flat = controls.to(device=self.device, dtype=self.model_dtype).reshape(B * N, tau, d)
+        flat = controls.to(device=self.device, dtype=self.dtype).reshape(B * N, tau, d)
         return dataclasses.replace(self._generate(flat, N, generators), controls=controls)
 
     def sample(self, num_samples: int, generators: Sequence[torch.Generator]) -> LMRollout:

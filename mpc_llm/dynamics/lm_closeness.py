@@ -132,15 +132,16 @@ def _score_chunk(
     if controls is not None:
         assert capture.z is not None, "the model computed its logits without calling its head"
         z = capture.z[:, -(M + 1) : -1]  # (R, M, d)
-        v = torch.zeros_like(z)
+        wide = torch.promote_types(z.dtype, torch.float32)  # added as the decode's hook adds it
+        v = torch.zeros(z.shape, dtype=wide, device=device)
         tau = controls.shape[1]
         for r in range(R):  # control t of row r is at its response position t
             n = int(lengths[r])
             k = min(tau, n)
             if k:
-                v[r, M - n : M - n + k] = controls[r, :k].to(device=device, dtype=z.dtype)
+                v[r, M - n : M - n + k] = controls[r, :k].to(device=device, dtype=wide)
         temperature = engine.config.temperature
-        lp_u = token_logprobs(adapter.logits(z + v).float(), targets_d, temperature)
+        lp_u = token_logprobs(adapter.logits((z.to(wide) + v).to(z.dtype)).float(), targets_d, temperature)
         # computed as steered's is, so uncontrolled steps give exactly 0
         lp_0 = token_logprobs(adapter.logits(z).float(), targets_d, temperature)
         result["kl_estimate"] = ((lp_u - lp_0) * on_d).sum(dim=1).double().cpu()

@@ -42,7 +42,7 @@ class StateFeedback:
         """
         self.check_controls(controls)
         B, N, tau, d = controls.shape
-        flat = controls.to(device=self.device, dtype=self.model_dtype).reshape(B * N, tau, d)
+        flat = controls.to(device=self.device, dtype=self.dtype).reshape(B * N, tau, d)
         rollout = self._generate(flat, N, generators, policy)
         applied, T = rollout.controls, rollout.tokens.shape[-1]
         if applied.shape[2] < T:  # the committed tokens come first in a closed loop

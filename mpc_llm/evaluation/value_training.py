@@ -23,6 +23,7 @@ from mpc_llm.core import validated
 from mpc_llm.dynamics import LMDynamics
 from mpc_llm.evaluation.prompts import load_prompt_set
 from mpc_llm.lm import DEFAULT_MODEL, LMConfig
+from mpc_llm.lm.precision import check_dtype, dtype_name
 from mpc_llm.rewards import reward_from_spec
 from mpc_llm.values import TrainConfig, collect, load_data, save_value, train_value
 
@@ -38,7 +39,7 @@ def train_value_function(
     samples_per_prompt: int = 8,
     lm: LMConfig | Mapping[str, Any] | None = None,
     device: str | None = None,
-    dtype: str | None = None,
+    dtype: str | None = "auto",
     seed: int = 0,
     chunk_size: int = 8,
     train: TrainConfig | Mapping[str, Any] | None = None,
@@ -54,6 +55,9 @@ def train_value_function(
         prompts: a prompt source (`mpc_llm.evaluation.prompts.load_prompt_set`); ``num_prompts``: the
             first that many.
         samples_per_prompt: responses sampled per prompt.
+        dtype: the model's dtype while collecting (``"auto"``: bfloat16 where ``device`` computes it
+            natively, `mpc_llm.lm.precision`); the card records it. A value is float32 and reads
+            states in either dtype.
         lm: decoding settings (`LMConfig`; default ``max_new_tokens=48, temperature=0.7``, the
             command line's).
         seed: the collection's seed (prompt ``i`` draws from ``seed * 1_000_003 + i``).
@@ -69,6 +73,7 @@ def train_value_function(
     train_config = validated(TrainConfig, train, {})
     if samples_per_prompt < 1:
         raise ValueError(f"samples_per_prompt must be >= 1, got {samples_per_prompt}")
+    check_dtype(dtype, device)  # before the model loads
     chosen = load_prompt_set(prompts, num_prompts).prompts
     scorer = reward_from_spec(reward)
     system = LMDynamics(model if model is not None else DEFAULT_MODEL, tokenizer, device=device, dtype=dtype,
@@ -78,6 +83,7 @@ def train_value_function(
         "model": model_name,
         "model_fingerprint": system.model_fingerprint(),
         "d": system.control_dim,
+        "dtype": dtype_name(system.model_dtype),  # the model's while collecting
         "reward": reward,
         "prompts": str(prompts),
         "lm": lm_config.model_dump(mode="json"),
@@ -98,7 +104,7 @@ def train_value_function(
 
         net, report = train_value(data, train_config, progress=step)
     card = {
-        **{k: settings[k] for k in ("model", "model_fingerprint", "d", "reward")},
+        **{k: settings[k] for k in ("model", "model_fingerprint", "d", "dtype", "reward")},
         "prompts": {
             "source": str(prompts),
             "count": len(chosen),

@@ -6,6 +6,8 @@
   (`mpc_llm.lm.prompts`);
 - `DecodeEngine`, `LMConfig`: prefill, cache expansion, the pre-logit control hook and sampling
   (`mpc_llm.lm.engine`, `mpc_llm.lm.cache`, `mpc_llm.lm.sampling`);
+- `resolve_dtype`, `auto_dtype`, `native_bfloat16`: the dtype a model runs in, ``"auto"`` being
+  bfloat16 where the device computes it natively (`mpc_llm.lm.precision`);
 - `ModelAdapter`, `ARCHITECTURES`: the per-family quirks, declared in one table
   (`mpc_llm.lm.adapters`);
 - `LMRollout`: what a decode returns to a controller.
@@ -25,8 +27,8 @@ from mpc_llm.lm.loading import (
     load_default_model,
     load_default_tokenizer,
     load_model,
-    resolve_dtype,
 )
+from mpc_llm.lm.precision import auto_dtype, check_dtype, dtype_name, native_bfloat16, resolve_dtype
 from mpc_llm.lm.prompts import Prompt, is_messages, render_prompt, to_messages
 from mpc_llm.lm.rollout import LMRollout
 
@@ -41,7 +43,10 @@ __all__ = [
     "ModelAdapter",
     "Prefix",
     "Prompt",
+    "auto_dtype",
+    "check_dtype",
     "default_model_path",
+    "dtype_name",
     "is_cache_warm",
     "is_messages",
     "load_default_model",
@@ -49,6 +54,7 @@ __all__ = [
     "load_model",
     "load_pretrained",
     "model_device",
+    "native_bfloat16",
     "render_prompt",
     "resolve_dtype",
     "resolve_tokenizer",

@@ -42,13 +42,17 @@ class PreLogitControl:
         if self.control is None and self.policy is None:
             return None
         z = args[0]
-        zv = z if self.control is None else z + self.control.to(z.dtype).unsqueeze(1)  # (R, 1, d)
+        # the sum is taken in float32 (at least) and rounded once to the head's dtype, so a
+        # bfloat16 model applies the float32 control that is recorded, not a rounded copy of it
+        wide = torch.promote_types(z.dtype, torch.float32)
+        zv = z if self.control is None else z.to(wide) + self.control.to(wide).unsqueeze(1)  # (R, 1, d)
         if self.policy is not None:
-            v = self.policy(zv[:, -1].detach(), self.step)
-            zv = zv + v.to(z.dtype).unsqueeze(1)
+            v = self.policy(zv[:, -1].to(z.dtype).detach(), self.step)
+            zv = zv.to(wide) + v.to(wide).unsqueeze(1)
             if self.record is not None:
                 u = 0.0 if self.control is None else self.control.to(self.record.dtype)
                 self.record[:, self.step] = v.to(self.record.dtype) + u
+        zv = zv.to(z.dtype)
         if self.with_base:
             zv = torch.cat([zv, z], dim=0)
         return (zv, *args[1:])

@@ -25,6 +25,7 @@ import torch
 from mpc_llm.core import require
 from mpc_llm.lm.gguf import check_gguf_file, is_cached, load_gguf, load_gguf_tokenizer
 from mpc_llm.lm.hub import load_pretrained, transformers_module
+from mpc_llm.lm.precision import resolve_dtype
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
@@ -59,14 +60,15 @@ def default_model_path() -> Path:
 def load_default_model(
     *,
     device: str | torch.device | None = None,
-    dtype: torch.dtype | str | None = None,
+    dtype: torch.dtype | str | None = "auto",
     use_cache: bool = True,
 ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     """The embedded default, SmolLM2-135M-Instruct (d = 576, vocab 49152, chat template), and its tokenizer.
 
     Args:
         device: where to put the model (default CPU).
-        dtype: its dtype (default float32, the de-quantised GGUF's).
+        dtype: its dtype: ``"auto"`` (default: bfloat16 where ``device`` computes it natively, else
+            float32, `mpc_llm.lm.precision`), a name or a torch dtype; None: float32, the de-quantised GGUF's.
         use_cache: read / write the fast-load cache (only the first load pays the de-quantisation).
     """
     return load_model(default_model_path(), device=device, dtype=dtype, use_cache=use_cache)
@@ -88,7 +90,7 @@ def load_model(
     tokenizer: PreTrainedTokenizerBase | str | os.PathLike[str] | None = None,
     gguf_file: str | None = None,
     device: str | torch.device | None = None,
-    dtype: torch.dtype | str | None = None,
+    dtype: torch.dtype | str | None = "auto",
     device_map: str | dict[str, Any] | None = None,
     use_cache: bool = True,
     local_files_only: bool = False,
@@ -103,7 +105,9 @@ def load_model(
         gguf_file: the GGUF file name inside the folder ``name_or_path``.
         device: where to put the model (ignored with ``device_map``); several CUDA devices
             (``"cuda:0,cuda:1"``) spread it over those GPUs (`spread_over`; not for GGUF files).
-        dtype: e.g. ``torch.bfloat16`` or ``"bfloat16"`` (default: the checkpoint's, float32 for GGUF).
+        dtype: ``"auto"`` (default: bfloat16 where ``device`` computes it natively, else float32;
+            `mpc_llm.lm.precision`), e.g. ``torch.bfloat16`` or ``"bfloat16"``, or None: the
+            checkpoint's own (float32 for GGUF).
         device_map: passed to ``from_pretrained`` (e.g. ``"auto"`` to shard a large model; needs
             ``accelerate``).
         use_cache: use the fast-load cache for GGUF files.
@@ -119,7 +123,7 @@ def load_model(
     tf = transformers_module("to load Hugging Face models")
     if name_or_path is None or str(name_or_path) == DEFAULT_MODEL:
         return load_default_model(device=device, dtype=dtype, use_cache=use_cache)
-    torch_dtype = resolve_dtype(dtype)
+    torch_dtype = resolve_dtype(dtype, device)
     path = Path(name_or_path).expanduser()
     if gguf_file is None and path.suffix == ".gguf":
         if not path.is_file():
@@ -195,21 +199,3 @@ def spread_over(device: str | torch.device | None) -> dict[str, Any] | None:
         "device_map": "auto",
         "max_memory": {i: int(torch.cuda.mem_get_info(i)[0] * 0.9) for i in indices},
     }
-
-
-def resolve_dtype(dtype: torch.dtype | str | None) -> torch.dtype | str | None:
-    """A dtype from a name: ``"bfloat16"``, ``"bf16"`` -> ``torch.bfloat16``; None and ``"auto"`` pass."""
-    if dtype is None or isinstance(dtype, torch.dtype) or dtype == "auto":
-        return dtype
-    aliases = {
-        "bf16": "bfloat16",
-        "fp16": "float16",
-        "half": "float16",
-        "fp32": "float32",
-        "float": "float32",
-    }
-    name = aliases.get(str(dtype).lower(), str(dtype).lower()).removeprefix("torch.")
-    value = getattr(torch, name, None)
-    if not isinstance(value, torch.dtype) or not value.is_floating_point:
-        raise ValueError(f"unknown dtype {dtype!r}; use float32, bfloat16 or float16")
-    return value

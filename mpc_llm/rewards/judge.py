@@ -28,6 +28,7 @@ from torch import Tensor
 from mpc_llm.lm.adapters import ModelAdapter
 from mpc_llm.lm.hub import model_device, resolve_tokenizer, transformers_module
 from mpc_llm.lm.loading import DEFAULT_MODEL, load_model
+from mpc_llm.lm.precision import resolve_dtype
 from mpc_llm.lm.prefix import left_pad, next_token_logits
 from mpc_llm.lm.prompts import Prompt, render_prompt, uses_chat_template
 from mpc_llm.rewards.base import Reward
@@ -85,7 +86,9 @@ class JudgeReward(Reward):
         share_prefix: compute each prompt's common prefix once (default True).
         sort_by_length: batch inputs of similar lengths together (default True).
         device: where to run the model (default: where it is).
-        dtype: the model's dtype; default as loaded.
+        dtype: the model's dtype: ``"auto"`` (default) is bfloat16 where the device computes it
+            natively, else float32, for a model loaded by name (`mpc_llm.lm.precision`); a model
+            object keeps its dtype unless one is named. Scores are computed in float32.
         local_files_only: never try to download.
 
     A model object is used as it is, not copied (it may be the very LM being steered): ``device`` and
@@ -118,7 +121,7 @@ class JudgeReward(Reward):
         share_prefix: bool = True,
         sort_by_length: bool = True,
         device: str | torch.device | None = None,
-        dtype: torch.dtype | None = None,
+        dtype: torch.dtype | str | None = "auto",
         local_files_only: bool = False,
         name: str | None = None,
     ) -> None:
@@ -136,14 +139,15 @@ class JudgeReward(Reward):
                 source,
                 tokenizer=tokenizer,
                 gguf_file=gguf_file,
+                device=device,
                 dtype=dtype,
                 local_files_only=local_files_only,
             )
             source = source or DEFAULT_MODEL
         else:
             source = getattr(model, "name_or_path", None) or None
-            if dtype is not None:
-                model = model.to(dtype)
+            if dtype is not None and dtype != "auto":
+                model = model.to(resolve_dtype(dtype, device))
             tokenizer = resolve_tokenizer(tokenizer, source, what="judge", local_files_only=local_files_only)
         if device is not None:
             model = model.to(device)
