@@ -135,6 +135,30 @@ def test_qalign_chains_reach_the_tilted_model() -> None:
     assert tv_of_draws(returned(result, B), 1.0) < TV_TOLERANCE
 
 
+def test_qalign_reads_whether_a_system_commits_per_row() -> None:
+    """Per-row commits are a declared capability (`Dynamics.commits_per_row`), never found out by
+    calling ``advance`` and catching an error: a system that does not declare them is never asked
+    for per-row counts (here it raises another error, which a probe would let through), and QAlign's
+    grouped regeneration gives the very same chains."""
+
+    class GroupsOnly(ToyLM):
+        commits_per_row = False
+
+        def advance(self, rollout, steps):  # type: ignore[no-untyped-def]
+            if not isinstance(steps, int):
+                raise TypeError("one count for all rows only")
+            return super().advance(rollout, steps)
+
+    B, seed = 6, list(range(6))
+    toy = ToyLM.example(B)
+    grouped = GroupsOnly(toy.log_initial.exp(), toy.log_transition.exp(), toy.length, batch_size=B)
+    one = QAlign(beta=1.0).optimize(toy, REWARD, max_samples=8, seed=seed)
+    other = QAlign(beta=1.0).optimize(grouped, REWARD, max_samples=8, seed=seed)
+    assert ToyLM.commits_per_row and not GroupsOnly.commits_per_row
+    assert torch.equal(one.best_rollout.tokens, other.best_rollout.tokens)
+    assert torch.equal(one.best_cost, other.best_cost)
+
+
 def test_qalign_without_the_length_factor_would_fail() -> None:
     """The test can fail: dropping ``|y| / |y'|`` from the acceptance moves the chain's law."""
 

@@ -8,7 +8,8 @@ whole response it starts (rolled out to the end, ``score="to_end"``, the default
 learned prefix value function; ``score="horizon"`` scores the prefix plus the block only, for
 rewards that accept partial text. With one block as long as the response it is best-of-N.
 
-In control terms it is `RecedingHorizon` around `BestOfN` with ``horizon = commit = block``.
+In control terms it is `RecedingHorizon` around `BestOfN` with ``horizon = commit = block``: it
+holds one (`BlockwiseBestOfN.plan`) and lets it run each step, with settings of its own.
 
 Example:
     >>> from mpc_llm.dynamics import GoalCost, PointMass
@@ -26,9 +27,10 @@ from typing import Any, ClassVar, Literal
 from pydantic import Field
 
 from mpc_llm.controllers.best_of_n import BestOfN
-from mpc_llm.controllers.planner import Planner
-from mpc_llm.controllers.receding_horizon import RecedingHorizon, RecedingHorizonConfig
+from mpc_llm.controllers.receding_horizon import Plan, RecedingHorizon
+from mpc_llm.controllers.sequential import Episode, SequentialController, Start, Step
 from mpc_llm.controllers.state import Settings
+from mpc_llm.core import BudgetUnit, CostFunction, Dynamics
 
 
 class BlockwiseConfig(Settings):
@@ -46,34 +48,36 @@ class BlockwiseConfig(Settings):
     score: Literal["to_end", "horizon"] = "to_end"
 
 
-class BlockwiseBestOfN(RecedingHorizon):
+class BlockwiseBestOfN(SequentialController[BlockwiseConfig, Plan]):
     """Best of ``num_samples`` continuations per block of ``block`` steps."""
 
-    config_class = BlockwiseConfig  # type: ignore[assignment]
+    config_class = BlockwiseConfig
     preset: ClassVar[dict[str, Any]] = {"num_samples": 8}
-    wraps: ClassVar[type[Planner] | None] = None
 
     def __init__(self, config: BlockwiseConfig | Mapping[str, Any] | None = None, **settings: Any) -> None:
-        Planner.__init__(self, config, **settings)
-        s: BlockwiseConfig = self.config  # type: ignore[assignment]
-        self.inner = BestOfN(num_samples=s.num_samples, num_iterations=1)
-        self._loop = RecedingHorizonConfig(
-            horizon=s.block, commit=s.block, samples_per_step=s.num_samples, score=s.score
+        super().__init__(config, **settings)
+        s = self.config
+        #: the receding-horizon loop it is: best-of-``num_samples`` plans of ``block`` steps, each committed
+        self.plan = RecedingHorizon(
+            BestOfN(num_samples=s.num_samples, num_iterations=1),
+            horizon=s.block,
+            commit=s.block,
+            samples_per_step=s.num_samples,
+            score=s.score,
         )
-
-    @property
-    def loop(self) -> RecedingHorizonConfig:
-        """Receding horizon with ``horizon = commit = block`` and ``num_samples`` per block."""
-        return self._loop
-
-    def with_config(self, **changes: object) -> BlockwiseBestOfN:
-        """A blockwise best-of-N with some settings changed (validated)."""
-        return type(self)(self.config, **changes)  # type: ignore[arg-type]
-
-    def spec(self) -> dict[str, Any]:
-        """What identifies this controller in a comparison's settings (its inner best-of-N is implied)."""
-        return Planner.spec(self)
 
     def check(self, episode: int, cost: Any = None, *, episode_name: str = "the episode length") -> None:
         """Any block length is valid: a block longer than the episode is one block (best-of-N)."""
-        super().check(max(episode, self.loop.horizon), cost, episode_name=episode_name)
+        self.plan.check(max(episode, self.config.block), cost, episode_name=episode_name)
+
+    def check_budget(self, episode: int | None, budget: int, unit: BudgetUnit = "samples") -> None:
+        """At least one candidate per block (in tokens: per block, one rolled out as long as it may run)."""
+        self.plan.check_budget(episode, budget, unit)
+
+    def begin(self, dynamics: Dynamics, start: Start) -> tuple[list[int], Plan]:
+        """One row per problem (`RecedingHorizon.begin`)."""
+        return self.plan.begin(dynamics, start)
+
+    def step(self, system: Dynamics, cost: CostFunction, episode: Episode[Plan]) -> Step[Plan]:
+        """Best of ``num_samples`` continuations; commit its first ``block`` steps."""
+        return self.plan.step(system, cost, episode)

@@ -71,27 +71,22 @@ def regenerate(system: Dynamics, current: Rollout, keep: list[int], generators: 
     """``(R, 1)`` responses that keep the first ``keep[i]`` steps of ``current``'s row ``i`` and
     continue from the base model (zero control), row ``i`` drawing from ``generators[i]``.
 
-    One rollout with per-row commits where the system supports them; otherwise one per distinct
-    prefix length (`Dynamics.select` the rows, `Dynamics.advance` them by their common count).
+    One rollout with per-row commits where the system declares them (`Dynamics.commits_per_row`);
+    otherwise one per distinct prefix length (`Dynamics.select` the rows, `Dynamics.advance` them by
+    their common count).
     """
     R = system.batch_size
-
-    def zero(rows: int) -> Tensor:
-        return torch.zeros((rows, 1, 1, system.control_dim), dtype=system.dtype, device=system.device)
-
     if not any(keep):
-        return system.rollout(zero(R), generators)
-    try:
-        return system.advance(current, keep).rollout(zero(R), generators)
-    except NotImplementedError:
-        pass
+        return system.rollout(system.zero_controls(), generators)
+    if system.commits_per_row:
+        return system.advance(current, keep).rollout(system.zero_controls(), generators)
     pieces: dict[int, Rollout] = {}
     for k in sorted(set(keep)):
         rows = [i for i in range(R) if keep[i] == k]
         part = system.select(rows)
         if k > 0:
             part = part.advance(current.problems(rows), k)
-        out = part.rollout(zero(len(rows)), [generators[i] for i in rows])
+        out = part.rollout(part.zero_controls(), [generators[i] for i in rows])
         pieces.update({i: out.problems([j]) for j, i in enumerate(rows)})
     return stack_problems([pieces[i] for i in range(R)])
 
@@ -162,7 +157,7 @@ class QAlign(SequentialController[QAlignConfig, Streams]):
     def step(self, system: Dynamics, cost: CostFunction, episode: Episode[Streams]) -> Step[Streams]:
         """Run every chain for the budget; commit each chain's last state (the whole response)."""
         R, streams = system.batch_size, episode.carry
-        zero = torch.zeros((R, 1, 1, system.control_dim), dtype=system.dtype, device=system.device)
+        zero = system.zero_controls()
         current = system.rollout(zero, make_generators(draw_seeds(streams), R, system.device))
         costs, raw = cost.evaluate(current)
         cost_now = costs[:, 0].double().cpu().nan_to_num(nan=math.inf)

@@ -162,8 +162,7 @@ class SMC(SequentialController[SMCConfig, list[Particle]]):
         plan = system.with_horizon(min(self.config.block, system.horizon))
         R, carry = system.batch_size, episode.carry
         streams = make_generators(draw_seeds([p.stream for p in carry]), R, system.device)
-        zero = torch.zeros((R, 1, 1, system.control_dim), dtype=system.dtype, device=system.device)
-        rollout = plan.rollout(zero, streams)
+        rollout = plan.rollout(system.zero_controls(), streams)
         costs, metrics = cost.evaluate(rollout)
         c = costs[:, 0].double().cpu().nan_to_num(nan=math.inf)
         betas = self._choose_betas(c, episode.owners, [p.beta for p in carry])

@@ -111,10 +111,7 @@ class SpeculativeRejection(SequentialController[SpeculativeRejectionConfig, Stre
     def step(self, system: Dynamics, cost: CostFunction, episode: Episode[Streams]) -> Step[Streams]:
         """Decode every branch to the next checkpoint (zero control) and score it."""
         planner = system.with_horizon(min(self.config.checkpoint, system.horizon))
-        zero = torch.zeros(
-            (system.batch_size, 1, 1, system.control_dim), dtype=system.dtype, device=system.device
-        )
-        rollout = planner.rollout(zero, episode.carry)
+        rollout = planner.rollout(system.zero_controls(), episode.carry)
         costs, metrics = cost.evaluate(rollout)
         return Step(
             chosen=rollout,

@@ -134,11 +134,10 @@ class ValueBlockwise(SequentialController[ValueBlockwiseConfig, Streams]):
         last = system.horizon == H
         plan = system.with_horizon(H)
         recorder = RecordStates()
-        zeros = torch.zeros(
-            (R, K, plan.horizon, system.control_dim), dtype=system.dtype, device=system.device
-        )
         rollout = plan.rollout_feedback(
-            zeros, make_generators(draw_seeds(episode.carry), R, system.device), recorder
+            system.zero_controls(K, plan.horizon),
+            make_generators(draw_seeds(episode.carry), R, system.device),
+            recorder,
         )
         lengths = rollout.token_counts().cpu()  # (R, K), look-ahead included
         metrics: dict[str, Tensor] = {}

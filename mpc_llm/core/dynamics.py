@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
+from typing import ClassVar
 
 import torch
 from torch import Tensor
@@ -27,7 +28,17 @@ class Dynamics(ABC):
     A subclass states its size through `batch_size` (``B``), `horizon` (the steps it runs) and
     `control_dim` (``d``), and implements `rollout`. Everything is batched: one call simulates ``N``
     control sequences of ``tau <= horizon`` steps for each of the ``B`` problems.
+
+    Capabilities are declared, never found out by calling and catching an error:
+
+    Attributes:
+        commits_per_row: whether `advance` takes one step count per row (a closed-loop system that
+            can commit a different number of steps to each row at once, e.g. `mpc_llm.dynamics.ToyLM`).
+            False (the default): callers that need per-row counts (QAlign) commit the rows with
+            equal counts together instead, which gives the same result, only slower.
     """
+
+    commits_per_row: ClassVar[bool] = False
 
     @property
     @abstractmethod
@@ -53,6 +64,13 @@ class Dynamics(ABC):
     def dtype(self) -> torch.dtype:
         """The floating dtype of controls."""
         return torch.float32
+
+    def zero_controls(self, samples: int = 1, steps: int = 1, rows: int | None = None) -> Tensor:
+        """``(rows, samples, steps, d)`` zero controls on this system's device and dtype (``rows``:
+        default ``B``): the base system's own behaviour, which controllers that only select or
+        reweight (SMC, QAlign, speculative rejection, value-guided blocks) roll out."""
+        shape = (self.batch_size if rows is None else rows, samples, steps, self.control_dim)
+        return torch.zeros(shape, dtype=self.dtype, device=self.device)
 
     @abstractmethod
     def rollout(self, controls: Tensor, generators: Sequence[torch.Generator]) -> Rollout:
@@ -146,8 +164,8 @@ class Dynamics(ABC):
             rollout: one rollout per problem (``N = 1``), made by this dynamics (or by
                 ``self.with_horizon(h)``).
             steps: steps to commit, ``1 <= steps <= horizon``; or one count per row (``>= 0``), for
-                systems that support per-row commits (`mpc_llm.dynamics.ToyLM`; others raise
-                `NotImplementedError`, and callers commit groups of rows with equal counts).
+                systems that declare `commits_per_row` (`mpc_llm.dynamics.ToyLM`); callers read
+                that declaration and otherwise commit groups of rows with equal counts.
 
         Returns:
             A new dynamics (this one is unchanged) whose initial state is the state reached, whose

@@ -73,6 +73,9 @@ class ToyLM(Dynamics):
         batch_size: ``B`` copies of the problem.
     """
 
+    #: `advance` takes one count per row (QAlign cuts each chain at its own point in one rollout)
+    commits_per_row = True
+
     def __init__(
         self,
         initial: Sequence[float] | Tensor,
