@@ -8,7 +8,14 @@ engine (`mpc_llm.lm.engine`); this class binds prompts and turns decodes into `L
 Closed loop (`advance`): committing tokens appends them to each prompt's key/value cache (only the
 new tokens run through the model, when the next rollout needs them); the dynamics then has
 ``max_new_tokens - committed`` steps left, and its rollouts hold the whole response, the committed
-tokens first, so a reward scores the whole text.
+tokens first, so a reward scores the whole text. Rows may commit different numbers of tokens (one
+count per row, `commits_per_row`): one decode then serves them all, each row stopping at its own
+``max_new_tokens`` (`mpc_llm.dynamics.lm_history`, `DecodeEngine.extend`).
+
+State feedback (`rollout_feedback`): a `mpc_llm.core.Policy` evaluated on the pre-logit inside the
+decode; the head hook (`mpc_llm.lm.control`) adds ``u_t + policy(z_t + u_t, t)`` at each step
+``t < tau`` and records the controls applied, so closeness is measured from them exactly as for
+open-loop controls.
 """
 
 from __future__ import annotations
@@ -22,18 +29,19 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import Tensor
 
-from mpc_llm.core import Dynamics, validated
+from mpc_llm.core import Dynamics, Policy, validated
 from mpc_llm.dynamics import lm_closeness
-from mpc_llm.dynamics.lm_feedback import StateFeedback
+from mpc_llm.dynamics.lm_history import Committed
 from mpc_llm.lm import LMConfig, LMRollout, Prompt, load_model, resolve_dtype
 from mpc_llm.lm.engine import DecodeEngine, Prefix
+from mpc_llm.lm.fingerprint import head_fingerprint
 from mpc_llm.lm.prompts import as_prompt_list, encode_prompt, uses_chat_template
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 
-class LMDynamics(StateFeedback, Dynamics):
+class LMDynamics(Dynamics):
     """Any `transformers` causal LM as a system driven by pre-logit controls, for ``B`` bound prompts.
 
     Args:
@@ -116,15 +124,28 @@ class LMDynamics(StateFeedback, Dynamics):
         """``B``, the number of bound prompts."""
         return len(self.prompts)
 
+    #: `advance` takes one count per row (rows of different committed lengths decode together)
+    commits_per_row = True
+
     @property
     def horizon(self) -> int:
-        """Tokens left: ``max_new_tokens`` less those committed (controls cover the first ``tau``)."""
+        """The most tokens any row has left: ``max_new_tokens`` less the fewest committed (each row
+        stops at ``max_new_tokens`` in all; controls cover the first ``tau``)."""
         return self.config.max_new_tokens - self.committed
 
     @property
     def committed(self) -> int:
-        """Response tokens committed so far (`advance`); 0 for fresh prompts."""
-        return 0 if self._response is None else int(self._response.shape[1])
+        """Response tokens committed so far (`advance`): the fewest of any row (all rows have the same
+        count unless `advance` was given one per row; see `committed_counts`); 0 for fresh prompts."""
+        counts = self.committed_counts
+        return int(counts.min()) if len(counts) else 0
+
+    @property
+    def committed_counts(self) -> Tensor:
+        """``(B,)`` long: response tokens committed so far by each row."""
+        if self._history is None:
+            return torch.zeros(self.batch_size, dtype=torch.long)
+        return self._history.counts
 
     @property
     def control_dim(self) -> int:
@@ -199,6 +220,25 @@ class LMDynamics(StateFeedback, Dynamics):
             raise ValueError(f"num_samples must be >= 1, got {num_samples}")
         return self._generate(None, num_samples, generators)
 
+    def rollout_feedback(
+        self, controls: Tensor, generators: Sequence[torch.Generator], policy: Policy
+    ) -> LMRollout:
+        """Generate with ``z + u_t + policy(z + u_t, t)`` at the head for tokens ``t < tau``,
+        ``u_t = controls[:, :, t]`` ``(B, N, tau, d)`` (zeros: the policy alone, e.g. RE-Control).
+
+        Returns:
+            An `LMRollout` whose ``controls`` are the ``(B, N, T, d)`` controls applied (float32 at
+            least; zero past each response's end and on committed tokens, which came before).
+        """
+        self.check_controls(controls)
+        B, N, tau, d = controls.shape
+        flat = controls.to(device=self.device, dtype=self.dtype).reshape(B * N, tau, d)
+        return self._generate(flat, N, generators, policy)
+
+    def model_fingerprint(self) -> str:
+        """The model's `mpc_llm.lm.fingerprint.head_fingerprint` (its head's shape and first rows)."""
+        return head_fingerprint(self.engine.adapter.head)
+
     def check_controls(self, controls: Tensor) -> None:
         """Raise a `ValueError` saying what was expected when ``controls`` has the wrong shape."""
         super().check_controls(controls)
@@ -238,44 +278,43 @@ class LMDynamics(StateFeedback, Dynamics):
         if self._prefix is None:
             self._prefix = self.engine.prefill(self.encode_prompts())
         if self._pending is not None:
-            self._prefix = self.engine.extend(self._prefix, self._pending)
+            self._prefix = self.engine.extend(self._prefix, self._pending.tokens, self._pending.counts)
             self._pending = None
         return self._prefix
 
     # ------------------------------------------------------------------ closed loop
     def advance(self, rollout: LMRollout, steps: int | Sequence[int]) -> LMDynamics:  # type: ignore[override]
-        """Commit the next ``steps`` tokens of each problem's response in ``rollout`` (``N = 1``).
+        """Commit the next ``steps`` tokens of each problem's response in ``rollout`` (``N = 1``): one
+        count for all rows (``1 <= steps <= horizon``; a row with fewer tokens left commits what it
+        has) or one per row (``0 <= steps[b] <=`` the row's tokens left).
 
         A problem is finished when its response ended (end-of-sequence or a stop string) within
         the committed tokens, or no token is left.
         """
-        m = self.committed
-        if not isinstance(steps, int):  # one count per row: not for a language model yet
-            raise NotImplementedError("LMDynamics commits one count for all rows (select equal ones)")
-        if not 1 <= steps <= self.horizon:
-            raise ValueError(f"steps must be in [1, {self.horizon}] (tokens left), got {steps}")
-        if rollout.batch_size != self.batch_size or rollout.num_samples != 1:
-            raise ValueError(f"advance needs one rollout per problem, (B={self.batch_size}, N=1)")
-        new = _columns(rollout.tokens[:, 0], m, steps, self.pad_token_id)
-        lengths = rollout.lengths[:, 0].to(new.device)
-        ended = rollout.finished[:, 0] if rollout.finished is not None else lengths < m + steps
-        other = copy.copy(self)
-        other._prefix = self._prefix
-        other._pending = new if self._pending is None else torch.cat([self._pending, new], dim=1)
-        other._response = new if self._response is None else torch.cat([self._response, new], dim=1)
-        logp = [rollout.logprobs, rollout.base_logprobs]
-        if all(x is not None for x in logp) and (m == 0 or self._response_logp is not None):
-            parts = [_columns(x[:, 0], m, steps, 0.0) for x in logp]  # type: ignore[index]
-            if self._response_logp is not None:
-                parts = [
-                    torch.cat([old, p], dim=1) for old, p in zip(self._response_logp, parts, strict=True)
-                ]
-            other._response_logp = (parts[0], parts[1])
-        else:
-            other._response_logp = None
-        other._finished = (ended.to(new.device) & (lengths <= m + steps)) | (
-            m + steps >= self.config.max_new_tokens
+        B, top = self.batch_size, self.config.max_new_tokens
+        if rollout.batch_size != B or rollout.num_samples != 1:
+            raise ValueError(f"advance needs one rollout per problem, (B={B}, N=1)")
+        m = self.committed_counts
+        counts = _counts(steps, B, self.horizon, top - m)
+        c = int(counts.max()) if B else 0
+        new = _columns(rollout.tokens[:, 0], m, c, self.pad_token_id)
+        logp = None
+        if rollout.logprobs is not None and rollout.base_logprobs is not None:
+            logp = (
+                _columns(rollout.logprobs[:, 0], m, c, 0.0),
+                _columns(rollout.base_logprobs[:, 0], m, c, 0.0),
+            )
+        history = self._history or Committed.empty(B, self.pad_token_id, new.device)
+        pending = self._pending or Committed(
+            new[:, :0], torch.zeros(B, dtype=torch.long), None, self.pad_token_id
         )
+        lengths = rollout.lengths[:, 0].to(new.device)
+        end = (m + counts).to(new.device)
+        ended = rollout.finished[:, 0].to(new.device) if rollout.finished is not None else lengths < end
+        other = copy.copy(self)
+        other._history = history.append(new, counts, logp)
+        other._pending = pending.append(new, counts, None)
+        other._finished = (ended & (lengths <= end)) | (end >= top)
         return other
 
     def finished(self) -> Tensor:
@@ -295,11 +334,9 @@ class LMDynamics(StateFeedback, Dynamics):
         other = copy.copy(self)
         other._prompts = [self.prompts[i] for i in rows]
         other._prefix = self.engine.select(self._prefix, rows)
-        for name in ("_pending", "_response", "_finished"):
-            value = getattr(self, name)
-            setattr(other, name, None if value is None else value[rows])
-        if self._response_logp is not None:
-            other._response_logp = (self._response_logp[0][rows], self._response_logp[1][rows])
+        other._history = None if self._history is None else self._history.select(rows)
+        other._pending = None if self._pending is None else self._pending.select(rows)
+        other._finished = None if self._finished is None else self._finished[rows]
         return other
 
     def candidates(self, k: int) -> tuple[LMRollout, Tensor]:
@@ -311,14 +348,15 @@ class LMDynamics(StateFeedback, Dynamics):
         """
         if not 1 <= k <= self.engine.vocab_size:
             raise ValueError(f"k must be in [1, {self.engine.vocab_size}], got {k}")
-        B, m = self.batch_size, self.committed
+        B, m = self.batch_size, self.committed_counts
         logp = (self.engine.next_logits(self.prefill()) / self.config.temperature).log_softmax(dim=-1)
         top = logp.topk(k, dim=-1)
-        tokens = top.indices.unsqueeze(-1)  # (B, k, 1)
-        if self._response is not None:
-            tokens = torch.cat([self._response.unsqueeze(1).expand(B, k, m), tokens], dim=-1)
-        lengths = torch.full((B, k), m + 1, dtype=torch.long, device=tokens.device)
-        texts = self.engine.texts(tokens.reshape(B * k, m + 1), lengths.reshape(-1))
+        flat = top.indices.reshape(B * k, 1)
+        if self._history is not None:  # the committed tokens first
+            flat = self._history.prepend(flat, k, self.pad_token_id)
+        tokens = flat.view(B, k, -1)
+        lengths = (m + 1).to(tokens.device).view(B, 1).expand(B, k).clone()
+        texts = self.engine.texts(flat, lengths.reshape(-1))
         eos = torch.tensor(self.eos_token_ids if self.config.stop_at_eos else [], dtype=torch.long)
         rollout = LMRollout(
             controls=torch.zeros((), dtype=self.dtype, device=self.device).expand(B, k, 1, self.control_dim),
@@ -328,12 +366,13 @@ class LMDynamics(StateFeedback, Dynamics):
             prompts=list(self.prompts),
             pad_token_id=self.pad_token_id,
             finished=torch.isin(top.indices, eos.to(top.indices.device)),
-            prefix_lengths=torch.full((B, k), m, dtype=torch.long),
+            prefix_lengths=m.view(B, 1).expand(B, k).clone(),
         )
         return rollout, top.values
 
     def with_horizon(self, horizon: int) -> LMDynamics:
-        """A copy that generates at most ``horizon`` more tokens (the prefill is shared)."""
+        """A copy that generates at most ``horizon`` more tokens (the prefill is shared; rows with more
+        committed tokens than the fewest get fewer: they stop at the same ``max_new_tokens``)."""
         if not 1 <= horizon <= self.horizon:
             raise ValueError(f"horizon must be in [1, {self.horizon}] (tokens left), got {horizon}")
         self.prefill()
@@ -346,31 +385,29 @@ class LMDynamics(StateFeedback, Dynamics):
 
     def _bind_state(self) -> None:
         """No committed tokens (fresh prompts)."""
-        self._pending: Tensor | None = None  # (B, p) committed tokens not yet in the cache
-        self._response: Tensor | None = None  # (B, m) committed tokens
-        self._response_logp: tuple[Tensor, Tensor] | None = None  # their (controlled, base) log-probs
+        self._history: Committed | None = None  # committed response tokens (and their log-probs)
+        self._pending: Committed | None = None  # committed tokens not yet in the cache
         self._finished: Tensor | None = None  # (B,)
 
     def _generate(
         self, controls: Tensor | None, N: int, generators: Sequence[torch.Generator], policy: Any = None
     ) -> LMRollout:
-        B, m = self.batch_size, self.committed
+        B, h = self.batch_size, self._history
         self.engine.check_generators(generators, B)
+        m = self.committed_counts
+        limits = None if h is None or bool((m == m[0]).all()) else (self.config.max_new_tokens - m)
         out = self.engine.decode(
-            self.prefill(), controls, N, generators, steps=self.horizon, history=self._response, policy=policy
-        )
-        tokens, lengths, logp, base_logp = out.tokens, out.lengths, out.logprobs, out.base_logprobs
-        if self._response is not None:  # the committed tokens first: rollouts hold whole responses
-            tokens = torch.cat([self._response.repeat_interleave(N, dim=0), tokens], dim=1)
-            lengths = lengths + m
-            if logp is not None and base_logp is not None and self._response_logp is not None:
-                before = [x.repeat_interleave(N, dim=0) for x in self._response_logp]
-                logp, base_logp = (
-                    torch.cat([before[0], logp], dim=1),
-                    torch.cat([before[1], base_logp], dim=1),
-                )
-            else:
-                logp = base_logp = None
+            self.prefill(), controls, N, generators, steps=self.horizon,
+            history=None if h is None else h.rows(), policy=policy, limits=limits,
+        )  # fmt: skip
+        tokens, lengths, applied = out.tokens, out.lengths, out.controls
+        logp = None if out.logprobs is None else (out.logprobs, out.base_logprobs)
+        if h is not None:  # the committed tokens first: rollouts hold whole responses
+            tokens = h.prepend(tokens, N, self.pad_token_id)
+            lengths = lengths + m.to(lengths.device).repeat_interleave(N)
+            logp = None if logp is None else h.prepend_logprobs(logp, N)  # type: ignore[arg-type]
+            if applied is not None:
+                applied = _shifted(applied, m.repeat_interleave(N), tokens.shape[1])
         T = tokens.shape[1]
         texts = self.engine.texts(tokens, lengths)
 
@@ -378,24 +415,53 @@ class LMDynamics(StateFeedback, Dynamics):
             return None if x is None else x.reshape(B, N, *x.shape[1:])
 
         zero = torch.zeros((), dtype=self.dtype, device=self.device).expand(B, N, 1, self.control_dim)
-        return LMRollout(  # a feedback decode's controls: those applied to the new tokens (StateFeedback)
-            controls=zero if out.controls is None else out.controls.view(B, N, *out.controls.shape[1:]),
+        return LMRollout(
+            controls=zero if applied is None else applied.view(B, N, *applied.shape[1:]),
             tokens=tokens.view(B, N, T),
             lengths=lengths.view(B, N),
             texts=[texts[b * N : (b + 1) * N] for b in range(B)],
             prompts=list(self.prompts),
-            logprobs=per_problem(logp),
-            base_logprobs=per_problem(base_logp),
+            logprobs=per_problem(None if logp is None else logp[0]),
+            base_logprobs=per_problem(None if logp is None else logp[1]),
             pad_token_id=self.pad_token_id,
             finished=per_problem(out.finished),
-            prefix_lengths=torch.full((B, N), m, dtype=torch.long),
+            prefix_lengths=m.view(B, 1).expand(B, N).clone(),
         )
 
 
-def _columns(x: Tensor, start: int, width: int, pad: float) -> Tensor:
-    """Columns ``start .. start + width`` of ``x`` ``(B, L)``, right-padded with ``pad`` past ``L``."""
-    part = x[:, start : start + width]
-    if part.shape[1] < width:
-        filler = part.new_full((x.shape[0], width - part.shape[1]), pad)
-        part = torch.cat([part, filler], dim=1)
-    return part
+def _counts(steps: int | Sequence[int], rows: int, horizon: int, left: Tensor) -> Tensor:
+    """``(rows,)`` long counts to commit: an int in ``[1, horizon]`` for every row (capped at each
+    row's tokens ``left``), or one count per row in ``[0, left[b]]``."""
+    if isinstance(steps, int):
+        if not 1 <= steps <= horizon:
+            raise ValueError(f"steps must be in [1, {horizon}] (tokens left), got {steps}")
+        return torch.full((rows,), steps, dtype=torch.long).minimum(left)
+    counts = torch.tensor([int(k) for k in steps], dtype=torch.long)
+    if counts.shape != (rows,) or bool((counts < 0).any()) or bool((counts > left).any()):
+        raise ValueError(
+            f"give one count per row, each in [0, tokens left] ({left.tolist()}), got {counts.tolist()}"
+        )
+    return counts
+
+
+def _columns(x: Tensor, start: Tensor, width: int, pad: float) -> Tensor:
+    """``(B, width)``: columns ``start[b] .. start[b] + width`` of row ``b`` of ``x`` ``(B, L)``,
+    ``pad`` past ``L``."""
+    B, L = x.shape
+    cols = start.to(x.device).unsqueeze(1) + torch.arange(width, device=x.device)
+    if L == 0:
+        return x.new_full((B, width), pad)
+    return torch.where(
+        cols < L, x.gather(1, cols.clamp(max=L - 1)), torch.full_like(cols, 0).to(x.dtype) + pad
+    )
+
+
+def _shifted(applied: Tensor, start: Tensor, width: int) -> Tensor:
+    """``(R, width, d)`` zeros with row ``r``'s ``(R, T, d)`` ``applied`` controls from column
+    ``start[r]`` on (the committed tokens, which came before, got none from this decode)."""
+    R, T, d = applied.shape
+    out = applied.new_zeros((R, width, d))
+    cols = (start.to(applied.device).unsqueeze(1) + torch.arange(T, device=applied.device)).clamp(
+        max=width - 1
+    )
+    return out.scatter_(1, cols.unsqueeze(-1).expand(R, T, d), applied)

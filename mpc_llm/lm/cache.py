@@ -149,3 +149,26 @@ def growing_layer_class() -> Any:
             return self.keys, self.values
 
     return GrowingLayer
+
+
+def static_copy(prefix_cache: Any, n: int, rows: int, width: int, model_config: Any, old: Any = None) -> Any:
+    """A static ``rows = B * n``-row copy of ``prefix_cache`` holding ``width`` positions (prefix
+    included), for compiled decoding.
+
+    ``old`` (the previous decode's static cache) is refilled in place when its shapes agree (its
+    tensors keep their addresses, which CUDA graphs need); one-token prompts (no prefix cache) get an
+    empty `transformers` ``StaticCache``.
+    """
+    if prefix_cache is not None:
+        length = prefix_cache.get_seq_length()
+        return expand_cache(prefix_cache, n, width - length, static=True, into=old)
+    from transformers import StaticCache
+
+    if isinstance(old, StaticCache) and all(
+        layer.max_cache_len == width and getattr(layer, "batch_size", rows) == rows for layer in old.layers
+    ):
+        for layer in old.layers:
+            if layer.is_initialized:
+                layer.cumulative_length.zero_()
+        return old
+    return StaticCache(config=model_config, max_cache_len=width)

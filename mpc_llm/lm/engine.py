@@ -13,21 +13,27 @@ How a decode runs:
 
 1. `prefill` (once per prompt set): the ``B`` prompts' token ids are left-padded and all but their
    last token are run through the model into a key/value cache.
-2. `decode`: the prefix cache is expanded to ``B * N`` rows (row ``b * N + n``), sharing nothing
+2. `extend` (closed loop): committed response tokens run through the model on a copy of the cache,
+   one count per row if need be: a row that commits fewer tokens than another gets masked slots
+   (attention mask 0) where the other has tokens, so rows of different committed lengths share
+   one batch, and each row's position ids stay its own.
+3. `decode`: the prefix cache is expanded to ``B * N`` rows (row ``b * N + n``), sharing nothing
    mutable with the kept one. Step 0 feeds each prompt's last token, step ``t`` the token chosen at
-   step ``t - 1``; each step adds ``controls[:, :, t]`` (``t < tau``), picks tokens (greedy or
-   sampled, problem ``b``'s draws from ``generators[b]`` only), and masks finished rows (they get
-   ``pad``, their length stops growing). The loop ends when every row has finished or after
-   ``max_new_tokens`` steps.
+   step ``t - 1``; each step adds ``controls[:, :, t]`` (``t < tau``), and `DecodeState` picks the
+   tokens (greedy or sampled, problem ``b``'s draws from ``generators[b]`` only) and masks the rows
+   that are done (they get ``pad``, their length stops growing): ended, or at their own step limit.
+   The loop ends when every row is done or after ``steps`` steps.
 
 Compiled decoding (``LMConfig(compile=True)``): the cache copy is static (fixed shapes, see
 `mpc_llm.lm.cache`), every step calls the model through one `torch.compile` wrapper kept per model,
 and the head hook stays registered between decodes (inactive outside them) so that no decode
 changes the traced module. Prefill and `extend` stay eager.
 
-Batching: with prompts of equal length, a problem decodes bit for bit as it would alone. With
-left padding, batch shapes change the floating-point reductions slightly (logits differ by about
-1e-5), so a sampled token can, rarely, differ from the one drawn alone.
+Batching: with prompts of equal length, a problem decodes bit for bit as it would alone in float32.
+With left padding (or masked slots from per-row commits), batch shapes change the floating-point
+reductions slightly (float32 logits differ by about 1e-5), so a sampled token can, rarely, differ
+from the one drawn alone; in bfloat16 the differences are larger (about 1e-2) and a problem's
+tokens depend on the batch it is decoded in more often, though never on the order of the runs.
 """
 
 from __future__ import annotations
@@ -40,11 +46,15 @@ import torch
 from torch import Tensor
 
 from mpc_llm.lm.adapters import ModelAdapter
-from mpc_llm.lm.cache import expand_cache
+from mpc_llm.lm.cache import expand_cache, static_copy
 from mpc_llm.lm.config import LMConfig
 from mpc_llm.lm.control import PreLogitControl, compiled_step, feedback_record, recorded
+from mpc_llm.lm.decoding import Decoded, DecodeState
 from mpc_llm.lm.prefix import left_pad
-from mpc_llm.lm.sampling import StopStrings, choose_tokens, token_logprobs
+from mpc_llm.lm.sampling import StopStrings
+from mpc_llm.lm.special_tokens import eos_token_ids, pad_token_id
+
+__all__ = ["STATIC_BUCKET", "DecodeEngine", "Decoded", "Prefix"]
 
 #: static caches (and the attention mask) hold the prompt and response rounded up to a multiple of
 #: this many positions, so that prompts of nearby lengths share one compiled step
@@ -61,7 +71,7 @@ class Prefix:
         mask: ``(B, P)`` attention mask of the left-padded prefix (0 on padding).
         last_tokens: ``(B,)`` each prompt's last token, fed at step 0.
         positions: ``(B,)`` that token's position id.
-        lengths: prompt lengths in tokens.
+        lengths: tokens in each row (prompt and committed ones; masked slots not counted).
     """
 
     cache: Any
@@ -69,27 +79,6 @@ class Prefix:
     last_tokens: Tensor
     positions: Tensor
     lengths: tuple[int, ...]
-
-
-@dataclass(frozen=True)
-class Decoded:
-    """What `DecodeEngine.decode` produced, rows ``b * N + n``.
-
-    Attributes:
-        tokens: ``(B * N, T)`` token ids (``pad`` past each row's end), ``T`` the steps run.
-        lengths: ``(B * N,)`` tokens generated per row (an EOS token counts).
-        logprobs: ``(B * N, T)`` log-probs under the controlled model, or None.
-        base_logprobs: ``(B * N, T)`` under the unperturbed model, or None.
-        finished: ``(B * N,)`` rows that ended (end-of-sequence or a stop string) before the step limit.
-        controls: ``(B * N, T, d)`` controls a feedback ``policy`` applied (else None), 0 past the end.
-    """
-
-    tokens: Tensor
-    lengths: Tensor
-    logprobs: Tensor | None
-    base_logprobs: Tensor | None
-    finished: Tensor
-    controls: Tensor | None = None
 
 
 class DecodeEngine:
@@ -107,8 +96,8 @@ class DecodeEngine:
     def __init__(self, model: Any, tokenizer: Any, config: LMConfig) -> None:
         self.model, self.tokenizer, self.config = model, tokenizer, config
         self.adapter = ModelAdapter(model)
-        self.eos_token_ids = self._resolve_eos_ids()
-        self.pad_token_id = self._resolve_pad_id()
+        self.eos_token_ids = eos_token_ids(model, tokenizer, config)
+        self.pad_token_id = pad_token_id(model, tokenizer, self.eos_token_ids)
         self.stops = StopStrings(tokenizer, config.stop_strings)
         out = getattr(model.get_output_embeddings(), "out_features", None)
         #: the vocabulary the head scores (the most candidates a step can have)
@@ -152,28 +141,34 @@ class DecodeEngine:
         )
 
     @torch.no_grad()
-    def extend(self, prefix: Prefix, tokens: Tensor) -> Prefix:
-        """``prefix`` followed by ``tokens`` ``(B, c)`` (e.g. committed response tokens).
+    def extend(self, prefix: Prefix, tokens: Tensor, counts: Tensor | None = None) -> Prefix:
+        """``prefix`` followed by ``tokens`` ``(B, c)`` (e.g. committed response tokens): all ``c`` of
+        them, or the first ``counts[b]`` of row ``b`` (``(B,)``, ``0 <= counts[b] <= c``).
 
         Only the new tokens run through the model, on a copy of the prefix's cache (which is left
-        untouched): the prompt is never recomputed.
+        untouched): the prompt is never recomputed. A row with fewer than ``c`` tokens gets masked
+        slots after its own, so its positions and attention are those of the row alone.
         """
         B, c = tokens.shape
-        if c == 0:
-            return prefix
         device = self.adapter.device
-        tokens = tokens.to(device)
+        counts = torch.full((B,), c, dtype=torch.long) if counts is None else counts.to(torch.long).cpu()
+        if c == 0 or int(counts.max()) == 0:
+            return prefix
+        c = int(counts.max())
+        tokens, counts = tokens[:, :c].to(device), counts.to(device)
+        valid = torch.arange(c, device=device).unsqueeze(0) < counts.unsqueeze(1)  # (B, c)
         cache = expand_cache(prefix.cache, 1, c)
         ids = torch.cat([prefix.last_tokens.unsqueeze(1), tokens[:, :-1]], dim=1)
-        mask = torch.cat([prefix.mask, torch.ones((B, c), dtype=prefix.mask.dtype, device=device)], dim=1)
-        positions = prefix.positions.unsqueeze(1) + torch.arange(c, device=device)
+        mask = torch.cat([prefix.mask, valid.to(prefix.mask.dtype)], dim=1)
+        positions = (prefix.positions.unsqueeze(1) + torch.arange(c, device=device)).masked_fill(~valid, 1)
         out = self.adapter.forward(ids, mask, positions, cache)
+        last = tokens.gather(1, (counts - 1).clamp(min=0).unsqueeze(1)).squeeze(1)
         return Prefix(
             cache=self.adapter.output_cache(out) if cache is None else cache,
             mask=mask,
-            last_tokens=tokens[:, -1],
-            positions=prefix.positions + c,
-            lengths=tuple(n + c for n in prefix.lengths),
+            last_tokens=torch.where(counts > 0, last, prefix.last_tokens),
+            positions=prefix.positions + counts,
+            lengths=tuple(n + k for n, k in zip(prefix.lengths, counts.tolist(), strict=True)),
         )
 
     @torch.no_grad()
@@ -226,21 +221,25 @@ class DecodeEngine:
         N: int,
         generators: Sequence[torch.Generator],
         steps: int | None = None,
-        history: Tensor | None = None,
+        history: Sequence[Sequence[int]] | None = None,
         policy: Callable[[Tensor, int], Tensor] | None = None,
+        limits: Tensor | None = None,
     ) -> Decoded:
         """Decode ``N`` responses per prompt of ``prefix``.
 
         Args:
             prefix: from `prefill` (or `extend`), ``B`` prompts.
-            controls: ``(B * N, tau, d)`` pre-logit controls in the model's dtype (None: no control).
+            controls: ``(B * N, tau, d)`` pre-logit controls, float32 or wider (None: no control),
+                added to the head's input in float32 and rounded once to the model's dtype.
             N: samples per prompt.
             generators: ``B`` generators; problem ``b`` samples only from ``generators[b]``.
             steps: the most tokens to generate (default ``max_new_tokens``).
-            history: ``(B, m)`` response tokens already in ``prefix`` (committed ones), so that a stop
-                string begun in them and ended in the new tokens ends the response.
+            history: each problem's response tokens already in ``prefix`` (committed ones), so that
+                a stop string begun in them and ended in the new tokens ends the response.
             policy: state feedback (`mpc_llm.core.Policy`): the head's input at ``t < tau`` is
                 ``z + u + policy(z + u, t)``, recorded in ``Decoded.controls`` (eager decoding only).
+            limits: ``(B,)`` the most tokens problem ``b``'s rows generate (``<= steps``; default
+                ``steps`` for all), for problems whose responses hold different committed lengths.
         """
         cfg, adapter = self.config, self.adapter
         B, device = len(prefix.lengths), adapter.device
@@ -251,25 +250,23 @@ class DecodeEngine:
         tau = 0 if controls is None else controls.shape[1]
         static = cfg.uses_static_cache
         width = -(-(P + T) // STATIC_BUCKET) * STATIC_BUCKET if static else P + T
-        cache = self._static_cache(prefix.cache, N, R, width) if static else expand_cache(prefix.cache, N, T)
+        if static:
+            cache = self._static = static_copy(prefix.cache, N, R, width, self.model.config, self._static)
+        else:
+            cache = expand_cache(prefix.cache, N, T)
         mask = torch.zeros((R, width), dtype=torch.long, device=device)
         mask[:, :P] = prefix.mask.repeat_interleave(N, dim=0)
         mask[:, P : P + T] = 1
         input_ids = prefix.last_tokens.repeat_interleave(N).unsqueeze(1)  # (R, 1)
         positions = prefix.positions.repeat_interleave(N).unsqueeze(1)  # (R, 1)
-        tokens = torch.full((R, T), self.pad_token_id, dtype=torch.long, device=device)
-        lengths = torch.zeros(R, dtype=torch.long, device=device)
-        done = torch.zeros(R, dtype=torch.bool, device=device)
-        logp = torch.zeros((R, T), dtype=torch.float32, device=device) if cfg.return_logprobs else None
-        base_logp = torch.zeros_like(logp) if logp is not None else None
-        eos = torch.tensor(self.eos_token_ids, dtype=torch.long, device=device) if cfg.stop_at_eos else None
+        before = None
+        if self.stops and history is not None:
+            before = self.stops.tails([row for row in history for _ in range(N)])
+        rows = DecodeState(
+            cfg, R, T, None if limits is None else limits.to(device).repeat_interleave(N),
+            self.eos_token_ids, self.pad_token_id, self.stops, before, device,
+        )  # fmt: skip
         sync_every = cfg.sync_every or (1 if device.type == "cpu" else 8)
-        before = (
-            self.stops.tails(history.repeat_interleave(N, dim=0))
-            if self.stops and history is not None
-            else None
-        )
-
         record = feedback_record(policy, controls, cfg.compile, T)
         module, hook, release = self._hook()
         ran = T
@@ -278,52 +275,25 @@ class DecodeEngine:
                 controlled = controls is not None and t < tau
                 hook.control = controls[:, t] if controlled else None  # type: ignore[index]
                 hook.policy, hook.step, hook.record = (policy if controlled else None), t, record
-                hook.with_base = controlled and logp is not None
-                step_mask = mask if static else mask[:, : P + t + 1]
-                out = adapter.forward(input_ids, step_mask, positions, cache, module=module)
+                hook.with_base = controlled and cfg.return_logprobs
+                out = adapter.forward(input_ids, mask if static else mask[:, : P + t + 1], positions, cache,
+                                      module=module)  # fmt: skip
                 self._check_hook(hook)
                 if cache is None:
                     cache = adapter.output_cache(out)
                 logits = out.logits[:, -1].float()
-                base_logits = None
+                base = None
                 if hook.with_base:
-                    logits, base_logits = logits[:R], logits[R:]
-                next_tokens = choose_tokens(
-                    logits, generators, greedy=cfg.greedy, temperature=cfg.temperature,
-                    top_k=cfg.top_k, top_p=cfg.top_p,
-                )  # fmt: skip
-                alive = ~done
-                next_tokens = next_tokens.masked_fill(done, self.pad_token_id)
-                tokens[:, t] = next_tokens
-                lengths += alive
-                if logp is not None and base_logp is not None:
-                    lp = token_logprobs(logits, next_tokens, cfg.temperature).masked_fill(done, 0.0)
-                    logp[:, t] = lp
-                    if base_logits is None:
-                        base_logp[:, t] = lp
-                    else:
-                        blp = token_logprobs(base_logits, next_tokens, cfg.temperature)
-                        base_logp[:, t] = blp.masked_fill(done, 0.0)
-                if eos is not None:
-                    done |= torch.isin(next_tokens, eos)
-                if self.stops:
-                    done |= self.stops.check(tokens, t, done, before)
-                if (t + 1) % sync_every == 0 and bool(done.all()):
+                    logits, base = logits[:R], logits[R:]
+                input_ids = rows.step(t, logits, base, generators).unsqueeze(1)
+                if (t + 1) % sync_every == 0 and bool(rows.done.all()):
                     ran = t + 1
                     break
-                input_ids = next_tokens.unsqueeze(1)
                 positions = positions + 1
         finally:
             hook.control, hook.with_base, hook.policy, hook.record = None, False, None, None
             release()
-        return Decoded(
-            tokens=tokens[:, :ran],
-            lengths=lengths,
-            logprobs=None if logp is None else logp[:, :ran],
-            base_logprobs=None if base_logp is None else base_logp[:, :ran],
-            finished=done,
-            controls=recorded(record, ran, lengths),
-        )
+        return rows.result(ran, recorded(record, ran, rows.lengths))
 
     def texts(self, tokens: Tensor, lengths: Tensor) -> list[str]:
         """Decode ``(R, T)`` tokens up to each row's length (special tokens and stop strings removed)."""
@@ -341,30 +311,6 @@ class DecodeEngine:
         hook = PreLogitControl()
         return None, hook, self.adapter.head.register_forward_pre_hook(hook).remove
 
-    def _static_cache(self, prefix_cache: Any, N: int, R: int, width: int) -> Any:
-        """A static ``B * N``-row copy of ``prefix_cache`` holding ``width`` positions (prefix included).
-
-        The previous decode's static cache is refilled in place when its shapes agree (its tensors
-        keep their addresses, which CUDA graphs need); one-token prompts (no prefix cache) get an
-        empty `transformers` ``StaticCache``.
-        """
-        if prefix_cache is None:
-            from transformers import StaticCache
-
-            old = self._static
-            if isinstance(old, StaticCache) and all(
-                layer.max_cache_len == width and getattr(layer, "batch_size", R) == R for layer in old.layers
-            ):
-                for layer in old.layers:
-                    if layer.is_initialized:
-                        layer.cumulative_length.zero_()
-                return old
-            self._static = StaticCache(config=self.model.config, max_cache_len=width)
-        else:
-            length = prefix_cache.get_seq_length()
-            self._static = expand_cache(prefix_cache, N, width - length, static=True, into=self._static)
-        return self._static
-
     def _check_hook(self, hook: PreLogitControl) -> None:
         if self._hook_checked:
             return
@@ -375,26 +321,3 @@ class DecodeEngine:
                 "this architecture is not supported"
             )
         self._hook_checked = True
-
-    # ------------------------------------------------------------------ special tokens
-    def _resolve_eos_ids(self) -> tuple[int, ...]:
-        if self.config.eos_token_id is not None:
-            value = self.config.eos_token_id
-            return (value,) if isinstance(value, int) else tuple(value)
-        ids: list[int] = []
-        gen = getattr(self.model, "generation_config", None)
-        sources = [getattr(self.tokenizer, "eos_token_id", None), getattr(gen, "eos_token_id", None)]
-        for value in sources:
-            for i in [value] if isinstance(value, int) else (value or []):
-                if i not in ids:
-                    ids.append(int(i))
-        return tuple(ids)
-
-    def _resolve_pad_id(self) -> int:
-        pad = getattr(self.tokenizer, "pad_token_id", None)
-        if pad is None:
-            gen = getattr(self.model, "generation_config", None)
-            pad = getattr(gen, "pad_token_id", None) if gen is not None else None
-        if pad is None:
-            pad = self.eos_token_ids[0] if self.eos_token_ids else 0
-        return int(pad)

@@ -121,10 +121,12 @@ class StopStrings:
     def __bool__(self) -> bool:
         return bool(self.stop_strings)
 
-    def tails(self, history: Tensor) -> tuple[list[list[int]], list[bool]]:
-        """The last tokens of ``history`` ``(R, m)`` (the response before this decode) that a stop
-        string ending in the new tokens can start in, and whether each row's tail already holds one."""
-        tails = history[:, max(0, history.shape[1] - self.window + 1) :].tolist()
+    def tails(self, history: Sequence[Sequence[int]]) -> tuple[list[list[int]], list[bool]]:
+        """The last tokens of each row's ``history`` (the response before this decode, one token list
+        per row) that a stop string ending in the new tokens can start in, and whether each row's
+        tail already holds one."""
+        keep = max(1, self.window - 1)
+        tails = [list(row)[-keep:] for row in history]
         texts = self.tokenizer.batch_decode(tails, skip_special_tokens=True)
         return tails, [any(s in text for s in self.stop_strings) for text in texts]
 

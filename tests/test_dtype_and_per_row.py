@@ -1,0 +1,162 @@
+"""The engine in both dtypes (bfloat16 where the CPU computes it natively) and per-row commits on a
+language model (`LMDynamics.advance` with one count per row)."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+
+from mpc_llm.controllers import QAlign
+from mpc_llm.core import make_generators
+from mpc_llm.dynamics import LMDynamics
+from mpc_llm.lm.precision import native_bfloat16
+from mpc_llm.rewards import KeywordReward
+
+PROMPTS = ["Hello there! How are you today?", "A", "Optimal control steers"]
+DTYPES = [
+    torch.float32,
+    pytest.param(
+        torch.bfloat16,
+        marks=pytest.mark.skipif(not native_bfloat16("cpu"), reason="this CPU has no native bfloat16"),
+    ),
+]
+
+
+def lm_in(tiny_lm, arch: str, dtype: torch.dtype, prompts=PROMPTS, **options) -> LMDynamics:
+    model, tok = tiny_lm(arch)
+    options.setdefault("chat_template", False)
+    return LMDynamics(copy.deepcopy(model), tok, prompts, dtype=dtype, **options)
+
+
+# --------------------------------------------------------------------------- both dtypes
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("arch", ["llama", "gemma2"])
+def test_zero_control_greedy_is_the_models_own_generate_in_its_dtype(tiny_lm, arch, dtype):
+    lm = lm_in(tiny_lm, arch, dtype, prompts=[PROMPTS[0]], max_new_tokens=16, greedy=True)
+    assert lm.model_dtype == dtype and lm.dtype == torch.float32  # controls stay float32
+    ours = lm.rollout(torch.zeros(1, 1, 16, lm.control_dim), make_generators(0, 1))
+    ids = torch.tensor([lm.encode_prompts()[0]])
+    ref = lm.model.generate(
+        input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=16, do_sample=False,
+        pad_token_id=lm.pad_token_id, eos_token_id=list(lm.eos_token_ids),
+    )[0, ids.shape[1] :]  # fmt: skip
+    n = int(ours.lengths[0, 0])
+    assert ours.tokens[0, 0, :n].tolist() == ref[:n].tolist()
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_teacher_forced_log_likelihood_equals_the_recorded_one_in_each_dtype(tiny_lm, dtype):
+    """What the decode recorded (float32 from the logits sampled from) is what a teacher-forced pass
+    over the same tokens gives, in the model's dtype: to rounding of the batch shapes only."""
+    lm = lm_in(tiny_lm, "llama", dtype, max_new_tokens=8, temperature=1.0, return_logprobs=True)
+    controls = 3.0 * torch.randn(3, 2, 5, lm.control_dim, generator=torch.Generator().manual_seed(0))
+    rollout = lm.rollout(controls, make_generators(1, 3))
+    assert rollout.logprobs.dtype == torch.float32
+    got = lm.closeness_to_base(rollout, controls)
+    want = rollout.base_logprobs.sum(-1).double() / rollout.lengths.double()
+    tol = 2e-4 if dtype == torch.float32 else 3e-2
+    torch.testing.assert_close(got["base_logp_mean"], want, atol=tol, rtol=tol)
+    torch.testing.assert_close(got["kl_estimate"], rollout.kl_to_base().double(), atol=8 * tol, rtol=tol)
+    assert float(rollout.kl_to_base().abs().sum()) > 1e-2  # the controls moved the distribution
+
+
+@pytest.mark.skipif(not native_bfloat16("cpu"), reason="this CPU has no native bfloat16")
+def test_a_control_is_added_in_float32_and_rounded_once():
+    """A control below bfloat16's resolution of the pre-logit still moves it when added in float32
+    and rounded once (adding a bfloat16-rounded copy would round it away or double-round it)."""
+    from mpc_llm.lm.control import PreLogitControl
+
+    z = torch.full((1, 1, 4), 256.0, dtype=torch.bfloat16)  # bfloat16 spacing at 256: 2
+    hook = PreLogitControl()
+    hook.control = torch.tensor([[1.5, 0.9, -1.5, 0.0]])
+    (zv,) = hook(torch.nn.Identity(), (z,))
+    assert zv.dtype == torch.bfloat16
+    assert zv[0, 0].tolist() == [258.0, 256.0, 254.0, 256.0]  # round(256 + v) once, in float32
+
+
+# --------------------------------------------------------------------------- per-row commits
+def greedy_lm(tiny_lm, **options) -> LMDynamics:
+    return lm_in(tiny_lm, "llama", torch.float32, max_new_tokens=12, greedy=True, **options)
+
+
+def test_per_row_commits_give_the_tokens_of_committing_each_row_alone(tiny_lm):
+    lm = greedy_lm(tiny_lm, return_logprobs=True)
+    assert lm.commits_per_row
+    first = lm.sample(1, make_generators(0, 3))
+    counts = [3, 0, 7]
+    later = lm.advance(first, counts)
+    assert later.committed_counts.tolist() == counts and later.committed == 0 and later.horizon == 12
+    torch.manual_seed(0)
+    together = later.rollout(0.5 * torch.randn(3, 2, 4, lm.control_dim), make_generators(5, 3))
+    assert together.prefix_lengths[:, 0].tolist() == counts
+    for b, k in enumerate(counts):
+        alone = lm.select([b])
+        if k:
+            alone = alone.advance(first.problems([b]), k)
+        torch.manual_seed(0)
+        controls = 0.5 * torch.randn(3, 2, 4, lm.control_dim)[b : b + 1]
+        ref = alone.rollout(controls, [make_generators(5, 3)[b]])
+        T = int(ref.lengths.max())
+        assert together.tokens[b, :, :T].tolist() == ref.tokens[0, :, :T].tolist()
+        assert together.lengths[b].tolist() == ref.lengths[0].tolist()
+        assert together.texts[b] == ref.texts[0]
+        # every row stops at max_new_tokens in all; the committed tokens come first, with their log-probs
+        assert int(together.lengths[b].max()) <= 12
+        assert together.tokens[b, 0, :k].tolist() == first.tokens[b, 0, :k].tolist()
+        torch.testing.assert_close(together.logprobs[b, :, :k], first.logprobs[b, :, :k].expand(2, k))
+
+
+def test_per_row_commits_accumulate_and_select_keeps_each_rows_history(tiny_lm):
+    lm = greedy_lm(tiny_lm)
+    first = lm.sample(1, make_generators(0, 3))
+    once = lm.advance(first, [2, 1, 0])
+    twice = once.advance(once.sample(1, make_generators(1, 3)), [1, 0, 4])
+    assert twice.committed_counts.tolist() == [3, 1, 4]
+    whole = lm.sample(1, make_generators(0, 3))  # greedy: the same responses
+    ahead = twice.sample(1, make_generators(2, 3))
+    assert ahead.tokens[:, 0, :3].tolist()[0] == whole.tokens[0, 0, :3].tolist()
+    picked = twice.select([2, 0])
+    assert picked.committed_counts.tolist() == [4, 3]
+    again = picked.sample(1, make_generators(2, 2))
+    assert again.tokens[:, 0].tolist() == [ahead.tokens[2, 0, : again.tokens.shape[-1]].tolist(),
+                                           ahead.tokens[0, 0, : again.tokens.shape[-1]].tolist()]  # fmt: skip
+
+
+def test_per_row_commit_counts_are_checked(tiny_lm):
+    lm = greedy_lm(tiny_lm)
+    first = lm.sample(1, make_generators(0, 3))
+    with pytest.raises(ValueError, match="one count per row, each in"):
+        lm.advance(first, [1, 2])
+    with pytest.raises(ValueError, match="one count per row, each in"):
+        lm.advance(first, [1, -1, 0])
+    with pytest.raises(ValueError, match="one count per row, each in"):
+        lm.advance(first, [13, 0, 0])
+    with pytest.raises(ValueError, match=r"steps must be in \[1, 12\]"):
+        lm.advance(first, 0)
+
+
+def test_qalign_on_a_language_model_decodes_once_per_proposal_and_equals_the_grouped_path(tiny_lm):
+    lm = lm_in(tiny_lm, "llama", torch.float32, max_new_tokens=10, temperature=1.0)
+    cost = KeywordReward(["the", "a"]).as_cost()
+    calls = []
+    decode = lm.engine.decode
+
+    def counting(*args, **kwargs):
+        calls.append(1)
+        return decode(*args, **kwargs)
+
+    lm.engine.decode = counting  # type: ignore[method-assign]
+    per_row = QAlign(beta=0.5, num_steps=6).optimize(lm, cost, seed=[3, 4, 5])  # chains draw apart
+    assert len(calls) == 7  # the first response and one decode per proposal
+
+    class Grouped(LMDynamics):
+        commits_per_row = False  # QAlign falls back to one decode per kept-prefix length
+
+    grouped_lm = copy.copy(lm)
+    grouped_lm.__class__ = Grouped
+    grouped = QAlign(beta=0.5, num_steps=6).optimize(grouped_lm, cost, seed=[3, 4, 5])
+    assert len(calls) > 7 + 7
+    assert per_row.best_rollout.texts == grouped.best_rollout.texts
+    torch.testing.assert_close(per_row.best_cost, grouped.best_cost)
