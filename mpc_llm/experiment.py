@@ -23,34 +23,45 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from typing_extensions import Self
 
-from mpc_llm.controllers import AISP, BestOfN, Planner, build, with_preset
+from mpc_llm.controllers import (
+    BASELINE,
+    DEFAULT_NAME,
+    Planner,
+    SettingError,
+    baseline,
+    build,
+    is_baseline,
+    with_preset,
+)
 from mpc_llm.core import IterationRecord, OptimizeResult, read_mapping
 from mpc_llm.dynamics import LMDynamics
 from mpc_llm.evaluation.heldout import load_eval_rewards
 from mpc_llm.lm import DEFAULT_MODEL, LMConfig, Prompt
-from mpc_llm.lm.facts import ModelFacts, check_scales, model_facts
+from mpc_llm.lm.facts import ModelFacts, model_facts
 from mpc_llm.lm.gguf import check_gguf_file
 from mpc_llm.lm.loading import parse_devices
 from mpc_llm.lm.precision import check_dtype, resolve_dtype
 from mpc_llm.rewards import Reward, check_reward_spec, refuse_remote_code, reward_class_of, reward_from_spec
 from mpc_llm.rewards.registry import spec_items
 
-#: The controller an experiment runs when none is given: AISP with its project preset (scale-free,
-#: chosen with `benchmarks/sweep_aisp.py` on the embedded default; README).
-DEFAULT_CONTROLLER: dict[str, Any] = {"name": "aisp", **AISP.preset}
+#: The controller an experiment runs when none is given: the registry's default (AISP) with its
+#: project preset (scale-free, chosen with `benchmarks/sweep_aisp.py` on the embedded default; README).
+DEFAULT_CONTROLLER: dict[str, Any] = with_preset(DEFAULT_NAME)
 DEFAULT_LM: dict[str, Any] = {"max_new_tokens": 48, "temperature": 0.7}
-
-
-def build_controller(spec: Mapping[str, Any]) -> Planner:
-    """A controller from ``{"name": "aisp", **settings}`` (`mpc_llm.controllers.build`)."""
-    return build(spec)
 
 
 def check_device(device: str) -> str:
@@ -65,27 +76,21 @@ def check_device(device: str) -> str:
     return device
 
 
-def controller_specs(config: ExperimentConfig) -> dict[str, dict[str, Any]]:
-    """Every controller spec of ``config`` by its field path (``controller``, ``controllers.LABEL``)."""
-    specs = {"controller": dict(config.controller)}
-    specs.update({f"controllers.{label}": dict(spec) for label, spec in config.controllers.items()})
-    return specs
-
-
 def preflight(
     config: ExperimentConfig,
     prompts: Sequence[Prompt] = (),
-    specs: Mapping[str, Mapping[str, Any]] | None = None,
+    planners: Mapping[str, Planner] | None = None,
 ) -> ModelFacts | None:
     """The checks that need the model's config and tokenizer but not its weights, run before it
-    loads: the device, each sigma against the model's dtype (`check_scales`), each controller against
-    the vocabulary (`Planner.check_system`), each of ``prompts`` against the context length.
+    loads: the device, each controller against what they say of the model (`Planner.check_system`:
+    a sigma against the dtype, ARGS' candidates against the vocabulary), each of ``prompts`` against
+    the context length.
 
     Args:
         config: the run.
         prompts: the prompts it will answer.
-        specs: the controller specs it runs, by the name messages give them (default: ``config``'s,
-            `controller_specs`).
+        planners: the controllers it runs, by the name messages give them (default: ``config``'s,
+            `ExperimentConfig.planners_by_path`).
 
     Returns:
         The facts read (None when they cannot be read without loading the model: its load checks).
@@ -95,26 +100,36 @@ def preflight(
     """
     check_device(config.device)
     dtype = check_dtype(config.dtype, config.device)
-    specs = controller_specs(config) if specs is None else specs
+    planners = config.planners_by_path if planners is None else planners
     facts = model_facts(config.model, dtype)
-    if facts is None:
-        check_scales(specs, dtype)
-        return None
-    check_scales(specs, facts.dtype, facts.control_dim)
-    check_systems(specs, facts)
-    if prompts:
+    check_systems(planners, ModelFacts.of(dtype) if facts is None else facts)
+    if facts is not None and prompts:
         facts.check_prompts(prompts, config.lm.max_new_tokens, config.lm.chat_template)
     return facts
 
 
-def check_systems(specs: Mapping[str, Mapping[str, Any]], system: Any) -> None:
+def check_systems(planners: Mapping[str, Planner], system: Any) -> None:
     """Every controller's `Planner.check_system` against ``system`` (facts or dynamics), the error
-    naming the controller's field path."""
-    for where, spec in specs.items():
+    naming the controller's field path (``controllers.aisp.sigma=...``, ``controller: ...``)."""
+    for where, planner in planners.items():
         try:
-            build(spec).check_system(system)
+            planner.check_system(system)
+        except SettingError as err:
+            raise ValueError(f"{where}.{err}") from None
         except ValueError as err:
             raise ValueError(f"{where}: {err}") from None
+
+
+def _built(field: str, spec: Any) -> Planner:
+    """``build(spec)``, its errors located at ``field`` (as pydantic locates a field's own)."""
+    try:
+        return build(spec)
+    except ValidationError as err:
+        details = [{**e, "loc": (field, *e["loc"])} for e in err.errors()]
+        raise ValidationError.from_exception_data("ExperimentConfig", details) from None  # type: ignore[arg-type]
+    except ValueError as err:
+        line = {"type": "value_error", "loc": (field,), "input": spec, "ctx": {"error": err}}
+        raise ValidationError.from_exception_data("ExperimentConfig", [line]) from None  # type: ignore[list-item]
 
 
 def _terms(spec: Any) -> list[tuple[str, dict[str, Any]]]:
@@ -140,6 +155,25 @@ class ExperimentConfig(BaseModel):
     eval_reward: list[str | dict[str, Any] | list[str | dict[str, Any]]] = Field(default_factory=list)
     seed: int = 0
     prompts: str = "bundled"  # for `mpc-llm compare`: a prompt file, bundled, sharegpt:dev, ...
+    #: the controllers, built once when the config is validated, by field path
+    _planners: dict[str, Planner] = PrivateAttr(default_factory=dict)
+
+    @property
+    def planner(self) -> Planner:
+        """The controller ``controller`` specifies, built when the config was validated."""
+        return self._planners["controller"]
+
+    @property
+    def planners(self) -> dict[str, Planner]:
+        """The labelled controllers of ``controllers`` (for ``compare``), built when the config was
+        validated; label -> controller."""
+        return {label: self._planners[f"controllers.{label}"] for label in self.controllers}
+
+    @property
+    def planners_by_path(self) -> dict[str, Planner]:
+        """Every controller by its field path (``controller``, ``controllers.LABEL``), as messages
+        name them."""
+        return dict(self._planners)
 
     @field_validator("lm", mode="before")
     @classmethod
@@ -160,19 +194,6 @@ class ExperimentConfig(BaseModel):
         return {
             label: with_preset(spec) if isinstance(spec, Mapping) else spec for label, spec in value.items()
         }
-
-    @field_validator("controller")
-    @classmethod
-    def _valid_controller(cls, value: dict[str, Any]) -> dict[str, Any]:
-        build(value)  # raises with the field's pydantic message
-        return value
-
-    @field_validator("controllers")
-    @classmethod
-    def _valid_controllers(cls, value: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
-        for spec in value.values():
-            build(spec)
-        return value
 
     @field_validator("model")
     @classmethod
@@ -204,6 +225,16 @@ class ExperimentConfig(BaseModel):
         return value
 
     @model_validator(mode="after")
+    def _build_controllers(self) -> Self:
+        """Build every controller once, here (a bad name or setting fails with the field's pydantic
+        message); the objects are what runs (`planner`, `planners`), the specs what a run records."""
+        planners = {"controller": _built("controller", self.controller)}
+        for label, spec in self.controllers.items():
+            planners[f"controllers.{label}"] = _built("controllers", spec)
+        self._planners = planners
+        return self
+
+    @model_validator(mode="after")
     def _held_out_is_not_optimised(self) -> Self:
         """A held-out reward the controllers optimise (the reward itself or one of its terms) holds
         nothing out: refused, naming both."""
@@ -222,12 +253,10 @@ class ExperimentConfig(BaseModel):
         """Every controller's own checks (`Planner.check`: for open-loop ones ``tau <=
         max_new_tokens`` and ``num_knots <= tau``; for sequential ones their horizon and whether the
         reward can score partial text), here rather than after the model has loaded."""
-        specs = {"controller": self.controller}
-        specs.update({f"controllers.{label}": spec for label, spec in self.controllers.items()})
         traits = reward_class_of(self.reward)
-        for where, spec in specs.items():
+        for where, planner in self._planners.items():
             try:
-                build(spec).check(self.lm.max_new_tokens, traits, episode_name="lm.max_new_tokens")
+                planner.check(self.lm.max_new_tokens, traits, episode_name="lm.max_new_tokens")
             except ValueError as err:
                 raise ValueError(f"{where}: {err}") from None
         return self
@@ -315,7 +344,7 @@ class AlignOutcome:
             "held_out": self.held_out,
             "base_logp_mean": self.base_logp,
             "kl_estimate": self.kl_estimate,
-            "baseline": f"best_of_n ({budget.samples} samples)",
+            "baseline": f"{BASELINE} ({budget.samples} samples)",
             "baseline_response": self.baseline_response,
             "baseline_reward": self.baseline_reward,
             "baseline_held_out": self.baseline_held_out,
@@ -352,16 +381,16 @@ class Experiment:
     def __init__(self, config: ExperimentConfig) -> None:
         self.config = config
         check_device(config.device)
-        check_scales(controller_specs(config), check_dtype(config.dtype, config.device))
-        self.controller = build(config.controller)  # its checks ran when the config was validated
+        check_systems(config.planners_by_path, ModelFacts.of(check_dtype(config.dtype, config.device)))
+        self.controller = config.planner  # built, and checked, when the config was validated
         self.reward: Reward = reward_from_spec(config.reward)
         #: held-out rewards, label -> reward: scored on returned responses, never optimised
         self.eval_rewards: dict[str, Reward] = load_eval_rewards(config.eval_reward)
         self.lm = LMDynamics(config.model, device=config.device, dtype=config.dtype, config=config.lm)
         # what the preflight read from the config, now from the model itself (a Python caller may
         # have skipped the preflight)
-        check_scales(controller_specs(config), self.lm.dtype, self.lm.control_dim)
-        check_systems(controller_specs(config), SimpleNamespace(vocab_size=self.lm.engine.vocab_size))
+        loaded = ModelFacts.of(self.lm.dtype, self.lm.control_dim, self.lm.engine.vocab_size)
+        check_systems(config.planners_by_path, loaded)
 
     def dynamics(self, prompts: Sequence[Prompt]) -> LMDynamics:
         """The model bound to ``prompts`` (shares the loaded weights)."""
@@ -376,29 +405,28 @@ class Experiment:
         system = self.dynamics([prompt])
         cost = self.reward.as_cost()
         result = self.controller.optimize(system, cost, seed=self.config.seed, callback=callback)
-        if isinstance(self.controller, BestOfN):
-            baseline = result
+        if is_baseline(self.controller):
+            base_run = result
         else:  # as many scored samples, drawn in batches of the controller's own size when it has one
             samples = result.budget.samples
-            batch = min(samples, self.controller.config.num_samples) if self.controller.anytime else samples
-            baseline = BestOfN(num_samples=batch).optimize(
-                system, cost, seed=self.config.seed, max_samples=samples
-            )
-        texts = [r.best_rollout.texts[0][0] for r in (result, baseline)]  # type: ignore[attr-defined]
+            per_round = self.controller.samples_per_round
+            batch = samples if per_round is None else min(samples, per_round)
+            base_run = baseline(batch).optimize(system, cost, seed=self.config.seed, max_samples=samples)
+        texts = [r.best_rollout.texts[0][0] for r in (result, base_run)]  # type: ignore[attr-defined]
         held = {k: reward.score([prompt, prompt], texts).tolist() for k, reward in self.eval_rewards.items()}
         # the steering log-ratio needs the controls that made the whole response: an open-loop
         # controller's answer has them; a sequential one's is made of several plans
-        controls = result.best_rollout.controls if self.controller.anytime else None
+        controls = result.best_rollout.controls if self.controller.open_loop else None
         steered = system.closeness_to_base(result.best_rollout, controls)  # type: ignore[arg-type]
-        plain = system.closeness_to_base(baseline.best_rollout)  # type: ignore[arg-type]
+        plain = system.closeness_to_base(base_run.best_rollout)  # type: ignore[arg-type]
         return AlignOutcome(
             prompt=prompt,
             response=texts[0],
             reward=float(result.best_metrics["reward"][0]),
             baseline_response=texts[1],
-            baseline_reward=float(baseline.best_metrics["reward"][0]),
+            baseline_reward=float(base_run.best_metrics["reward"][0]),
             result=result,
-            baseline_result=baseline,
+            baseline_result=base_run,
             held_out={k: v[0] for k, v in held.items()},
             baseline_held_out={k: v[1] for k, v in held.items()},
             base_logp=float(steered["base_logp_mean"][0, 0]),

@@ -27,7 +27,7 @@ def cmd_align(args: argparse.Namespace) -> int:
     experiment = Experiment(config)
     controller = experiment.controller
     bar = tqdm(
-        total=controller.config.num_iterations if controller.anytime else None,  # sequential: unknown
+        total=controller.iterations,  # sequential: unknown
         desc="align",
         unit="it",
         disable=args.quiet,

@@ -12,7 +12,7 @@ import argparse
 from typing import Any
 
 from mpc_llm.cli.errors import CLIError
-from mpc_llm.cli.options import controller_fields, experiment_config
+from mpc_llm.cli.options import experiment_config
 
 
 def _file_device(args: argparse.Namespace) -> str | None:
@@ -25,10 +25,20 @@ def _file_device(args: argparse.Namespace) -> str | None:
     return None if device is None else str(device)
 
 
+def _file_controllers(args: argparse.Namespace) -> dict[str, Any]:
+    """The config file's ``controllers`` mapping (label -> name or spec), if any."""
+    if not args.config:
+        return {}
+    from mpc_llm.core import read_mapping
+
+    found = read_mapping(args.config).get("controllers") or {}
+    return dict(found) if isinstance(found, dict) else {}
+
+
 def cmd_compare(args: argparse.Namespace) -> int:
     """Check everything that can be checked without the model's weights (flags, settings, budgets,
     prompts, the run folder, the model's config and tokenizer), then load it and compare."""
-    from mpc_llm.controllers import build
+    from mpc_llm.controllers import COMPARE_DEFAULT, accepted_settings
     from mpc_llm.evaluation import distributed
     from mpc_llm.evaluation.compare import (
         check_budgets,
@@ -55,24 +65,19 @@ def cmd_compare(args: argparse.Namespace) -> int:
     requested = args.device or _file_device(args)
     if place is not None or (requested or "").startswith(distributed.LOCAL_PREFIX):
         args.device = distributed.rank_device(requested, gpus)
-    names = [n.strip() for n in (args.controllers or "aisp,best_of_n").split(",") if n.strip()]
+    names = [n.strip() for n in (args.controllers or ",".join(COMPARE_DEFAULT)).split(",") if n.strip()]
     if not names:
         raise CLIError("--controllers needs at least one name")
-    # the flags' errors name the first controller asked for (not a default one the run does not use)
-    config = experiment_config(args, names[0] if args.controllers else None, strict=False)
-    specs: dict[str, Any]
-    if args.controllers is None and config.controllers:
-        specs = dict(config.controllers)
+    file_specs = _file_controllers(args)
+    if args.controllers is None and file_specs:
+        specs = file_specs
     else:
-        specs = {name: config.controllers.get(name, name) for name in names}  # labels from the file first
-    resolved = {
-        label: experiment_config(args, spec, strict=False).controller for label, spec in specs.items()
-    }
-    controllers = {label: build(spec) for label, spec in resolved.items()}  # each checked in its config
-    accepted = set().union(
-        *(controller_fields(spec["name"]) for spec in resolved.values()),
-        *(controller_fields(spec["inner"]["name"]) for spec in resolved.values() if "inner" in spec),
-    )
+        specs = {name: file_specs.get(name, name) for name in names}  # labels from the file first
+    # validated once, which builds every controller; the flags' errors name the first controller asked
+    # for (not a default one the run does not use)
+    config = experiment_config(args, names[0] if args.controllers else None, strict=False, controllers=specs)
+    controllers = config.planners  # label -> controller, each checked against the run in its config
+    accepted = set().union(*(accepted_settings(spec) for spec in config.controllers.values()))
     if unknown := sorted({k for k, _ in args.set} - accepted):
         raise CLIError(f"--set {', '.join(unknown)}: no selected controller has this setting")
     check_budgets(controllers, args.budgets, args.budget_unit, config.lm.max_new_tokens)
@@ -96,7 +101,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
             resume=args.resume,
             overwrite=args.overwrite,
         )  # fmt: skip
-    preflight(config, prompt_set.prompts, {f"controllers.{label}": spec for label, spec in resolved.items()})
+    preflight(config, prompt_set.prompts, {f"controllers.{label}": c for label, c in controllers.items()})
     with distributed.launch(place, config.device) as world:
         # settings record the reward spec as given (device: local:J), the same on every rank
         experiment = Experiment(

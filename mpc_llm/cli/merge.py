@@ -20,7 +20,9 @@ def add_parser(sub: Any) -> None:
     )
     p.add_argument("runs", nargs="+", type=Path, help="the run folders (at least two, each finished)")
     p.add_argument("--out", type=Path, required=True, help="where the merged records and summary go")
-    p.add_argument("--baseline", default="best_of_n", help="the controller others are paired against")
+    from mpc_llm.controllers import BASELINE
+
+    p.add_argument("--baseline", default=BASELINE, help="the controller others are paired against")
 
 
 def cmd_merge(args: argparse.Namespace) -> int:

@@ -7,32 +7,21 @@ from typing import Any
 
 from mpc_llm.cli.errors import CLIError
 
-
-def controller_fields(name: str) -> set[str]:
-    """The settings (names and aliases) controller ``name`` accepts (`mpc_llm.controllers.settings_of`)."""
-    from mpc_llm.controllers import settings_of
-
-    return settings_of(name)
-
-
 #: The shared controller flags, by the setting each sets (``--lambda`` sets ``lambda``).
 _FLAGS = {"sigma": "sigma", "lambda_": "lambda", "alpha": "alpha", "tau": "tau", "num_knots": "num_knots",
           "num_samples": "num_samples", "num_iterations": "num_iterations", "ess_target": "ess_target",
           "sigma_relative": "sigma_relative"}  # fmt: skip
 
 
-def _controller_overrides(args: argparse.Namespace, name: str, strict: bool) -> dict[str, Any]:
-    """Controller settings from the flags. Shared flags (``--sigma``, ``-n``, ...) apply only where
-    controller ``name`` has the setting; ``--set`` keys too unless ``strict`` (then pydantic names
-    an unknown key)."""
-    fields = controller_fields(name)
-    out: dict[str, Any] = {}
-    for flag, key in _FLAGS.items():
-        value = getattr(args, flag, None)
-        if value is not None and key in fields:
-            out[key] = value
-    out.update({k: v for k, v in args.set if strict or k in fields})
-    return out
+def _with_flags(args: argparse.Namespace, spec: Any, strict: bool) -> dict[str, Any]:
+    """A controller spec with the flags' settings (`mpc_llm.controllers.with_settings`): the shared
+    flags (``--sigma``, ``-n``, ...) where the controller has the setting, ``--set`` keys too unless
+    ``strict`` (then pydantic names an unknown key); a wrapper places what it lacks in its inner
+    controller."""
+    from mpc_llm.controllers import with_settings
+
+    shared = {key: getattr(args, flag, None) for flag, key in _FLAGS.items()}
+    return with_settings(spec, shared, dict(getattr(args, "set", None) or []), strict=strict)
 
 
 def _with_output_index(spec: Any, index: int) -> Any:
@@ -48,15 +37,21 @@ def _with_output_index(spec: Any, index: int) -> Any:
 
 
 def experiment_config(
-    args: argparse.Namespace, controller: str | dict[str, Any] | None = None, strict: bool = True
+    args: argparse.Namespace,
+    controller: str | dict[str, Any] | None = None,
+    strict: bool = True,
+    controllers: dict[str, Any] | None = None,
 ) -> Any:
-    """The config file, then the flags (each overriding only its own setting), validated.
+    """The config file, then the flags (each overriding only its own setting), validated once (which
+    builds its controllers: `ExperimentConfig.planner`, `planners`).
 
     Settings given nowhere take the project's defaults (`ExperimentConfig`'s validators).
     ``controller``: a name (the config file's controller if it has that name, else that controller's
-    defaults) or a full spec ``{"name": ..., **settings}``.
+    defaults) or a full spec ``{"name": ..., **settings}``. ``controllers``: label -> such a name or
+    spec, for ``compare``: each gets the flags (never strictly: a flag one controller lacks may be
+    another's) and replaces the config file's ``controllers``.
     """
-    from mpc_llm.controllers import CONTROLLERS, DEFAULT_NAME, controller_class, override
+    from mpc_llm.controllers import DEFAULT_NAME
     from mpc_llm.core import read_mapping
     from mpc_llm.experiment import ExperimentConfig
     from mpc_llm.rewards import allow_remote_code, refuse_remote_code, spec_from_flag
@@ -84,23 +79,19 @@ def experiment_config(
         data["eval_reward"] = [spec_from_flag(x, flag="--eval-reward") for x in specs]
     if trust and "reward" in data:
         data["reward"] = allow_remote_code(data["reward"])
-    base = dict(data.get("controller", {}))
-    if isinstance(controller, dict):
-        base = dict(controller)
-    elif controller is not None and controller != base.get("name", DEFAULT_NAME):
-        base = {"name": controller}
-    name = base.get("name", DEFAULT_NAME)
-    wraps = name in CONTROLLERS and controller_class(name).wraps is not None
-    overrides = _controller_overrides(args, name, strict and not wraps)
-    config_class = CONTROLLERS[name].config_class if name in CONTROLLERS else None
-    if wraps:  # flags the wrapper does not have go to its inner controller
-        inner = base.get("inner", {"name": DEFAULT_NAME})
-        inner = dict(inner) if isinstance(inner, dict) else {"name": inner}
-        inner_name = inner.get("name", DEFAULT_NAME)
-        own = controller_fields(name)
-        to_inner = {k: v for k, v in _controller_overrides(args, inner_name, strict).items() if k not in own}
-        inner_class = CONTROLLERS[inner_name].config_class if inner_name in CONTROLLERS else None
-        base = {**base, "inner": override(inner, to_inner, inner_class)}
-        overrides = {k: v for k, v in overrides.items() if k in own}
-    data["controller"] = override(base, overrides, config_class)
+    file_controller = dict(data.get("controller", {}))
+
+    def spec_of(given: str | dict[str, Any] | None) -> dict[str, Any]:
+        """A name or spec as ``controller`` takes it: the file's controller when it has that name."""
+        if isinstance(given, dict):
+            return dict(given)
+        if given is not None and given != file_controller.get("name", DEFAULT_NAME):
+            return {"name": given}
+        return dict(file_controller)
+
+    data["controller"] = _with_flags(args, spec_of(controller), strict)
+    if controllers is not None:
+        data["controllers"] = {
+            label: _with_flags(args, spec_of(spec), False) for label, spec in controllers.items()
+        }
     return ExperimentConfig.model_validate(data)

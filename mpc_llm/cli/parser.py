@@ -56,8 +56,11 @@ def _add_shared(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--config", type=Path, help="YAML/JSON config file (flags override it)")
     g.add_argument("--model", help="HF id, local folder or .gguf file (default: embedded SmolLM2)")
     g.add_argument("--device", help="cpu, cuda, cuda:1, mps (default: cpu)")
-    g.add_argument("--dtype", help="auto, float32, bfloat16, float16 (default auto: bfloat16 where the "
-                   "device computes it natively, else float32)")
+    g.add_argument(
+        "--dtype",
+        help="auto, float32, bfloat16, float16 (default auto: bfloat16 where the "
+        "device computes it natively, else float32)",
+    )
     g.add_argument("--max-new-tokens", type=int, dest="max_new_tokens")
     g.add_argument("--temperature", type=float)
     g.add_argument("--top-p", type=float, dest="top_p")
@@ -112,6 +115,8 @@ def _add_shared(parser: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from mpc_llm.controllers import COMPARE_DEFAULT, DEFAULT_NAME, names
+
     parser = _Parser(
         prog="mpc-llm", description="Test-time alignment of LLMs as sampling-based optimal control."
     )
@@ -124,9 +129,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_shared(align)
     align.add_argument(
         "--controller",
-        help="aisp, cem, random_shooting, best_of_n, receding_horizon, blockwise_best_of_n, "
-        "speculative_rejection, args, soft_best_of_n, aisp_sample, smc, qalign, re_control, value_blockwise "
-        "(--set value=FOLDER), or any registered name (default: aisp)",
+        help=f"a registered controller: {', '.join(names())} (default: {DEFAULT_NAME})",
     )
     align.add_argument("-n", "--num-samples", type=int, dest="num_samples", help="samples per iteration")
     align.add_argument("--iterations", type=int, dest="num_iterations")
@@ -145,7 +148,7 @@ def build_parser() -> argparse.ArgumentParser:
     compare.add_argument(
         "--controllers",
         help="comma-separated names, each with its defaults plus the shared flags (default: the config "
-        "file's `controllers` mapping of label -> settings, else aisp,best_of_n)",
+        f"file's `controllers` mapping of label -> settings, else {','.join(COMPARE_DEFAULT)})",
     )
     compare.add_argument("--budgets", type=_int_list, default=[8, 16, 32], help="e.g. 8,16,32,64")
     compare.add_argument(

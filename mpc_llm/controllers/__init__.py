@@ -14,8 +14,8 @@
   gradient ascent on a learned value of the pre-logit at every step (`mpc_llm.values`).
 - Learned prefix value, no gradient: `ValueBlockwise`, controlled decoding that keeps the best of
   ``K`` blocks by the value and calls the reward only on finished responses.
-- `CONTROLLERS`, `register`, `build`, `with_preset`: controllers by name, for config files and the
-  command line (`mpc_llm.controllers.registry`).
+- `CONTROLLERS`, `register`, `build`, `with_preset`, `with_settings`, `BASELINE`: controllers by
+  name, for config files and the command line (`mpc_llm.controllers.registry`).
 """
 
 from mpc_llm.controllers.aisp import AISP, AISPConfig
@@ -32,14 +32,21 @@ from mpc_llm.controllers.random_shooting import RandomShooting
 from mpc_llm.controllers.re_control import REControl, REControlConfig
 from mpc_llm.controllers.receding_horizon import Plan, RecedingHorizon, RecedingHorizonConfig
 from mpc_llm.controllers.registry import (
+    BASELINE,
+    COMPARE_DEFAULT,
     CONTROLLERS,
     DEFAULT_NAME,
+    accepted_settings,
+    baseline,
     build,
     controller_class,
+    is_baseline,
+    names,
     register,
     settings_of,
     unregister,
     with_preset,
+    with_settings,
 )
 from mpc_llm.controllers.sampling import Sampler, SamplerConfig
 from mpc_llm.controllers.sequential import Episode, Final, SequentialController, Start, Step
@@ -52,6 +59,7 @@ from mpc_llm.controllers.state import (
     GaussianConfig,
     GaussianState,
     PlannerState,
+    SettingError,
     Settings,
     override,
 )
@@ -60,7 +68,9 @@ from mpc_llm.controllers.value_blockwise import ValueBlockwise, ValueBlockwiseCo
 __all__ = [
     "AISP",
     "ARGS",
+    "BASELINE",
     "CEM",
+    "COMPARE_DEFAULT",
     "CONTROLLERS",
     "DEFAULT_NAME",
     "GAUSSIAN_PRESET",
@@ -95,6 +105,7 @@ __all__ = [
     "Sampler",
     "SamplerConfig",
     "SequentialController",
+    "SettingError",
     "Settings",
     "SoftBestOfN",
     "SpeculativeRejection",
@@ -103,11 +114,16 @@ __all__ = [
     "Step",
     "ValueBlockwise",
     "ValueBlockwiseConfig",
+    "accepted_settings",
+    "baseline",
     "build",
     "controller_class",
+    "is_baseline",
+    "names",
     "override",
     "register",
     "settings_of",
     "unregister",
     "with_preset",
+    "with_settings",
 ]

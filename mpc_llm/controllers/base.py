@@ -28,7 +28,7 @@ import torch
 from torch import Tensor
 
 from mpc_llm.controllers.planner import Planner
-from mpc_llm.controllers.state import ControllerConfig, PlannerState
+from mpc_llm.controllers.state import ControllerConfig, PlannerState, SettingError
 from mpc_llm.core import (
     Budget,
     BudgetUnit,
@@ -107,6 +107,7 @@ class Controller(Planner[C], Generic[C, S]):
 
     config_class: ClassVar[type[ControllerConfig]] = ControllerConfig
     anytime: ClassVar[bool] = True
+    open_loop: ClassVar[bool] = True
     #: Whether the proposal changes between iterations: true exactly when the class implements
     #: `update`. A non-adaptive controller's iterations are independent batches, so the best of the
     #: first ``k`` samples of a run is distributed as a budget-``k`` run's answer.
@@ -169,7 +170,42 @@ class Controller(Planner[C], Generic[C, S]):
         """
         return costs.argmin(dim=1), {}
 
+    @property
+    def iterations(self) -> int | None:
+        """``num_iterations``: the rounds a run makes when no budget bounds it."""
+        return self.config.num_iterations
+
+    @property
+    def samples_per_round(self) -> int | None:
+        """``num_samples``: the samples one iteration scores."""
+        return self.config.num_samples
+
     # ----------------------------------------------------------------- checks
+    def check_system(self, system: Any) -> None:
+        """Refuse a ``sigma`` or ``sigma_relative`` too large for the system's numbers: a control of
+        ``system.control_dim`` coordinates drawn with it, pushed through a language model's head,
+        would not stay finite in its dtype, and the decode would fail deep inside the model.
+        ``system.largest_sigma`` is the bound (`mpc_llm.lm.facts.largest_sigma`; a system without
+        one is not checked).
+
+        Raises:
+            SettingError: naming the setting, its flag, the dtype and the largest value it allows.
+        """
+        limit = getattr(system, "largest_sigma", None)
+        if limit is None:
+            return
+        for key, flag in (("sigma", "--sigma"), ("sigma_relative", "--sigma-relative")):
+            value = getattr(self.config, key, None)
+            if isinstance(value, int | float) and not value <= limit:
+                d = getattr(system, "control_dim", None)
+                over = f" over d={d} coordinates" if d else ""
+                dtype = str(getattr(system, "dtype", "float32")).removeprefix("torch.")
+                raise SettingError(
+                    f"{key}={value:g} ({flag}) is too large for the model's dtype {dtype}: controls drawn "
+                    f"with it{over} would not stay finite (at most {limit:.3g}); give a much smaller {key}"
+                    + (" (a fraction of the pre-logit RMS, e.g. 0.05)" if key == "sigma_relative" else "")
+                )
+
     def check(self, episode: int, cost: Any = None, *, episode_name: str = "the episode length") -> None:
         """``tau <= episode`` and ``num_knots <= tau``, before any model work."""
         tau, knots = self.config.tau, self.config.num_knots

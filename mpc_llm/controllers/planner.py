@@ -3,15 +3,19 @@
 Open-loop controllers (`mpc_llm.controllers.Controller`: AISP, CEM, random shooting, best-of-N)
 and sequential ones (`mpc_llm.controllers.SequentialController`: receding horizon, blockwise
 best-of-N, speculative rejection, ARGS) are both `Planner`s. A caller never asks which kind it
-holds: it calls `check` and `check_budget` before any model work, `optimize` to run, `spec` to
-record what ran, and reads ``anytime`` to know whether one run serves every budget.
+holds: it calls `check`, `check_budget` and `check_system` before any model work, `optimize` to
+run, `spec` to record what ran, and reads what the planner declares about itself: whether one run
+serves every budget (``anytime``), how its answer at a budget is read (``answer``), the rounds a
+run makes (``iterations``, ``samples_per_round``) and whether its answer is one open-loop control
+sequence (``open_loop``). Which controller is the baseline is the registry's to say
+(`mpc_llm.controllers.registry.BASELINE`).
 """
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any, ClassVar, Generic, TypeVar
+from typing import Any, ClassVar, Generic, Literal, TypeVar
 
 from typing_extensions import Self
 
@@ -29,6 +33,12 @@ class Planner(ABC, Generic[C]):
         anytime: whether the best of a run's first ``k`` samples is its answer at budget ``k``, so
             that one run serves every budget of a comparison (open-loop controllers); otherwise a
             comparison runs it once per budget (sequential controllers).
+        answer: how an ``anytime`` run's answer at budget ``k`` is read: ``"best"``, the lowest cost
+            among its first ``k`` samples, or ``"draw"``, a weighted draw among them (samplers,
+            `mpc_llm.controllers.Controller.choose`).
+        open_loop: whether its answer is one rollout of one control sequence, so that the controls
+            that made the whole response are the answer's own (a sequential controller's answer is
+            made of several plans).
         preset: the project's settings for it when it is built by name from a config file or the
             command line (`mpc_llm.controllers.registry.with_preset`); settings given there win.
         wraps: for a wrapper (e.g. receding horizon), the kind of controller its ``inner`` setting
@@ -38,6 +48,8 @@ class Planner(ABC, Generic[C]):
 
     config_class: ClassVar[type[Settings]] = Settings
     anytime: ClassVar[bool] = False
+    answer: ClassVar[Literal["best", "draw"]] = "best"
+    open_loop: ClassVar[bool] = False
     preset: ClassVar[Mapping[str, Any]] = {}
     wraps: ClassVar[type[Planner] | None] = None
 
@@ -47,6 +59,18 @@ class Planner(ABC, Generic[C]):
     def spec(self) -> dict[str, Any]:
         """What identifies this controller in a comparison's settings: its class and config."""
         return {"class": type(self).__name__, "config": self.config.model_dump(mode="json")}
+
+    @property
+    def iterations(self) -> int | None:
+        """The rounds of sampling a run makes when no budget bounds it (a progress bar's length);
+        None: not known before the run (sequential controllers)."""
+        return None
+
+    @property
+    def samples_per_round(self) -> int | None:
+        """The samples one round scores together (None: no fixed round), so that a baseline given
+        the same budget can draw in batches of the same size."""
+        return None
 
     def with_config(self, **changes: object) -> Self:
         """A controller of the same class with some settings changed (validated)."""
@@ -75,11 +99,15 @@ class Planner(ABC, Generic[C]):
         """
 
     def check_system(self, system: Any) -> None:
-        """Refuse settings the system cannot run, before any model work: ``system`` is the dynamics
-        or what is known of it before its weights load (any object; a controller reads the
-        attributes it needs, e.g. ``vocab_size``, and skips a check whose attribute is missing).
+        """Refuse settings the system cannot run, before any model work: ``system`` is what is known
+        of it (for a language model `mpc_llm.lm.facts.ModelFacts`, read from its config and
+        tokenizer before the weights load, then from the loaded model; any object: a controller
+        reads the attributes it needs, e.g. ``vocab_size`` or ``largest_sigma``, and skips a check
+        whose attribute is missing or None).
 
         Raises:
+            SettingError: a setting's value the system cannot carry (the message starts with the
+                setting's name, so that a caller can put its own path in front).
             ValueError: the setting, the system's limit and what to change.
         """
 

@@ -36,7 +36,7 @@ from pydantic import Field, model_validator
 from mpc_llm.controllers.base import Controller
 from mpc_llm.controllers.planner import Planner
 from mpc_llm.controllers.sequential import Episode, SequentialController, Start, Step, require_partial
-from mpc_llm.controllers.state import PlannerState, Settings
+from mpc_llm.controllers.state import PlannerState, SettingError, Settings
 from mpc_llm.core import BudgetUnit, CostFunction, Dynamics, ZeroOrderHold
 
 
@@ -164,6 +164,8 @@ class RecedingHorizon(SequentialController[RecedingHorizonConfig, Plan]):
         """The inner controller's checks against the system (`Planner.check_system`)."""
         try:
             self.inner.check_system(system)
+        except SettingError as err:
+            raise SettingError(f"inner.{err}") from None
         except ValueError as err:
             raise ValueError(f"inner.{err}") from None
 

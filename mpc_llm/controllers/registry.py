@@ -4,7 +4,9 @@ A spec is a mapping ``{"name": ..., **settings}`` (``"aisp"`` when the name is l
 registry maps each name to its class; the class carries its config (``config_class``), its
 project preset (``preset``, the settings a spec built here starts from) and, for a wrapper, the
 kind of controller its ``inner`` spec must build (``wraps``). Nothing outside this module knows
-any controller by name.
+any controller by name: the default controller (`DEFAULT_NAME`), the baseline every summary
+compares against (`BASELINE`) and what ``mpc-llm compare`` runs when told nothing
+(`COMPARE_DEFAULT`) are declared here, once.
 
 A new controller registers in one place and then runs from Python, a config file and the command
 line alike:
@@ -42,6 +44,11 @@ from mpc_llm.controllers.value_blockwise import ValueBlockwise
 
 #: The controller a spec without a ``name`` builds.
 DEFAULT_NAME = "aisp"
+#: The controller summaries pair the others against (win rates, reward differences) and ``mpc-llm
+#: align`` runs beside the steered one at the same budget; a comparison may name another.
+BASELINE = "best_of_n"
+#: What ``mpc-llm compare`` runs when no controllers are named.
+COMPARE_DEFAULT = (DEFAULT_NAME, BASELINE)
 
 #: Controllers by name, as the CLI and config files spell them.
 CONTROLLERS: dict[str, type[Planner]] = {}
@@ -91,6 +98,79 @@ def settings_of(name: str) -> set[str]:
     if cls is None:
         return set()
     return cls.config_class.field_names() | ({"inner"} if cls.wraps is not None else set())
+
+
+def names() -> list[str]:
+    """The registered names, sorted (what ``--controller`` / ``--controllers`` accept)."""
+    return sorted(CONTROLLERS)
+
+
+def accepted_settings(spec: Mapping[str, Any] | str) -> set[str]:
+    """The settings a spec's controller takes, with those of a wrapper's inner controller (the
+    settings `with_settings` can place somewhere)."""
+    out = _as_spec(spec)
+    name = out.get("name", DEFAULT_NAME)
+    inner = out.get("inner")
+    if inner is None or not isinstance(name, str) or name not in CONTROLLERS:
+        return settings_of(name) if isinstance(name, str) else set()
+    inner_name = inner if isinstance(inner, str) else dict(inner).get("name", DEFAULT_NAME)
+    return settings_of(name) | settings_of(inner_name)
+
+
+def is_baseline(planner: Planner) -> bool:
+    """Whether ``planner`` is the baseline (`BASELINE`): its answer is the bar the others are
+    measured against, so ``align`` need not run it twice."""
+    return isinstance(planner, CONTROLLERS[BASELINE])
+
+
+def baseline(num_samples: int) -> Planner:
+    """The baseline (`BASELINE`) drawing ``num_samples`` per round, with its own defaults."""
+    return build({"name": BASELINE, "num_samples": num_samples})
+
+
+def with_settings(
+    spec: Mapping[str, Any] | str,
+    shared: Mapping[str, Any],
+    given: Mapping[str, Any] | None = None,
+    *,
+    strict: bool = False,
+) -> dict[str, Any]:
+    """``spec`` with settings from outside it (the command line's flags) put where they belong.
+
+    ``shared`` settings (``--sigma``, ``-n``, ...; None values ignored) go only to a controller that
+    has them; ``given`` ones (``--set key=value``) too, unless ``strict``, when a setting nothing
+    has stays on the controller for its validation to name. A wrapper (one that declares ``wraps``)
+    passes each setting it does not have itself to its inner controller. A setting given replaces
+    its alternative (`override`: ``sigma`` drops ``sigma_relative``).
+
+    Example:
+        >>> with_settings({"name": "receding_horizon", "inner": "cem"}, {"sigma": 0.5, "tau": 4})
+        {'name': 'receding_horizon', 'inner': {'name': 'cem', 'sigma': 0.5, 'tau': 4}}
+    """
+    given = dict(given or {})
+    out = _as_spec(spec)
+    name = out.get("name", DEFAULT_NAME)
+    cls = CONTROLLERS.get(name) if isinstance(name, str) else None
+    wraps = cls is not None and cls.wraps is not None
+    own_fields = settings_of(name) if isinstance(name, str) else set()
+
+    def pick(fields: set[str], keep_unknown: bool) -> dict[str, Any]:
+        picked = {k: v for k, v in shared.items() if v is not None and k in fields}
+        picked.update({k: v for k, v in given.items() if keep_unknown or k in fields})
+        return picked
+
+    own = pick(own_fields, strict and not wraps)
+    if wraps:
+        inner = out.get("inner", {"name": DEFAULT_NAME})
+        inner = dict(inner) if isinstance(inner, Mapping) else {"name": inner}
+        inner_name = inner.get("name", DEFAULT_NAME)
+        inner_cls = CONTROLLERS.get(inner_name) if isinstance(inner_name, str) else None
+        fields = settings_of(inner_name) if isinstance(inner_name, str) else set()
+        to_inner = {k: v for k, v in pick(fields, strict).items() if k not in own_fields}
+        inner_config = None if inner_cls is None else inner_cls.config_class
+        out = {**out, "inner": override(inner, to_inner, inner_config)}
+        own = {k: v for k, v in own.items() if k in own_fields}
+    return override(out, own, None if cls is None else cls.config_class)
 
 
 def _as_spec(spec: Mapping[str, Any] | str) -> dict[str, Any]:

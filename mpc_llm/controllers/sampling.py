@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Sequence
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal
 
 import torch
 from pydantic import Field, field_validator
@@ -96,8 +96,8 @@ class Sampler:
     """Mixin for a `Controller` whose answer is a weighted draw from its samples (put it first:
     ``class SoftBestOfN(Sampler, BestOfN)``)."""
 
-    #: whether a comparison reads its records by `choose` (samplers) rather than the best sample.
-    samples_answer: ClassVar[bool] = True
+    #: a comparison reads its answer at a budget by `choose` (a weighted draw), not as the best sample
+    answer: ClassVar[Literal["best", "draw"]] = "draw"
 
     def temperature(self) -> tuple[float | None, float | None]:
         """``(beta, ess_target)`` of the draw (one of them None)."""

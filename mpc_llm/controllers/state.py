@@ -30,6 +30,12 @@ from mpc_llm.core import ZeroOrderHold, read_mapping
 Alternative = tuple[tuple[str, ...], tuple[str, ...], float, str, str]
 
 
+class SettingError(ValueError):
+    """A setting's value refused: the message starts with the setting's path (``sigma=...``,
+    ``inner.sigma=...``), so that a caller puts the controller's own path in front with a dot
+    (``controllers.aisp.sigma=...``)."""
+
+
 class Settings(BaseModel):
     """Base of every controller's settings: frozen, unknown keys refused, loadable from a file.
 

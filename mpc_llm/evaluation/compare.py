@@ -35,7 +35,7 @@ from typing import Any, NamedTuple
 
 from tqdm.auto import tqdm
 
-from mpc_llm.controllers import Planner
+from mpc_llm.controllers import BASELINE, Planner
 from mpc_llm.core import BudgetUnit, CostFunction, Dynamics
 from mpc_llm.evaluation.distributed import DistributedError, World, assign
 from mpc_llm.evaluation.heldout import score_held_out
@@ -182,7 +182,7 @@ def compare(
     overwrite: bool = False,
     prompts_per_batch: int = 8,
     settings: Mapping[str, Any] | None = None,
-    baseline: str | None = "best_of_n",
+    baseline: str | None = BASELINE,
     progress: bool = True,
     world: World | None = None,
     eval_rewards: Mapping[str, Reward] | None = None,

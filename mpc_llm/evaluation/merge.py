@@ -21,6 +21,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from mpc_llm.controllers import BASELINE
 from mpc_llm.evaluation.store import read_records, write_records
 from mpc_llm.evaluation.summary import summarize, write_summary
 
@@ -54,7 +55,7 @@ def prompt_key(record: Mapping[str, Any]) -> tuple[Any, int]:
 
 
 def merge_runs(
-    folders: Sequence[str | os.PathLike[str]], out: str | os.PathLike[str], *, baseline: str = "best_of_n"
+    folders: Sequence[str | os.PathLike[str]], out: str | os.PathLike[str], *, baseline: str = BASELINE
 ) -> list[dict[str, Any]]:
     """Merge the finished runs ``folders`` into ``out`` and return the summary rows.
 

@@ -57,11 +57,11 @@ def anytime_records(
     each returned response's closeness to the base model (`mpc_llm.evaluation.closeness`).
 
     The answer at budget ``k`` is the ``controller``'s `Controller.choose` among the first samples
-    when it is a sampler (a weighted draw, with the uniform of ``settings["choice_seed"]``; its
-    record adds ``beta``, ``log_z``, ``kl_tilted``, ``ess``, and ``selection_bound = log k``),
-    otherwise the lowest cost."""
+    when it declares its answer a draw (``answer == "draw"``, the samplers: a weighted draw, with
+    the uniform of ``settings["choice_seed"]``; its record adds ``beta``, ``log_z``, ``kl_tilted``,
+    ``ess``, and ``selection_bound = log k``), otherwise the lowest cost."""
     history = result.history
-    sampler = controller if getattr(controller, "samples_answer", False) else None
+    sampler = controller if controller is not None and controller.answer == "draw" else None
     ratios = None
     if sampler is not None and all(r.log_ratio is not None for r in history):
         ratios = torch.cat([r.log_ratio for r in history], dim=1)  # type: ignore[misc]
@@ -83,7 +83,7 @@ def anytime_records(
             figures: dict[str, float] = {}
             if sampler is not None and bool(valid.any()):  # a weighted draw among the first samples
                 seed_b = int(result.settings["choice_seed"][b])
-                index, stats = sampler.choose(
+                index, stats = sampler.choose(  # type: ignore[attr-defined]
                     masked.unsqueeze(0), None if ratios is None else ratios[b : b + 1, :used],
                     make_generators([seed_b], 1),
                 )  # fmt: skip

@@ -9,13 +9,12 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from mpc_llm.controllers import BASELINE
 from mpc_llm.evaluation.frontier import plot_frontier
 from mpc_llm.evaluation.metrics import distinct_n, mean_ci, paired_bootstrap, rep_n, win_rate
 
 
-def summarize(
-    records: Sequence[Mapping[str, Any]], baseline: str | None = "best_of_n"
-) -> list[dict[str, Any]]:
+def summarize(records: Sequence[Mapping[str, Any]], baseline: str | None = BASELINE) -> list[dict[str, Any]]:
     """Aggregate records over prompts and seeds.
 
     Each row: ``controller``, ``budget``, ``n`` (prompts with a valid record), ``reward`` mean with

@@ -1,7 +1,8 @@
 """What a model's config and tokenizer say before its weights load: vocabulary, context, dtype.
 
-Checks that need only these (a controller's setting against the vocabulary, prompts against the
-context length, a sigma against the dtype's range) run from `model_facts` before the weights load,
+Checks that need only these (prompts against the context length here; a controller's settings
+against the vocabulary or the dtype's range, which the controller itself answers from these facts:
+`mpc_llm.controllers.Planner.check_system`) run from `model_facts` before the weights load,
 so a bad input is refused in about a second rather than after the model has loaded (minutes for a
 7B model). The sources are the model folder's ``config.json`` and tokenizer
 (``transformers.AutoConfig`` / ``AutoTokenizer``), the fast-load cache of a GGUF file (or the GGUF
@@ -13,7 +14,7 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -44,6 +45,22 @@ class ModelFacts:
     dtype: torch.dtype
     tokenizer: Any
     control_dim: int | None = None
+
+    @property
+    def largest_sigma(self) -> float:
+        """The largest ``sigma`` (or ``sigma_relative``) its dtype allows over ``control_dim``
+        coordinates (`largest_sigma`), which a controller checks its own against."""
+        return largest_sigma(self.dtype, self.control_dim)
+
+    @classmethod
+    def of(
+        cls, dtype: torch.dtype | str | None, control_dim: int | None = None, vocab_size: int | None = None
+    ) -> ModelFacts:
+        """What is known without the config: the dtype (and, of a loaded model, ``d`` and the
+        vocabulary); no context length, no tokenizer."""
+        resolved = resolve_dtype(dtype)
+        kind = resolved if isinstance(resolved, torch.dtype) else torch.float32
+        return cls(vocab_size, None, kind, None, control_dim)
 
     def check_prompts(
         self, prompts: Sequence[Prompt], max_new_tokens: int, chat_template: bool | None = None
@@ -137,10 +154,6 @@ def _load_dtype(asked: torch.dtype | str | None, default: torch.dtype | None, co
     return value if isinstance(value, torch.dtype) else torch.float32
 
 
-#: The flag of each controller setting whose scale a dtype bounds.
-_SCALES = {"sigma": "--sigma", "sigma_relative": "--sigma-relative"}
-
-
 #: How far below the dtype's largest number ``sigma * sqrt(d)`` (the norm of a control) must stay:
 #: room for the noise's tail and for the head's sum over ``d`` coordinates, so logits stay finite.
 SCALE_HEADROOM = 100.0
@@ -157,34 +170,3 @@ def largest_sigma(dtype: torch.dtype | str | None, control_dim: int | None = Non
     resolved = resolve_dtype(dtype)
     kind = resolved if isinstance(resolved, torch.dtype) else torch.float32
     return float(torch.finfo(kind).max) / (SCALE_HEADROOM * math.sqrt(control_dim or 1))
-
-
-def check_scales(
-    specs: Mapping[str, Mapping[str, Any]], dtype: torch.dtype | str | None, control_dim: int | None = None
-) -> None:
-    """Refuse a ``sigma`` or ``sigma_relative`` too large for the model's ``dtype``: a control of
-    ``control_dim`` coordinates (the pre-logit's ``d``) drawn with it, pushed through the head, would
-    not stay finite (`largest_sigma`), and the decode would fail deep inside the model. ``specs``:
-    controller specs (mappings) by field path (`mpc_llm.experiment.controller_specs`; a wrapper's
-    ``inner`` is checked too).
-
-    Raises:
-        ValueError: naming the setting, its flag, the dtype and the largest value it allows.
-    """
-    resolved = resolve_dtype(dtype)
-    kind = resolved if isinstance(resolved, torch.dtype) else torch.float32
-    limit = largest_sigma(kind, control_dim)
-    for where, spec in specs.items():
-        inner = spec.get("inner")
-        if isinstance(inner, Mapping):
-            check_scales({f"{where}.inner": inner}, kind, control_dim)
-        for key, flag in _SCALES.items():
-            value = spec.get(key)
-            if isinstance(value, int | float) and not value <= limit:
-                over = f" over d={control_dim} coordinates" if control_dim else ""
-                raise ValueError(
-                    f"{where}.{key}={value:g} ({flag}) is too large for the model's dtype "
-                    f"{str(kind).removeprefix('torch.')}: controls drawn with it{over} would not stay finite "
-                    f"(at most {limit:.3g}); give a much smaller {key}"
-                    + (" (a fraction of the pre-logit RMS, e.g. 0.05)" if key == "sigma_relative" else "")
-                )
