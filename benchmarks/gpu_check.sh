@@ -9,5 +9,5 @@ cd "$(dirname "$0")/.."
 if [ -x .venv/bin/python ]; then PY=.venv/bin/python; else PY=python; fi
 "$PY" -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 'no CUDA device: this check needs a GPU')"
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader || true
-"$PY" benchmarks/rollout_speed.py --model random-llama-1b --device cuda --dtype bfloat16 \
+"$PY" benchmarks/rollout_speed.py --model random-llama-1b --device cuda --dtype auto \
     -N 64 8 -T 128 --repeats 5 --compile --json "${OUT:-.}/gpu_rollout_speed.json"

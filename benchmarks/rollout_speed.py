@@ -133,7 +133,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "--model", default=DEFAULT_MODEL, help=f"{DEFAULT_MODEL}, {RANDOM_LLAMA_1B}, a path or id"
     )
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--dtype", default=None, help="float32, bfloat16, float16 (default: the model's)")
+    parser.add_argument("--dtype", default="auto", help="auto (default), float32, bfloat16, float16")
     parser.add_argument("-N", type=int, nargs="+", default=[32, 8], help="samples per prompt (one or more)")
     parser.add_argument("-T", type=int, default=64, help="new tokens per sample")
     parser.add_argument("--seed", type=int, default=0)
@@ -147,7 +147,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = parser.parse_args(argv)
 
     device = torch.device(args.device)
-    model, tokenizer = load(args.model, args.device, resolve_dtype(args.dtype))
+    model, tokenizer = load(args.model, args.device, resolve_dtype(args.dtype, args.device))
     results: dict[str, Any] = {"model": args.model, "device": str(device), "T": args.T, "by_N": {}}
     for N in args.N:
         results["by_N"][N] = measure(model, tokenizer, args, N, device)

@@ -63,7 +63,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "--model", default=DEFAULT_MODEL, help=f"{DEFAULT_MODEL}, {RANDOM_LLAMA_1B}, a path or id"
     )
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--dtype", default=None, help="float32, bfloat16, float16 (default: the model's)")
+    parser.add_argument("--dtype", default="auto", help="auto (default), float32, bfloat16, float16")
     parser.add_argument("--prompts", default="sharegpt:test", help="prompt source (default sharegpt:test)")
     parser.add_argument("-B", type=int, default=8, help="prompts in the batch (the first B of the source)")
     parser.add_argument("-N", type=int, default=8, help="samples per prompt")
@@ -84,7 +84,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         print(f"wrote {len(chosen.prompts)} prompts of {args.prompts} to {args.save_prompts}")
         return {}
     device = torch.device(args.device)
-    model, tokenizer = load(args.model, args.device, resolve_dtype(args.dtype))
+    model, tokenizer = load(args.model, args.device, resolve_dtype(args.dtype, args.device))
     B, N, T = len(chosen.prompts), args.N, args.T
     real = LMDynamics(model, tokenizer, chosen.prompts, max_new_tokens=T, stop_at_eos=args.eos)
     fixed = real.with_prompts([PROMPT] * B)

@@ -5,7 +5,7 @@
 - every model forward (the model's ``forward``; the first call of a run is the prompt's prefill),
 - key/value cache writes (``update`` of the `transformers` cache layers and of ours), inside a forward,
 - the pre-logit control hook (`mpc_llm.lm.control.PreLogitControl`), inside a forward,
-- our token choice (`mpc_llm.lm.engine.choose_tokens`, `token_logprobs`).
+- our token choice (`mpc_llm.lm.decoding`: `choose_tokens`, `token_logprobs`).
 
 Top-level operators outside a forward are "sampling" when they are the token-choice kind (softmax,
 multinomial, top-k, cumsum, searchsorted, random draws...; the whole of ``generate``'s logits
@@ -26,7 +26,7 @@ import torch
 from torch.profiler import ProfilerActivity, profile, record_function
 
 import mpc_llm.lm.control as control_module
-import mpc_llm.lm.engine as engine_module
+import mpc_llm.lm.decoding as engine_module
 from mpc_llm.lm.cache import growing_layer_class
 
 FORWARD, CACHE, HOOK, SAMPLE = "## forward", "## cache", "## hook", "## sampling"
