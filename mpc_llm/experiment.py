@@ -49,7 +49,7 @@ from mpc_llm.controllers import (
 )
 from mpc_llm.core import IterationRecord, OptimizeResult, read_mapping
 from mpc_llm.dynamics import LMDynamics
-from mpc_llm.evaluation.heldout import load_eval_rewards
+from mpc_llm.evaluation.compare.heldout import load_eval_rewards
 from mpc_llm.lm import DEFAULT_MODEL, LMConfig, Prompt
 from mpc_llm.lm.facts import ModelFacts, model_facts
 from mpc_llm.lm.gguf import check_gguf_file

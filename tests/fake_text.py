@@ -77,7 +77,7 @@ def run(out_dir: str, *, resume: bool = False, delay: float = 0.0, prompts_per_b
 
 
 if __name__ == "__main__":  # python fake_text.py OUT DELAY [resume]; under torchrun: one rank each
-    from mpc_llm.evaluation.distributed import launch
+    from mpc_llm.evaluation.compare.distributed import launch
 
     with launch() as world:
         run(sys.argv[1], delay=float(sys.argv[2]), resume=sys.argv[3:] == ["resume"], world=world)

@@ -34,10 +34,24 @@ def test_core_and_controllers_load_nothing_above_them(module: str) -> None:
     assert out.stdout.strip() == "[]"
 
 
-def test_no_module_is_over_400_lines() -> None:
+#: A ceiling no module should reach by accident. Modules are split when they hold two jobs, not when
+#: they reach a number (docs/architecture.md); this only catches a module grown without anyone looking.
+MODULE_CEILING = 600
+
+
+def test_no_module_reaches_the_ceiling() -> None:
     sizes = {str(p.relative_to(PACKAGE)): len(p.read_text().splitlines()) for p in PACKAGE.rglob("*.py")}
     assert len(sizes) > 30
-    assert {name: n for name, n in sizes.items() if n > 400} == {}
+    assert {name: n for name, n in sizes.items() if n > MODULE_CEILING} == {}
+
+
+def test_every_evaluation_module_names_its_one_job() -> None:
+    """Each module of `mpc_llm.evaluation` opens with a docstring whose first line says what it does."""
+    for path in (PACKAGE / "evaluation").rglob("*.py"):
+        text = path.read_text()
+        assert text.startswith('"""'), f"{path.relative_to(PACKAGE)} has no module docstring"
+        first = text[3:].splitlines()[0].strip()
+        assert len(first) > 20, f"{path.relative_to(PACKAGE)}: the docstring's first line names no job"
 
 
 @pytest.mark.parametrize("arch", TINY_ARCHITECTURES)

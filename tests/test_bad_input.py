@@ -90,7 +90,7 @@ def files(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Callable[[st
 def _sharegpt_files(root: Path) -> None:
     """A ShareGPT file cut inside its first record, and a whole one of three prompts whose selection
     is cached (lengths counted in words: no tokenizer loads)."""
-    from mpc_llm.evaluation import sharegpt
+    from mpc_llm.evaluation.prompts import sharegpt
 
     (root / "sharegpt_cut.json").write_text('[\n  {"id": "a_0", "conversations": [{"from": "human", "val')
     records = [
@@ -739,7 +739,7 @@ def test_a_truncated_gguf_is_refused_by_the_python_api_too(files: dict[str, str]
 
 
 def test_records_hold_only_finite_numbers_or_null() -> None:
-    from mpc_llm.evaluation.records import finite_record
+    from mpc_llm.evaluation.compare.records import finite_record
 
     good = {"prompt_index": 0, "controller": "a", "seed": 0, "budget": 4, "reward": 1.0, "cost": -1.0,
             "response": "hi", "kl": float("nan"), "samples": 4, "tokens": 9, "seconds": 0.1}  # fmt: skip
@@ -751,7 +751,7 @@ def test_records_hold_only_finite_numbers_or_null() -> None:
 
 
 def test_the_store_refuses_a_non_finite_number(tmp_path: Path) -> None:
-    from mpc_llm.evaluation.store import RunStore
+    from mpc_llm.evaluation.compare.store import RunStore
 
     store = RunStore(tmp_path / "run", {"x": 1})
     with pytest.raises(ValueError, match=r"non-finite number .* in reward"):
@@ -778,7 +778,7 @@ def test_summaries_leave_invalid_records_out_and_count_them() -> None:
 
 def test_json_values_are_made_finite() -> None:
     """What ``align --json`` prints goes through this: a reward that could not be scored is ``null``."""
-    from mpc_llm.evaluation.store import finite
+    from mpc_llm.evaluation.compare.records_file import finite
 
     value = {"a": [1.0, float("nan")], "b": {"c": float("inf")}, "d": ("x", 2)}
     assert finite(value) == {"a": [1.0, None], "b": {"c": None}, "d": ["x", 2]}

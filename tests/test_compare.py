@@ -16,7 +16,7 @@ from fake_text import COST, PROMPTS, FakeText, controllers, run
 
 from mpc_llm.controllers import AISP
 from mpc_llm.evaluation.compare import check_budgets, compare
-from mpc_llm.evaluation.store import RunFolderError
+from mpc_llm.evaluation.compare.records_file import RunFolderError
 from mpc_llm.evaluation.summary import summarize
 
 HERE = Path(__file__).resolve().parent

@@ -23,7 +23,7 @@ import pytest
 from fake_text import COST, PROMPTS, FakeText, controllers
 
 from mpc_llm.evaluation.compare import compare, pending_jobs, run_settings
-from mpc_llm.evaluation.distributed import (
+from mpc_llm.evaluation.compare.distributed import (
     DistributedError,
     Place,
     World,
@@ -35,7 +35,7 @@ from mpc_llm.evaluation.distributed import (
     rank_gpus,
     settings_difference,
 )
-from mpc_llm.evaluation.store import RunStore, shard_name
+from mpc_llm.evaluation.compare.store import RunStore, shard_name
 
 HERE = Path(__file__).resolve().parent
 TOTAL = len(PROMPTS) * 3 * 2 * 3  # prompts x controllers x seeds x budgets
@@ -372,7 +372,7 @@ def test_gpus_per_rank_without_a_launcher_is_refused(monkeypatch, capsys) -> Non
 
 
 def test_nccl_without_gpus_is_refused(monkeypatch) -> None:
-    from mpc_llm.evaluation.distributed import init
+    from mpc_llm.evaluation.compare.distributed import init
 
     env = {"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": "1", "MPC_LLM_DIST_BACKEND": "nccl"}
     with pytest.raises(DistributedError, match="nccl needs GPUs but this rank runs on cpu"):

@@ -11,11 +11,11 @@ import pytest
 
 from mpc_llm.controllers import AISP, BestOfN
 from mpc_llm.dynamics import LMDynamics
-from mpc_llm.evaluation.closeness import selection_bound
 from mpc_llm.evaluation.compare import compare
-from mpc_llm.evaluation.heldout import eval_labels, load_eval_rewards
-from mpc_llm.evaluation.metrics import paired_bootstrap
+from mpc_llm.evaluation.compare.closeness import selection_bound
+from mpc_llm.evaluation.compare.heldout import eval_labels, load_eval_rewards
 from mpc_llm.evaluation.summary import markdown_table, summarize
+from mpc_llm.evaluation.summary.metrics import paired_bootstrap
 from mpc_llm.rewards import CallableReward, KeywordReward
 
 PROMPTS = ["Hello there!", "A", "Optimal control steers", "Tell me"]
@@ -111,8 +111,8 @@ def test_summary_rows_without_closeness_or_eval_keep_the_old_table() -> None:
 
 
 def test_the_frontier_plot_and_the_scale_free_grid(tmp_path, tiny_lm) -> None:
-    from mpc_llm.evaluation.frontier import kl_figure
-    from mpc_llm.evaluation.sweep import aisp_scale_free_grid
+    from mpc_llm.evaluation.compare.sweep import aisp_scale_free_grid
+    from mpc_llm.evaluation.summary.frontier import kl_figure
 
     grid = aisp_scale_free_grid([0.1, 0.3], [0.5], num_samples=4, num_knots=1)
     assert all(c.config.sigma_relative in (0.1, 0.3) and c.config.lambda_ is None for c in grid.values())

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from mpc_llm.evaluation.metrics import distinct_n, mean_ci, rep_n, t_quantile, win_rate
-from mpc_llm.evaluation.store import RunFolderError, RunStore
+from mpc_llm.evaluation.compare.records_file import RunFolderError
+from mpc_llm.evaluation.compare.store import RunStore
+from mpc_llm.evaluation.summary.metrics import distinct_n, mean_ci, rep_n, t_quantile, win_rate
 
 SETTINGS = {"model": "tiny", "budgets": [4, 8], "seeds": [0]}
 

@@ -10,7 +10,7 @@ from fake_text import COST, PROMPTS, FakeText
 from mpc_llm.cli import main
 from mpc_llm.controllers import AISP, BestOfN, RandomShooting
 from mpc_llm.evaluation.compare import compare
-from mpc_llm.evaluation.merge import merge_runs
+from mpc_llm.evaluation.compare.merge import merge_runs
 
 
 def run(out, controllers, prompts=PROMPTS, seeds=(0, 1), settings=None):
@@ -92,7 +92,7 @@ def test_the_frontier_legend_names_controllers_with_no_kl_figure(tmp_path, monke
     panels, and the legend must still name them."""
     import matplotlib.figure
 
-    from mpc_llm.evaluation.frontier import plot_frontier
+    from mpc_llm.evaluation.summary.frontier import plot_frontier
 
     rows = [
         {"controller": "best_of_n", "budget": 8, "reward": 0.7, "kl_estimate": 0.0, "selection_bound": 1.2,

@@ -19,9 +19,9 @@ from mpc_llm import CostFunction
 from mpc_llm.controllers import AISP, BestOfN, BlockwiseBestOfN, RandomShooting
 from mpc_llm.dynamics import IdentityDynamics, LMDynamics, QuadraticCost
 from mpc_llm.evaluation.compare import compare
-from mpc_llm.evaluation.metrics import paired_bootstrap
-from mpc_llm.evaluation.records import anytime_records, final_records
+from mpc_llm.evaluation.compare.records import anytime_records, final_records
 from mpc_llm.evaluation.summary import summarize
+from mpc_llm.evaluation.summary.metrics import paired_bootstrap
 from mpc_llm.lm import LMRollout
 from mpc_llm.rewards import KeywordReward, Reward
 

@@ -26,7 +26,7 @@ from mpc_llm.controllers.qalign import acceptance
 from mpc_llm.core import make_generators, tilted_estimate
 from mpc_llm.dynamics import ToyLM, ToyReward, exact_tilted
 from mpc_llm.evaluation.compare import compare
-from mpc_llm.evaluation.records import anytime_records
+from mpc_llm.evaluation.compare.records import anytime_records
 from mpc_llm.rewards.rules import CallableReward
 
 DRAWS = 2000

@@ -18,17 +18,11 @@ import pytest
 from fake_text import COST, FakeText
 
 from mpc_llm.controllers import BestOfN
-from mpc_llm.evaluation import sharegpt
 from mpc_llm.evaluation.compare import compare
-from mpc_llm.evaluation.json_stream import ReadStats, iter_records
-from mpc_llm.evaluation.prompts import PromptFileError, load_prompt_set, load_prompts
-from mpc_llm.evaluation.sharegpt import (
-    ShareGPTError,
-    ShareGPTFilter,
-    load_selection,
-    sharegpt_prompts,
-    split_of,
-)
+from mpc_llm.evaluation.prompts import PromptFileError, load_prompt_set, load_prompts, sharegpt
+from mpc_llm.evaluation.prompts.json_stream import ReadStats, iter_records
+from mpc_llm.evaluation.prompts.sharegpt import load_selection, sharegpt_prompts
+from mpc_llm.evaluation.prompts.sharegpt_select import ShareGPTError, ShareGPTFilter, split_of
 
 WORDS = ShareGPTFilter(min_tokens=2, max_tokens=12, tokenizer="words")
 

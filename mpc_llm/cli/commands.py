@@ -15,7 +15,7 @@ from mpc_llm.cli.options import experiment_config
 def cmd_align(args: argparse.Namespace) -> int:
     from tqdm.auto import tqdm
 
-    from mpc_llm.evaluation.store import finite
+    from mpc_llm.evaluation.compare.records_file import finite
     from mpc_llm.experiment import Experiment, preflight
     from mpc_llm.lm.prompts import check_prompt_text
 

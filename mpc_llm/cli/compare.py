@@ -2,7 +2,7 @@
 
 Launched by torchrun, ``accelerate launch`` or srun (``WORLD_SIZE`` or a Slurm step with several
 tasks), each process is one rank: it takes its device from its local rank (`--gpus-per-rank`),
-joins the others, and runs its share of the jobs (`mpc_llm.evaluation.distributed`); only rank 0
+joins the others, and runs its share of the jobs (`mpc_llm.evaluation.compare.distributed`); only rank 0
 prints the table. Alone, it runs every job, as it always did.
 """
 
@@ -39,15 +39,15 @@ def cmd_compare(args: argparse.Namespace) -> int:
     """Check everything that can be checked without the model's weights (flags, settings, budgets,
     prompts, the run folder, the model's config and tokenizer), then load it and compare."""
     from mpc_llm.controllers import COMPARE_DEFAULT, accepted_settings
-    from mpc_llm.evaluation import distributed
     from mpc_llm.evaluation.compare import (
         check_budgets,
         check_run_folder,
         check_seeds,
         compare,
         comparison_settings,
+        distributed,
     )
-    from mpc_llm.evaluation.heldout import eval_labels
+    from mpc_llm.evaluation.compare.heldout import eval_labels
     from mpc_llm.evaluation.prompts import load_prompt_set
     from mpc_llm.evaluation.summary import markdown_table
     from mpc_llm.experiment import Experiment, preflight

@@ -3,7 +3,7 @@
     mpc-llm merge runs/protocol runs/samplers --out runs/protocol+samplers
 
 Refuses runs that are not comparable (another model, decoding, reward, held-out reward, budget unit
-or prompt source) and a label with different settings in two runs (`mpc_llm.evaluation.merge`).
+or prompt source) and a label with different settings in two runs (`mpc_llm.evaluation.compare.merge`).
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ def add_parser(sub: Any) -> None:
 
 def cmd_merge(args: argparse.Namespace) -> int:
     """Run ``merge``; prints the summary table."""
-    from mpc_llm.evaluation.merge import merge_runs
+    from mpc_llm.evaluation.compare.merge import merge_runs
     from mpc_llm.evaluation.summary import markdown_table
 
     rows = merge_runs(args.runs, args.out, baseline=args.baseline)

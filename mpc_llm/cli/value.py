@@ -26,8 +26,11 @@ def add_parser(sub: Any) -> None:
     g = p.add_argument_group("data")
     g.add_argument("--model", help="HF id, local folder or .gguf file (default: embedded SmolLM2)")
     g.add_argument("--device", help="cpu, cuda, cuda:1, mps (default: cpu)")
-    g.add_argument("--dtype", help="auto, float32, bfloat16, float16 (default auto: bfloat16 where the "
-                   "device computes it natively, else float32)")
+    g.add_argument(
+        "--dtype",
+        help="auto, float32, bfloat16, float16 (default auto: bfloat16 where the "
+        "device computes it natively, else float32)",
+    )
     g.add_argument("--max-new-tokens", type=int, dest="max_new_tokens", default=48)
     g.add_argument("--temperature", type=float, default=0.7)
     g.add_argument("--reward", default="vader", help="built-in name or a reward model's path (default vader)")

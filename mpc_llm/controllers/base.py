@@ -157,7 +157,7 @@ class Controller(Planner[C], Generic[C, S]):
         self, costs: Tensor, log_ratio: Tensor | None, generators: Sequence[torch.Generator]
     ) -> tuple[Tensor, dict[str, Tensor]]:
         """The answer among ``(B, k)`` scored samples (``+inf``: invalid), as a comparison reads a run
-        at budget ``k`` (`mpc_llm.evaluation.records.anytime_records`).
+        at budget ``k`` (`mpc_llm.evaluation.compare.records.anytime_records`).
 
         Args:
             costs: ``(B, k)`` float64 costs of the first ``k`` samples, in draw order.

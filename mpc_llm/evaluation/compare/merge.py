@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from mpc_llm.controllers import BASELINE
-from mpc_llm.evaluation.store import read_records, write_records
+from mpc_llm.evaluation.compare.records_file import read_records, write_records
 from mpc_llm.evaluation.summary import summarize, write_summary
 
 #: Settings every merged run must share (absent in all of them counts as equal).

@@ -9,13 +9,14 @@ differently); for an adaptive one it is the state of the run after ``k`` samples
 every sample budget must be at least one iteration (``num_samples``) of each adaptive controller.
 A sequential controller (receding horizon, blockwise best-of-N) runs once per budget, the budget
 split over its planning steps; a partial response scored to choose among candidates counts as a
-scored sample. Every record says the ``samples`` and ``tokens`` it spent (`mpc_llm.evaluation.records`).
+scored sample. Every record says the ``samples`` and ``tokens`` it spent
+(`mpc_llm.evaluation.compare.records`).
 
 Problem ``p`` under run seed ``s`` draws from seed ``s * 1_000_003 + p``, whatever chunk it is in,
 so results do not depend on ``prompts_per_batch`` (up to floating-point effects of batch shapes) and
 a resumed run equals an uninterrupted one.
 
-Many processes (``world``, `mpc_llm.evaluation.distributed`). The jobs still to do are listed by
+Many processes (``world``, `mpc_llm.evaluation.compare.distributed`). The jobs still to do are listed by
 rank 0 in one order (`pending_jobs`: seed, controller, prompt chunk) and dealt out round robin
 (`distributed.assign`); each rank appends its records to its own shard of the run folder, and rank
 0 merges the shards into ``records.jsonl`` sorted by prompt, controller, seed and budget once every
@@ -37,10 +38,10 @@ from tqdm.auto import tqdm
 
 from mpc_llm.controllers import BASELINE, Planner
 from mpc_llm.core import BudgetUnit, CostFunction, Dynamics
-from mpc_llm.evaluation.distributed import DistributedError, World, assign
-from mpc_llm.evaluation.heldout import score_held_out
-from mpc_llm.evaluation.records import anytime_records, final_records
-from mpc_llm.evaluation.store import RunStore
+from mpc_llm.evaluation.compare.distributed import DistributedError, World, assign
+from mpc_llm.evaluation.compare.heldout import score_held_out
+from mpc_llm.evaluation.compare.records import anytime_records, final_records
+from mpc_llm.evaluation.compare.store import RunStore
 from mpc_llm.evaluation.summary import summarize, write_summary
 from mpc_llm.lm import Prompt
 from mpc_llm.rewards import Reward
@@ -208,13 +209,13 @@ def compare(
         settings: extra JSON-serialisable settings to record (model, reward, dynamics options).
         baseline: controller name for win rates (None: no win rates).
         progress: show a progress bar (rank 0's only, on many processes).
-        world: this process's rank among many (`mpc_llm.evaluation.distributed.launch`): the jobs
+        world: this process's rank among many (`mpc_llm.evaluation.compare.distributed.launch`): the jobs
             are shared out, each rank appends to its own shard, rank 0 merges the shards and writes
             the summary once every rank has finished. None: this process does every job.
         eval_rewards: held-out rewards, ``label -> Reward``, scored on every returned response and
-            never given to the controllers (records' ``eval``; `mpc_llm.evaluation.heldout`).
+            never given to the controllers (records' ``eval``; `mpc_llm.evaluation.compare.heldout`).
         closeness: score each returned response's closeness to the base model (one teacher-forced
-            pass over the returned responses; `mpc_llm.evaluation.closeness`).
+            pass over the returned responses; `mpc_llm.evaluation.compare.closeness`).
         origins: where each prompt came from (`mpc_llm.evaluation.prompts.PromptSet.origins`, e.g.
             ``prompt_source``, ``prompt_split``, ``prompt_id``), copied into each of its records.
 

@@ -1,5 +1,8 @@
 """A run folder that never loses finished work: settings, and records appended as they finish.
 
+The folder (`RunStore`: which files it holds, resume, shards, merge); each records file is read
+and written by `mpc_llm.evaluation.compare.records_file`.
+
 ::
 
     run/
@@ -26,14 +29,13 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from mpc_llm.evaluation.strict import finite, strict_json
-
-__all__ = ["RunFolderError", "RunStore", "append_records", "finite", "read_records", "shard_name",
-           "strict_json", "write_records"]  # fmt: skip
-
-
-class RunFolderError(ValueError):
-    """The output folder holds something this run must not overwrite or cannot read."""
+from mpc_llm.evaluation.compare.records_file import (
+    RunFolderError,
+    append_records,
+    read_records,
+    strict_json,
+    write_records,
+)
 
 
 def shard_name(rank: int) -> str:
@@ -65,75 +67,6 @@ def _check_writable(folder: Path) -> None:
         raise RunFolderError(
             f"--out {folder}: cannot create it ({parent} is not writable); choose another folder"
         )
-
-
-class _NonFinite(ValueError):
-    """A records line holding NaN or an infinity (json's ``NaN``, ``Infinity``, ``-Infinity``)."""
-
-
-def _refuse_constant(constant: str) -> Any:
-    raise _NonFinite(constant)
-
-
-def read_records(path: Path, *, repair: bool = True) -> list[dict[str, Any]]:
-    """The records of one file; a torn last line (a kill mid-write) is cut off the file with a warning
-    (``repair=False``: left in place and skipped, e.g. to check a folder without writing to it).
-
-    Raises:
-        RunFolderError: a line before the last is not JSON (not a torn write: the file is damaged), or
-            a line holds NaN or an infinity (records hold finite numbers or null); the message names
-            the file and line and what to do.
-    """
-    if not path.exists():
-        return []
-    lines = path.read_text(encoding="utf-8").splitlines(keepends=True)
-    records: list[dict[str, Any]] = []
-    good_bytes = 0
-    for number, line in enumerate(lines, start=1):
-        try:
-            records.append(json.loads(line, parse_constant=_refuse_constant))
-        except _NonFinite as err:
-            raise RunFolderError(
-                f"{path}:{number} holds {err} (records hold finite numbers or null): delete that line "
-                "and run again with --resume to redo its job, or start anew with --overwrite"
-            ) from None
-        except json.JSONDecodeError as err:
-            if number == len(lines):
-                if repair:
-                    warnings.warn(f"dropping a torn last line of {path}", RuntimeWarning, stacklevel=4)
-                    with path.open("r+b") as handle:
-                        handle.truncate(good_bytes)
-                break
-            raise RunFolderError(
-                f"{path}:{number} is not valid JSON ({err}): delete that line and run again with --resume "
-                "to redo its job, or start anew with --overwrite"
-            ) from err
-        good_bytes += len(line.encode("utf-8"))
-    return records
-
-
-def append_records(path: Path, records: Sequence[Mapping[str, Any]]) -> None:
-    """Append ``records`` to ``path`` in one write, flushed and fsynced (strict JSON, one per line)."""
-    payload = "".join(strict_json(r) + "\n" for r in records)
-    if path.exists() and path.stat().st_size > 0:
-        with path.open("rb") as handle:
-            handle.seek(-1, os.SEEK_END)
-            if handle.read(1) != b"\n":  # a complete last line cut before its newline
-                payload = "\n" + payload
-    with path.open("a", encoding="utf-8") as handle:
-        handle.write(payload)
-        handle.flush()
-        os.fsync(handle.fileno())
-
-
-def write_records(path: Path, records: Iterable[Mapping[str, Any]]) -> None:
-    """Replace ``path`` by ``records`` atomically (a temporary file, fsynced, then renamed)."""
-    tmp = path.with_name(path.name + ".tmp")
-    with tmp.open("w", encoding="utf-8") as handle:
-        handle.write("".join(strict_json(r) + "\n" for r in records))
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)
 
 
 class RunStore:
@@ -329,7 +262,7 @@ class RunStore:
 
         Raises:
             ValueError: a record holds NaN or an infinity (strict JSON has none; a record of an
-                invalid sample holds null, see `mpc_llm.evaluation.records`); nothing is written.
+                invalid sample holds null, see `mpc_llm.evaluation.compare.records`); nothing is written.
         """
         batch = [dict(r) for r in records]
         for record in batch:

@@ -8,10 +8,10 @@ log-probs), the ``samples`` it scored and the ``tokens`` it generated to get the
 ``sigma_relative``) and AISP's mean temperature ``lambda_mean`` (chosen per iteration with
 ``ess_target``). Given the dynamics, the closeness of the response to the base model:
 ``base_logp_mean``, ``base_ppl``, ``kl_estimate`` and ``selection_bound``
-(`mpc_llm.evaluation.closeness`, which says which is an estimate and which a bound); a sampler's
+(`mpc_llm.evaluation.compare.closeness`, which says which is an estimate and which a bound); a sampler's
 records add what its weights estimate about the tilted model: ``beta``, ``log_z``, ``kl_tilted``
 (``E_pi[r] / beta - log Z``) and ``ess`` (`mpc_llm.core.tilted_estimate`); a comparison
-with held-out rewards adds ``eval`` (`mpc_llm.evaluation.heldout`).
+with held-out rewards adds ``eval`` (`mpc_llm.evaluation.compare.heldout`).
 
 Two ways to read a budget ``k``:
 
@@ -39,8 +39,8 @@ import torch
 
 from mpc_llm.controllers import Planner
 from mpc_llm.core import BudgetUnit, Dynamics, OptimizeResult, make_generators
-from mpc_llm.evaluation.closeness import chosen_rollout, closeness_fields, selection_bound
-from mpc_llm.evaluation.store import finite
+from mpc_llm.evaluation.compare.closeness import chosen_rollout, closeness_fields, selection_bound
+from mpc_llm.evaluation.compare.records_file import finite
 
 
 def anytime_records(
@@ -54,7 +54,7 @@ def anytime_records(
     controller: Planner | None = None,
 ) -> list[dict[str, Any]]:
     """Records at every budget from one run kept with ``keep_rollouts=True``; with the ``dynamics``,
-    each returned response's closeness to the base model (`mpc_llm.evaluation.closeness`).
+    each returned response's closeness to the base model (`mpc_llm.evaluation.compare.closeness`).
 
     The answer at budget ``k`` is the ``controller``'s `Controller.choose` among the first samples
     when it declares its answer a draw (``answer == "draw"``, the samplers: a weighted draw, with

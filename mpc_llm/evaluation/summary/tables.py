@@ -10,8 +10,8 @@ from pathlib import Path
 from typing import Any
 
 from mpc_llm.controllers import BASELINE
-from mpc_llm.evaluation.frontier import plot_frontier
-from mpc_llm.evaluation.metrics import distinct_n, mean_ci, paired_bootstrap, rep_n, win_rate
+from mpc_llm.evaluation.summary.frontier import plot_frontier
+from mpc_llm.evaluation.summary.metrics import distinct_n, mean_ci, paired_bootstrap, rep_n, win_rate
 
 
 def summarize(records: Sequence[Mapping[str, Any]], baseline: str | None = BASELINE) -> list[dict[str, Any]]:
@@ -29,7 +29,7 @@ def summarize(records: Sequence[Mapping[str, Any]], baseline: str | None = BASEL
     Against the baseline, paired by prompt and seed and bootstrapped over prompts
     (`paired_bootstrap`, 95% percentile intervals): ``diff`` (mean reward difference) with
     ``diff_low`` / ``diff_high``, and ``win_low`` / ``win_high`` around the win rate. Closeness to the
-    base model, when recorded (`mpc_llm.evaluation.closeness`): mean ``base_logp_mean``,
+    base model, when recorded (`mpc_llm.evaluation.compare.closeness`): mean ``base_logp_mean``,
     ``base_ppl`` (``exp(-mean base_logp_mean)``), mean ``kl_estimate`` (an estimate) and mean
     ``selection_bound`` (a bound). Held-out rewards (records' ``eval``): ``eval[label]`` with the
     mean, its t-interval, ``n``, ``missing`` (records whose score was null, left out) and the
@@ -280,7 +280,7 @@ def learning_costs(settings: Mapping[str, Any]) -> str:
 
 def write_summary(rows: Sequence[Mapping[str, Any]], folder: Path, settings: Mapping[str, Any]) -> None:
     """Write ``summary.md`` (settings and tables), ``summary.json``, ``reward_vs_samples.png`` and, when
-    closeness was recorded, ``frontier.png`` (`mpc_llm.evaluation.frontier`)."""
+    closeness was recorded, ``frontier.png`` (`mpc_llm.evaluation.summary.frontier`)."""
     text = "# Comparison\n\n" + markdown_table(rows) + learning_costs(settings)
     text += "\n<details><summary>settings</summary>\n\n```json\n"
     text += json.dumps(settings, indent=2, sort_keys=True, allow_nan=False) + "\n```\n</details>\n"

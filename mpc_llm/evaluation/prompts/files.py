@@ -1,7 +1,7 @@
 """Prompt sets: files (JSONL, CSV, plain text), the bundled set, ShareGPT's splits, HH-RLHF and SHP.
 
 - ``sharegpt:train`` / ``sharegpt:dev`` / ``sharegpt:test``: ShareGPT user requests
-  (`mpc_llm.evaluation.sharegpt`, extra ``mpc_llm[data]``);
+  (`mpc_llm.evaluation.prompts.sharegpt`, extra ``mpc_llm[data]``);
 
 - ``.jsonl``: one object per line with ``"prompt"`` (a string) or ``"messages"`` (chat messages);
 - ``.csv``: a header row with a ``prompt`` column;
@@ -18,7 +18,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from mpc_llm.evaluation import sharegpt
+from mpc_llm.evaluation.prompts import sharegpt
 from mpc_llm.lm import Prompt, is_messages
 from mpc_llm.lm.prompts import check_prompt_text
 

@@ -4,7 +4,7 @@ and the reward), or sigma_relative x ess_target (scale-free, `aisp_scale_free_gr
 The pre-logit norm sets the scale of sigma (a perturbation matters relative to ``||z_t||``), and the
 reward's spread sets the scale of lambda. Build the candidates here, then run them through
 `mpc_llm.evaluation.compare.compare` beside the baseline and read the table. A sweep is a comparison
-like any other: on many processes (``compare(..., world=...)``, `mpc_llm.evaluation.distributed`)
+like any other: on many processes (``compare(..., world=...)``, `mpc_llm.evaluation.compare.distributed`)
 its candidates and prompt chunks are shared out over the ranks, and it resumes on any number of them
 (``benchmarks/sweep_aisp.py`` under ``torchrun``).
 
