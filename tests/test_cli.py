@@ -261,3 +261,63 @@ def test_shared_flags_reach_the_inner_controller_of_receding_horizon() -> None:
     spec = experiment_config(build_parser().parse_args(argv), "receding_horizon").controller
     assert (spec["horizon"], spec["commit"]) == (8, 4)
     assert (spec["inner"]["name"], spec["inner"]["sigma"], spec["inner"]["tau"]) == ("aisp", 0.3, 6)
+
+
+OUTSIDE_CONTROLLER = '''
+"""A controller defined outside mpc_llm: the mean moves to the average of the k best samples."""
+import torch
+from pydantic import Field
+
+from mpc_llm.controllers import GaussianConfig, GaussianController, register
+
+
+class TopKConfig(GaussianConfig):
+    k: int = Field(2, ge=1)
+
+
+class TopKMean(GaussianController[TopKConfig]):
+    config_class = TopKConfig
+
+    def sample(self, state, num_samples, generators):
+        return self.gaussian(state, num_samples, generators)
+
+    def update(self, state, knots, costs):
+        best = costs.topk(min(self.config.k, costs.shape[1]), dim=1, largest=False).indices
+        elites = knots[torch.arange(knots.shape[0])[:, None], best]
+        return state.replace(mean=elites.mean(dim=1))
+
+
+register("top_k_mean", TopKMean)
+'''
+
+
+def test_a_controller_defined_outside_the_package_runs_through_compare_from_a_config_file(
+    llama_dir: str, tmp_path, capsys, monkeypatch
+) -> None:
+    """Adding a controller touches nothing in mpc_llm: a module of the user's registers it (or the
+    config names it by ``module:Class``), and a config file runs it beside the built-in baseline."""
+    from mpc_llm.controllers import CONTROLLERS, unregister
+
+    (tmp_path / "my_controllers.py").write_text(OUTSIDE_CONTROLLER)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    config = tmp_path / "compare.yaml"
+    config.write_text(
+        f"model: {llama_dir}\nlm: {{max_new_tokens: 6}}\nreward: length\n"
+        "controllers:\n"
+        "  mine: {name: 'my_controllers:TopKMean', sigma: 1.0, k: 2, num_samples: 4}\n"
+        "  best_of_n: {name: best_of_n, num_samples: 4}\n"
+    )
+    try:
+        args = ["compare", "--config", str(config), "--prompts", "bundled", "--num-prompts", "2",
+                "--budgets", "4,8", "--out", str(tmp_path / "run"), "--quiet"]  # fmt: skip
+        assert main(args) == 0
+        assert "| mine | 8 |" in capsys.readouterr().out
+        records = [json.loads(line) for line in (tmp_path / "run" / "records.jsonl").read_text().splitlines()]
+        assert {r["controller"] for r in records} == {"mine", "best_of_n"} and len(records) == 2 * 2 * 2
+        settings = json.loads((tmp_path / "run" / "settings.json").read_text())
+        mine = settings["controllers"]["mine"]  # the settings record its spec
+        assert mine["class"] == "TopKMean" and mine["config"]["k"] == 2 and mine["config"]["sigma"] == 1.0
+        assert "top_k_mean" in CONTROLLERS  # the module registered its own name on import, too
+    finally:
+        unregister("top_k_mean")
+        unregister("my_controllers:TopKMean")

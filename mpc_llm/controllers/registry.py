@@ -9,7 +9,9 @@ compares against (`BASELINE`) and what ``mpc-llm compare`` runs when told nothin
 (`COMPARE_DEFAULT`) are declared here, once.
 
 A new controller registers in one place and then runs from Python, a config file and the command
-line alike:
+line alike. A controller defined outside the package is named in a config file (or on the command
+line) by where it lives, ``"package.module:ClassName"``: the module is imported (a config file is
+code, as a ``callable`` reward's ``fn`` is) and the class registered under that name.
 
     >>> from mpc_llm.controllers import BestOfN, register
     >>> class MyBestOfN(BestOfN):
@@ -22,6 +24,7 @@ line alike:
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Mapping
 from typing import Any
 
@@ -80,12 +83,43 @@ def unregister(name: str) -> None:
     CONTROLLERS.pop(name, None)
 
 
+def _lookup(name: object) -> type[Planner] | None:
+    """The class registered as ``name``; for ``"package.module:ClassName"``, that class, imported
+    and registered under the name on first use. None: unknown (or not importable)."""
+    if not isinstance(name, str):
+        return None
+    if name in CONTROLLERS or ":" not in name:
+        return CONTROLLERS.get(name)
+    try:
+        found = _import_class(name)
+    except ValueError:
+        return None
+    return register(name, found)
+
+
+def _import_class(path: str) -> type[Planner]:
+    """``"package.module:ClassName"`` -> the class (a `Planner` subclass)."""
+    module, _, attr = path.partition(":")
+    try:
+        obj: object = importlib.import_module(module)
+        for part in attr.split("."):
+            obj = getattr(obj, part)
+    except (ImportError, AttributeError) as err:
+        raise ValueError(f"cannot import the controller {path!r}: {err}") from err
+    if not (isinstance(obj, type) and issubclass(obj, Planner)):
+        raise ValueError(f"{path!r} is not a controller class (a Planner subclass), got {obj!r}")
+    return obj
+
+
 def controller_class(name: object) -> type[Planner]:
-    """The class registered as ``name``.
+    """The class registered as ``name`` (or named by ``"package.module:ClassName"``).
 
     Raises:
-        ValueError: an unknown name; the message lists the registered ones.
+        ValueError: an unknown name (the message lists the registered ones), or a
+            ``"module:Class"`` that cannot be imported or is not a controller class.
     """
+    if isinstance(name, str) and ":" in name and name not in CONTROLLERS:
+        return register(name, _import_class(name))
     if not isinstance(name, str) or name not in CONTROLLERS:
         raise ValueError(f"unknown controller {name!r}; valid names: {', '.join(sorted(CONTROLLERS))}")
     return CONTROLLERS[name]
@@ -94,7 +128,7 @@ def controller_class(name: object) -> type[Planner]:
 def settings_of(name: str) -> set[str]:
     """The settings (names and aliases) controller ``name`` accepts (``inner`` for a wrapper);
     empty for an unknown name."""
-    cls = CONTROLLERS.get(name)
+    cls = _lookup(name)
     if cls is None:
         return set()
     return cls.config_class.field_names() | ({"inner"} if cls.wraps is not None else set())
@@ -111,7 +145,7 @@ def accepted_settings(spec: Mapping[str, Any] | str) -> set[str]:
     out = _as_spec(spec)
     name = out.get("name", DEFAULT_NAME)
     inner = out.get("inner")
-    if inner is None or not isinstance(name, str) or name not in CONTROLLERS:
+    if inner is None or _lookup(name) is None:
         return settings_of(name) if isinstance(name, str) else set()
     inner_name = inner if isinstance(inner, str) else dict(inner).get("name", DEFAULT_NAME)
     return settings_of(name) | settings_of(inner_name)
@@ -150,7 +184,7 @@ def with_settings(
     given = dict(given or {})
     out = _as_spec(spec)
     name = out.get("name", DEFAULT_NAME)
-    cls = CONTROLLERS.get(name) if isinstance(name, str) else None
+    cls = _lookup(name)
     wraps = cls is not None and cls.wraps is not None
     own_fields = settings_of(name) if isinstance(name, str) else set()
 
@@ -164,7 +198,7 @@ def with_settings(
         inner = out.get("inner", {"name": DEFAULT_NAME})
         inner = dict(inner) if isinstance(inner, Mapping) else {"name": inner}
         inner_name = inner.get("name", DEFAULT_NAME)
-        inner_cls = CONTROLLERS.get(inner_name) if isinstance(inner_name, str) else None
+        inner_cls = _lookup(inner_name)
         fields = settings_of(inner_name) if isinstance(inner_name, str) else set()
         to_inner = {k: v for k, v in pick(fields, strict).items() if k not in own_fields}
         inner_config = None if inner_cls is None else inner_cls.config_class
@@ -188,7 +222,7 @@ def with_preset(spec: Mapping[str, Any] | str) -> dict[str, Any]:
     """
     out = _as_spec(spec)
     name = out.setdefault("name", DEFAULT_NAME)
-    cls = CONTROLLERS.get(name) if isinstance(name, str) else None
+    cls = _lookup(name)
     if cls is None:
         return out
     out = {
