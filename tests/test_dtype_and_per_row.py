@@ -160,3 +160,42 @@ def test_qalign_on_a_language_model_decodes_once_per_proposal_and_equals_the_gro
     assert len(calls) > 7 + 7
     assert per_row.best_rollout.texts == grouped.best_rollout.texts
     torch.testing.assert_close(per_row.best_cost, grouped.best_cost)
+
+
+# --------------------------------------------------------------------------- bad input
+NO_MODEL = "/nonexistent/model"  # an error about the model would mean the dtype was checked too late
+
+
+def _no_native_bfloat16(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False)
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: False)
+
+
+@pytest.mark.parametrize(
+    ("argv", "native", "message"),
+    [
+        (["align", "Hi", "--dtype", "int8"], True, "unknown dtype 'int8'; use auto, float32, bfloat16"),
+        (["compare", "--dtype", "fp8", "--out", "{out}"], True, "unknown dtype 'fp8'"),
+        (["align", "Hi", "--dtype", "bfloat16"], False,
+         "--dtype bfloat16: this CPU has no AVX-512 BF16 or AMX, so bfloat16 would be emulated"),
+        (["compare", "--dtype", "bf16", "--out", "{out}"], False, "--dtype bf16: this CPU has no AVX-512"),
+        (["train-value", "--dtype", "bfloat16", "--out", "{out}"], False, "--dtype bfloat16: this CPU"),
+    ],
+)  # fmt: skip
+def test_a_bad_dtype_is_one_line_before_any_model_loads(argv, native, message, tmp_path, monkeypatch, capsys):
+    from mpc_llm.cli import main
+
+    if not native:
+        _no_native_bfloat16(monkeypatch)
+    out = tmp_path / "run"
+    code = main([a.replace("{out}", str(out)) for a in argv] + ["--model", NO_MODEL, "--quiet"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and err[0].startswith("mpc-llm: error:"), err
+    assert message in err[0] and NO_MODEL not in err[0]
+    assert not out.exists()
+
+
+def test_auto_picks_float32_on_a_cpu_without_native_bfloat16(tiny_model_dir, monkeypatch):
+    _no_native_bfloat16(monkeypatch)
+    lm = LMDynamics(str(tiny_model_dir("llama")), prompts=["Hi"], max_new_tokens=2, chat_template=False)
+    assert lm.model_dtype == torch.float32
