@@ -1,7 +1,7 @@
 """Mutation testing of the paths every result flows through (not part of CI: it is slow).
 
     python scripts/mutation.py                                   # every module below
-    python scripts/mutation.py core/importance.py evaluation/records.py
+    python scripts/mutation.py core/importance.py evaluation/compare/records.py
 
 Each module runs in its own copy of the project under ``.mutation/<module>/`` (git-ignored), with
 ``[tool.mutmut]`` of pyproject.toml narrowed to that module and to the tests listed for it below
@@ -35,7 +35,7 @@ TESTS: dict[str, list[str]] = {
         "tests/test_controllers.py", "tests/test_receding_horizon.py", "tests/test_properties_controllers.py",
         "tests/test_closed_forms.py",
     ],
-    "evaluation/records.py": [
+    "evaluation/compare/records.py": [
         "tests/test_properties_records.py",
         # final_records (sequential peers) and invalid records (NaN rewards):
         "tests/test_receding_horizon.py::test_compare_runs_sequential_peers_at_equal_budgets",
@@ -43,7 +43,7 @@ TESTS: dict[str, list[str]] = {
         "tests/test_compare.py::test_records_at_each_budget_are_the_best_of_the_first_samples",
         "tests/test_compare.py::test_seconds_are_prorated_within_a_partly_used_iteration",
     ],
-    "evaluation/summary.py": [
+    "evaluation/summary/tables.py": [
         "tests/test_properties_records.py",
         "tests/test_compare.py::test_summary_against_hand_computed_values",
     ],
