@@ -111,7 +111,7 @@ def test_summary_rows_without_closeness_or_eval_keep_the_old_table() -> None:
 
 
 def test_the_frontier_plot_and_the_scale_free_grid(tmp_path, tiny_lm) -> None:
-    from mpc_llm.evaluation.compare.sweep import aisp_scale_free_grid
+    from mpc_llm.controllers.sweep import aisp_scale_free_grid
     from mpc_llm.evaluation.summary.frontier import kl_figure
 
     grid = aisp_scale_free_grid([0.1, 0.3], [0.5], num_samples=4, num_knots=1)

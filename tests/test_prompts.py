@@ -53,7 +53,7 @@ def test_hh_rlhf_without_local_data_says_what_to_do() -> None:
 
 
 def test_sweep_builds_named_aisp_candidates() -> None:
-    from mpc_llm.evaluation.compare.sweep import aisp_grid, aisp_random
+    from mpc_llm.controllers.sweep import aisp_grid, aisp_random
 
     grid = aisp_grid([0.5, 2.0], [0.1, 1.0], alpha=0.5, num_samples=4)
     assert len(grid) == 4 and grid["aisp[sigma=2,lambda=0.1]"].config.alpha == 0.5

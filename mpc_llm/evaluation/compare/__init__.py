@@ -3,7 +3,7 @@
 `compare` (`run`) runs every controller on every prompt and seed; `records` reads each answer off a
 result at each budget, with its closeness to the base model (`closeness`) and held-out rewards
 (`heldout`); `store` keeps the run folder and `records_file` its records files; `distributed` shares
-the jobs among many processes; `merge` joins finished runs; `sweep` builds candidate settings.
+the jobs among many processes; `merge` joins finished runs.
 """
 
 from mpc_llm.evaluation.compare.run import (
