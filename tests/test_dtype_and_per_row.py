@@ -199,3 +199,24 @@ def test_auto_picks_float32_on_a_cpu_without_native_bfloat16(tiny_model_dir, mon
     _no_native_bfloat16(monkeypatch)
     lm = LMDynamics(str(tiny_model_dir("llama")), prompts=["Hi"], max_new_tokens=2, chat_template=False)
     assert lm.model_dtype == torch.float32
+
+
+def test_grouped_attention_is_for_half_precision_on_cpu_and_restores_the_environment(monkeypatch):
+    import os
+
+    from mpc_llm.lm.attention import FLAG, grouped_attention, wants_grouped_attention
+
+    cpu = torch.device("cpu")
+    assert wants_grouped_attention(cpu, torch.bfloat16) and wants_grouped_attention(cpu, torch.float16)
+    assert not wants_grouped_attention(cpu, torch.float32)  # float32 keeps the kernels (and tokens) it had
+    assert not wants_grouped_attention(torch.device("cuda"), torch.bfloat16)
+    monkeypatch.delenv(FLAG, raising=False)
+    with grouped_attention(True):
+        assert os.environ[FLAG] == "1"
+    assert FLAG not in os.environ
+    monkeypatch.setenv(FLAG, "0")
+    with pytest.raises(RuntimeError), grouped_attention(True):
+        raise RuntimeError
+    assert os.environ[FLAG] == "0"
+    with grouped_attention(False):
+        assert os.environ[FLAG] == "0"

@@ -46,6 +46,7 @@ import torch
 from torch import Tensor
 
 from mpc_llm.lm.adapters import ModelAdapter
+from mpc_llm.lm.attention import grouped_attention, wants_grouped_attention
 from mpc_llm.lm.cache import expand_cache, static_copy
 from mpc_llm.lm.config import LMConfig
 from mpc_llm.lm.control import PreLogitControl, compiled_step, feedback_record, recorded
@@ -271,25 +272,26 @@ class DecodeEngine:
         module, hook, release = self._hook()
         ran = T
         try:
-            for t in range(T):
-                controlled = controls is not None and t < tau
-                hook.control = controls[:, t] if controlled else None  # type: ignore[index]
-                hook.policy, hook.step, hook.record = (policy if controlled else None), t, record
-                hook.with_base = controlled and cfg.return_logprobs
-                out = adapter.forward(input_ids, mask if static else mask[:, : P + t + 1], positions, cache,
-                                      module=module)  # fmt: skip
-                self._check_hook(hook)
-                if cache is None:
-                    cache = adapter.output_cache(out)
-                logits = out.logits[:, -1].float()
-                base = None
-                if hook.with_base:
-                    logits, base = logits[:R], logits[R:]
-                input_ids = rows.step(t, logits, base, generators).unsqueeze(1)
-                if (t + 1) % sync_every == 0 and bool(rows.done.all()):
-                    ran = t + 1
-                    break
-                positions = positions + 1
+            with grouped_attention(wants_grouped_attention(device, adapter.dtype)):
+                for t in range(T):
+                    controlled = controls is not None and t < tau
+                    hook.control = controls[:, t] if controlled else None  # type: ignore[index]
+                    hook.policy, hook.step, hook.record = (policy if controlled else None), t, record
+                    hook.with_base = controlled and cfg.return_logprobs
+                    step_mask = mask if static else mask[:, : P + t + 1]
+                    out = adapter.forward(input_ids, step_mask, positions, cache, module=module)
+                    self._check_hook(hook)
+                    if cache is None:
+                        cache = adapter.output_cache(out)
+                    logits = out.logits[:, -1].float()
+                    base = None
+                    if hook.with_base:
+                        logits, base = logits[:R], logits[R:]
+                    input_ids = rows.step(t, logits, base, generators).unsqueeze(1)
+                    if (t + 1) % sync_every == 0 and bool(rows.done.all()):
+                        ran = t + 1
+                        break
+                    positions = positions + 1
         finally:
             hook.control, hook.with_base, hook.policy, hook.record = None, False, None, None
             release()
