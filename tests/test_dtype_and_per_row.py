@@ -220,3 +220,20 @@ def test_grouped_attention_is_for_half_precision_on_cpu_and_restores_the_environ
     assert os.environ[FLAG] == "0"
     with grouped_attention(False):
         assert os.environ[FLAG] == "0"
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_records_and_settings_say_which_dtype_ran(tiny_model_dir, tmp_path, dtype):
+    import json
+
+    from mpc_llm.cli import main
+
+    name = str(dtype).removeprefix("torch.")
+    out = tmp_path / "run"
+    argv = ["compare", "--model", str(tiny_model_dir("llama")), "--reward", "length", "--prompts", "bundled",
+            "--num-prompts", "1", "--controllers", "best_of_n", "--budgets", "2", "-n", "2",
+            "--max-new-tokens", "4", "--out", str(out), "--quiet"]  # fmt: skip
+    assert main([*argv, "--dtype", name if dtype == torch.float32 else "auto"]) == 0
+    assert json.loads((out / "settings.json").read_text())["dtype"] == name
+    records = [json.loads(line) for line in (out / "records.jsonl").read_text().splitlines()]
+    assert records and all(r["dtype"] == name for r in records)

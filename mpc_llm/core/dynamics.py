@@ -65,6 +65,12 @@ class Dynamics(ABC):
         """The floating dtype of controls."""
         return torch.float32
 
+    @property
+    def model_dtype(self) -> torch.dtype | None:
+        """The dtype the system's model computes in (a language model's weights; records say it), or
+        None for a system without one."""
+        return None
+
     def zero_controls(self, samples: int = 1, steps: int = 1, rows: int | None = None) -> Tensor:
         """``(rows, samples, steps, d)`` zero controls on this system's device and dtype (``rows``:
         default ``B``): the base system's own behaviour, which controllers that only select or

@@ -280,6 +280,9 @@ def compare(
         if origins is not None:
             for record in records:
                 record.update(origins[record["prompt_index"]])
+        if dynamics.model_dtype is not None:  # the dtype that ran (bfloat16 where "auto" chose it)
+            for record in records:
+                record["dtype"] = str(dynamics.model_dtype).removeprefix("torch.")
         store.append(records)
 
     def finish() -> list[dict[str, Any]]:
