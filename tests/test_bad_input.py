@@ -440,16 +440,16 @@ CASES: dict[str, Case] = {
     ),
     # ---- issue 23: sigma beyond the dtype
     "--sigma-relative 1e39 (compare)": Case(
-        [*COMPARE, "--model", LLAMA, "--sigma-relative", "1e39"],
+        [*COMPARE, "--model", LLAMA, "--dtype", "float32", "--sigma-relative", "1e39"],
         "controllers.aisp.sigma_relative=1e+39 (--sigma-relative) is too large for the model's dtype "
         "float32: controls drawn with it over d=64 coordinates would not stay finite",
     ),
     "--sigma-relative 1e300 (align)": Case(
-        ["align", "Hi", "--model", LLAMA, "--sigma-relative", "1e300"],
+        ["align", "Hi", "--model", LLAMA, "--dtype", "float32", "--sigma-relative", "1e300"],
         "controller.sigma_relative=1e+300 (--sigma-relative) is too large for the model's dtype float32",
     ),
     "--sigma 1e39": Case(
-        ["align", "Hi", "--model", LLAMA, "--sigma", "1e39"],
+        ["align", "Hi", "--model", LLAMA, "--dtype", "float32", "--sigma", "1e39"],
         "controller.sigma=1e+39 (--sigma) is too large for the model's dtype float32",
     ),
     "--sigma 1e5 in float16": Case(
