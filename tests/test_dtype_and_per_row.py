@@ -237,3 +237,19 @@ def test_records_and_settings_say_which_dtype_ran(tiny_model_dir, tmp_path, dtyp
     assert json.loads((out / "settings.json").read_text())["dtype"] == name
     records = [json.loads(line) for line in (out / "records.jsonl").read_text().splitlines()]
     assert records and all(r["dtype"] == name for r in records)
+
+
+@pytest.mark.parametrize(
+    ("temperature", "top_k", "top_p"), [(0.7, None, None), (1.0, None, None), (0.9, 50, 0.9)]
+)
+def test_kept_work_tensors_choose_the_same_tokens(temperature, top_k, top_p):
+    from mpc_llm.lm.sampling import Scratch, choose_tokens
+
+    logits = 3.0 * torch.randn(6, 1000, generator=torch.Generator().manual_seed(1))
+    scratch = Scratch()
+    for step in range(3):  # the kept tensors are reused, and overwritten, step after step
+        step_logits = logits.roll(step, dims=-1)
+        options = {"greedy": False, "temperature": temperature, "top_k": top_k, "top_p": top_p}
+        fresh = choose_tokens(step_logits, make_generators(step, 2), **options)
+        kept = choose_tokens(step_logits, make_generators(step, 2), scratch=scratch, **options)
+        assert torch.equal(fresh, kept)

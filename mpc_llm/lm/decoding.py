@@ -16,7 +16,7 @@ import torch
 from torch import Tensor
 
 from mpc_llm.lm.config import LMConfig
-from mpc_llm.lm.sampling import StopStrings, choose_tokens, token_logprobs
+from mpc_llm.lm.sampling import Scratch, StopStrings, choose_tokens, token_logprobs
 
 
 @dataclass(frozen=True)
@@ -77,6 +77,12 @@ class DecodeState:
         self.base_logp = torch.zeros_like(self.logp) if self.logp is not None else None
         ids = list(eos) if config.stop_at_eos else []
         self.eos = torch.tensor(ids, dtype=torch.long, device=device) if ids else None
+        self.scratch = Scratch()  # the step's (R, V) work tensors, kept from step to step
+
+    def float_logits(self, logits: Tensor) -> Tensor:
+        """``(rows, V)`` logits in float32 (at least), in a tensor kept from step to step."""
+        wide = logits.new_empty((), dtype=torch.promote_types(logits.dtype, torch.float32))
+        return self.scratch.get("logits", logits.shape, wide).copy_(logits)
 
     def step(
         self, t: int, logits: Tensor, base_logits: Tensor | None, generators: Sequence[torch.Generator]
@@ -91,6 +97,7 @@ class DecodeState:
             temperature=cfg.temperature,
             top_k=cfg.top_k,
             top_p=cfg.top_p,
+            scratch=self.scratch,
         )
         chosen = chosen.masked_fill(done, self.pad)
         self.tokens[:, t] = chosen

@@ -283,7 +283,7 @@ class DecodeEngine:
                     self._check_hook(hook)
                     if cache is None:
                         cache = adapter.output_cache(out)
-                    logits = out.logits[:, -1].float()
+                    logits = rows.float_logits(out.logits[:, -1])
                     base = None
                     if hook.with_base:
                         logits, base = logits[:R], logits[R:]

@@ -41,7 +41,33 @@ def filter_logits(logits: Tensor, top_k: int | None = None, top_p: float | None 
     return logits
 
 
-def sample_per_problem(weights: Tensor, generators: Sequence[torch.Generator]) -> Tensor:
+class Scratch:
+    """Work tensors that one decode reuses at every step, by name.
+
+    A step's token choice makes a few ``(R, V)`` float32 tensors (160 x 49152 is 31 MB each); taking
+    fresh ones every step costs the allocator's page faults as much as the arithmetic. The values
+    are exactly those of the allocating path: the same operations write into kept tensors.
+    """
+
+    def __init__(self) -> None:
+        self._tensors: dict[str, Tensor] = {}
+
+    def get(self, name: str, shape: Sequence[int], like: Tensor) -> Tensor:
+        """The tensor ``name`` of ``shape`` with ``like``'s dtype and device (made when it changes)."""
+        kept = self._tensors.get(name)
+        if (
+            kept is None
+            or tuple(kept.shape) != tuple(shape)
+            or kept.dtype != like.dtype
+            or kept.device != like.device
+        ):
+            kept = self._tensors[name] = torch.empty(tuple(shape), dtype=like.dtype, device=like.device)
+        return kept
+
+
+def sample_per_problem(
+    weights: Tensor, generators: Sequence[torch.Generator], scratch: Scratch | None = None
+) -> Tensor:
     """One token per row by inverse-CDF sampling, problem ``b``'s ``N`` rows drawn from ``generators[b]``.
 
     Each step draws exactly ``N`` uniforms per problem (a fixed shape, whatever else is in the batch),
@@ -62,7 +88,11 @@ def sample_per_problem(weights: Tensor, generators: Sequence[torch.Generator]) -
             for g in generators
         ]
     )
-    cdf = weights.cumsum(dim=-1)
+    cdf = (
+        weights.cumsum(dim=-1)
+        if scratch is None
+        else torch.cumsum(weights, -1, out=scratch.get("cdf", weights.shape, weights))
+    )
     total = cdf[:, -1:]
     # strictly below the total, so the search lands on a token of positive weight
     target = torch.minimum(uniforms.unsqueeze(-1) * total, torch.nextafter(total, torch.zeros_like(total)))
@@ -77,22 +107,32 @@ def choose_tokens(
     temperature: float,
     top_k: int | None,
     top_p: float | None,
+    scratch: Scratch | None = None,
 ) -> Tensor:
     """The next token of every row: argmax (greedy) or a sample of the filtered softmax.
 
     Args:
         logits: ``(B * N, V)`` float logits.
         generators: one per problem (unused when greedy).
+        scratch: work tensors kept between the steps of a decode (`Scratch`); the tokens are the same.
 
     Returns:
         ``(B * N,)`` token ids.
     """
     if greedy:
         return logits.argmax(dim=-1)
-    scaled = logits / temperature if temperature != 1.0 else logits
+    if scratch is None:
+        scaled = logits / temperature if temperature != 1.0 else logits
+        scaled = filter_logits(scaled, top_k, top_p)
+        weights = (scaled - scaled.amax(dim=-1, keepdim=True)).exp_()
+        return sample_per_problem(weights, generators)
+    scaled = logits
+    if temperature != 1.0:
+        scaled = torch.div(logits, temperature, out=scratch.get("scaled", logits.shape, logits))
     scaled = filter_logits(scaled, top_k, top_p)
-    weights = (scaled - scaled.amax(dim=-1, keepdim=True)).exp_()
-    return sample_per_problem(weights, generators)
+    peak = scaled.amax(dim=-1, keepdim=True)
+    weights = torch.sub(scaled, peak, out=scratch.get("weights", scaled.shape, scaled)).exp_()
+    return sample_per_problem(weights, generators, scratch)
 
 
 def token_logprobs(logits: Tensor, tokens: Tensor, temperature: float) -> Tensor:
