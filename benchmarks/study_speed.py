@@ -65,6 +65,30 @@ def matmul_gflops(m: int, k: int, n: int, dtype: torch.dtype, repeats: int) -> d
             "gflops_max": flop / s["seconds_min"] / 1e9}  # fmt: skip
 
 
+def decode_bytes_per_step(model: Any, rows: int, context: float) -> float:
+    """Bytes a decoding step must read: the weights once, and every row's keys and values."""
+    cfg = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
+    heads = cfg.num_attention_heads
+    dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // heads
+    kv_heads = getattr(cfg, "num_key_value_heads", None) or heads
+    size = next(model.parameters()).element_size()
+    weights = sum(p.numel() for p in model.parameters()) * size
+    return weights + 2.0 * cfg.num_hidden_layers * kv_heads * dim * rows * context * size
+
+
+def copy_gbps(repeats: int, megabytes: int = 512) -> float:
+    """GB/s of copying a ``megabytes`` tensor (read + write), the median over ``repeats``."""
+    a = torch.empty(megabytes * 2**20, dtype=torch.uint8).fill_(1)
+    b = torch.empty_like(a)
+    b.copy_(a)
+    times = []
+    for _ in range(repeats):
+        tic = time.perf_counter()
+        b.copy_(a)
+        times.append(time.perf_counter() - tic)
+    return 2 * a.numel() / spread(times, 1, "calls")["seconds"] / 1e9
+
+
 def timed(fn: Callable[[], Any], repeats: int) -> list[float]:
     """Wall seconds of ``repeats`` calls of ``fn`` (after one warm-up call)."""
     fn()
@@ -104,6 +128,9 @@ def study(args: argparse.Namespace, dtype: torch.dtype, prompts: list[Any]) -> d
         "lm_head_at_batch": matmul_gflops(P * N, d, model.config.vocab_size, dtype, args.repeats),
     }
     out["roofline_ratio"] = out["achieved_gflops"] / out["roofline_2048"]["gflops"]
+    out["decode_gbytes"] = T * decode_bytes_per_step(model, P * N, context) / 1e9
+    out["achieved_gbps"] = out["decode_gbytes"] / s["seconds"]
+    out["copy_gbps"] = copy_gbps(args.repeats)
     if args.qalign:
         out["qalign"] = qalign_vs_best_of_n(args, model, tok, prompts[: args.qalign_prompts], cost)
     return out
@@ -154,7 +181,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             f"  roofline (2048^3 product): {r['roofline_2048']['gflops']:.0f} GFLOP/s "
             f"(min {r['roofline_2048']['gflops_min']:.0f}, max {r['roofline_2048']['gflops_max']:.0f}); "
             f"LM head at batch {args.P * args.N}: {r['lm_head_at_batch']['gflops']:.0f} GFLOP/s; "
-            f"achieved / roofline = {r['roofline_ratio']:.2f}"
+            f"achieved / roofline = {r['roofline_ratio']:.2f}\n"
+            f"  memory: the decode reads {r['decode_gbytes']:.0f} GB per run (weights, keys, values every "
+            f"step) = {r['achieved_gbps']:.1f} GB/s, against {r['copy_gbps']:.1f} GB/s for a 512 MB copy"
         )
         if "qalign" in r:
             q = r["qalign"]
