@@ -253,3 +253,30 @@ def test_kept_work_tensors_choose_the_same_tokens(temperature, top_k, top_p):
         fresh = choose_tokens(step_logits, make_generators(step, 2), **options)
         kept = choose_tokens(step_logits, make_generators(step, 2), scratch=scratch, **options)
         assert torch.equal(fresh, kept)
+
+
+@pytest.mark.skipif(not native_bfloat16("cpu"), reason="this CPU has no native bfloat16")
+def test_a_float32_value_steers_a_bfloat16_model_and_closeness_follows_the_applied_controls(
+    tiny_lm, tmp_path
+):
+    from mpc_llm.controllers import REControl
+    from mpc_llm.rewards import CallableReward
+    from mpc_llm.values import ValueMLP, save_value
+
+    full = lm_in(tiny_lm, "llama", torch.float32, prompts=PROMPTS[:2], max_new_tokens=8, return_logprobs=True)
+    half = lm_in(
+        tiny_lm, "llama", torch.bfloat16, prompts=PROMPTS[:2], max_new_tokens=8, return_logprobs=True
+    )
+    assert half.model_fingerprint() == full.model_fingerprint()  # one model, whatever its dtype
+    torch.manual_seed(0)
+    save_value(ValueMLP(full.control_dim, width=16, depth=1),
+               {"model": "tiny-llama", "model_fingerprint": full.model_fingerprint(), "dtype": "float32"},
+               tmp_path / "v")  # fmt: skip
+    cost = CallableReward(lambda p, r: r.count("a") / max(1, len(r))).as_cost()
+    result = REControl(value=str(tmp_path / "v"), num_steps=3, step_size=50.0, num_samples=2).optimize(
+        half, cost, seed=5, keep_rollouts=True
+    )
+    rollout = result.history[0].rollout
+    assert rollout.controls.dtype == torch.float32 and float(rollout.controls.abs().max()) > 0
+    kl = half.closeness_to_base(rollout, rollout.controls)["kl_estimate"]
+    torch.testing.assert_close(kl.float(), rollout.kl_to_base(), atol=0.1, rtol=0.05)
