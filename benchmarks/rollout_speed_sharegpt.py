@@ -1,7 +1,7 @@
 """Rollout speed on a realistic workload: real prompts of mixed lengths, engine vs `model.generate`.
 
 `rollout_speed.py` times one fixed prompt. Here ``B`` prompts are the first ``B`` of ShareGPT's
-``test`` split (`mpc_llm.evaluation.sharegpt`: 4-128 tokens of user text, in the split's fixed
+``test`` split (`mpc_llm.evaluation.prompts.sharegpt`: 4-128 tokens of user text, in the split's fixed
 shuffled order), so the batch has their natural length spread and is left-padded to the longest,
 as a comparison batch is. Each prompt gets ``N`` samples of exactly ``T`` new tokens (end-of-sequence
 ignored unless ``--eos``), full-vocabulary sampling at temperature 1, in:

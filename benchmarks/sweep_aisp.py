@@ -31,13 +31,13 @@ from __future__ import annotations
 import argparse
 
 from mpc_llm.controllers import BestOfN
+from mpc_llm.controllers.sweep import aisp_grid, aisp_scale_free_grid
 from mpc_llm.dynamics import LMDynamics
 from mpc_llm.evaluation.compare import compare
-from mpc_llm.evaluation.distributed import World, launch
-from mpc_llm.evaluation.heldout import load_eval_rewards
+from mpc_llm.evaluation.compare.distributed import World, launch
+from mpc_llm.evaluation.compare.heldout import load_eval_rewards
 from mpc_llm.evaluation.prompts import load_prompt_set
 from mpc_llm.evaluation.summary import markdown_table
-from mpc_llm.evaluation.sweep import aisp_grid, aisp_scale_free_grid
 from mpc_llm.rewards import reward_from_spec
 
 
