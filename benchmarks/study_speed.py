@@ -104,7 +104,9 @@ def study(args: argparse.Namespace, dtype: torch.dtype, prompts: list[Any]) -> d
     """The best-of-N workload and the rooflines in ``dtype``."""
     model, tok = load_model(DEFAULT_MODEL, dtype=dtype)
     lm = LMDynamics(model, tok, prompts, max_new_tokens=args.T, temperature=0.7, stop_at_eos=False)
-    reward = reward_from_spec(args.reward if args.reward != "judge" else {"judge": {"dtype": str(dtype)[6:]}})
+    name = str(dtype).removeprefix("torch.")
+    spec = {"name": "judge", "dtype": name} if args.reward == "judge" else args.reward
+    reward = reward_from_spec(spec)  # the judge in the model's dtype
     cost = reward.as_cost()
     P, N, T, d = len(prompts), args.N, args.T, lm.control_dim
 
