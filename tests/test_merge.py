@@ -105,3 +105,22 @@ def test_the_frontier_legend_names_controllers_with_no_kl_figure(tmp_path, monke
     plot_frontier(rows, tmp_path / "f.png")
     (legend,) = [ax.get_legend() for ax in seen[0].axes if ax.get_legend() is not None]
     assert [t.get_text() for t in legend.get_texts()] == ["best_of_n", "smc"]
+
+
+#: every setting two merged runs must share; written out here (not read from the module), so that a
+#: field dropped from ``COMPARABLE`` fails this test
+MUST_SHARE = ("model", "dtype", "lm", "prompts", "reward", "eval_rewards", "budget_unit", "system")
+
+
+@pytest.mark.parametrize("key", MUST_SHARE)
+def test_merge_refuses_two_runs_that_differ_in_any_one_comparable_setting(runs, tmp_path, key):
+    import shutil
+
+    other = tmp_path / "other"
+    shutil.copytree(runs / "b", other)
+    settings = json.loads((other / "settings.json").read_text())
+    settings[key] = {"changed": key}  # differs from the run's value, whatever it was (absent too)
+    (other / "settings.json").write_text(json.dumps(settings))
+    with pytest.raises(ValueError, match=f"differ in '{key}'"):
+        merge_runs([runs / "a", other], tmp_path / "m")
+    assert not (tmp_path / "m").exists()
