@@ -236,3 +236,9 @@ def test_model_predictive_control_runs_on_the_embedded_model() -> None:
     assert all(isinstance(r.best_rollout.texts[0][0], str) for r in (result, blockwise, speculative))
     assert speculative.budget.samples <= 16
     assert -1.0 <= float(result.best_metrics["reward"][0]) <= 1.0
+
+
+def test_the_contract_kit_runs_on_the_docs_own_controller() -> None:
+    ns: dict[str, object] = {}
+    for name in ("extending-setup", "custom-controller", "contracts"):
+        run_block(name, ns)

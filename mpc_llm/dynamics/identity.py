@@ -49,6 +49,7 @@ class IdentityDynamics(Dynamics):
 
     def rollout(self, controls: Tensor, generators: Sequence[torch.Generator]) -> Rollout:
         """The outcome is ``V`` itself, ``(B, N, horizon, d)`` (zero past the controlled ``tau`` steps)."""
+        self.check_controls(controls)
         return Rollout(controls=self.pad_controls(controls))
 
 

@@ -125,6 +125,7 @@ class StateSpaceSystem(Dynamics):
         """
         if controls.shape[2] > self.horizon:
             raise ValueError(f"controls have {controls.shape[2]} steps, more than the horizon {self.horizon}")
+        self.check_controls(controls)
         controls = self.pad_controls(controls)
         B, N = controls.shape[:2]
         x = self.x0.to(controls).unsqueeze(1).expand(B, N, self.state_dim)
