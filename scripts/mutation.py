@@ -47,6 +47,15 @@ TESTS: dict[str, list[str]] = {
         "tests/test_properties_records.py",
         "tests/test_compare.py::test_summary_against_hand_computed_values",
     ],
+    "core/tilted.py": [
+        "tests/test_samplers.py", "tests/test_importance.py",
+    ],
+    "values/train.py": [
+        "tests/test_value_targets.py", "tests/test_values.py",
+    ],
+    "evaluation/compare/merge.py": [
+        "tests/test_merge.py",
+    ],
     "dynamics/lm_closeness.py": [
         "tests/test_closeness.py", "tests/test_properties_records.py",
         "tests/test_properties_controllers.py::test_the_prelogit_scale_is_the_rms_of_teacher_forced_prelogits",
