@@ -71,6 +71,12 @@ class Dynamics(ABC):
         None for a system without one."""
         return None
 
+    def context_tokens(self) -> Tensor | None:
+        """``(B,)`` tokens the model reads before it generates the first response token of each
+        problem (a language model's prompt; records count them as prefill compute), or None for a
+        system without a model."""
+        return None
+
     def zero_controls(self, samples: int = 1, steps: int = 1, rows: int | None = None) -> Tensor:
         """``(rows, samples, steps, d)`` zero controls on this system's device and dtype (``rows``:
         default ``B``): the base system's own behaviour, which controllers that only select or

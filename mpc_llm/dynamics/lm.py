@@ -162,6 +162,10 @@ class LMDynamics(Dynamics):
         """The dtype of the LM head's weights."""
         return self.engine.adapter.dtype
 
+    def context_tokens(self) -> Tensor:
+        """``(B,)`` prompt tokens of each problem (chat template applied): what the prefill reads."""
+        return torch.tensor([len(ids) for ids in self.encode_prompts()], dtype=torch.long)
+
     @property
     def dtype(self) -> torch.dtype:
         """The dtype of controls: the model's, but float32 for half / bfloat16 models."""

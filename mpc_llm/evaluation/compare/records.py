@@ -52,6 +52,7 @@ def anytime_records(
     unit: BudgetUnit,
     dynamics: Dynamics | None = None,
     controller: Planner | None = None,
+    context: torch.Tensor | None = None,
 ) -> list[dict[str, Any]]:
     """Records at every budget from one run kept with ``keep_rollouts=True``; with the ``dynamics``,
     each returned response's closeness to the base model (`mpc_llm.evaluation.compare.closeness`).
@@ -59,7 +60,8 @@ def anytime_records(
     The answer at budget ``k`` is the ``controller``'s `Controller.choose` among the first samples
     when it declares its answer a draw (``answer == "draw"``, the samplers: a weighted draw, with
     the uniform of ``settings["choice_seed"]``; its record adds ``beta``, ``log_z``, ``kl_tilted``,
-    ``ess``, and ``selection_bound = log k``), otherwise the lowest cost."""
+    ``ess``, and ``selection_bound = log k``), otherwise the lowest cost. ``context``: ``(B,)`` prompt
+    tokens (`Dynamics.context_tokens`), for the records' compute (`compute_fields`)."""
     history = result.history
     sampler = controller if controller is not None and controller.answer == "draw" else None
     ratios = None
@@ -94,11 +96,10 @@ def anytime_records(
             rollout = history[it].rollout
             assert rollout is not None, "anytime records need optimize(..., keep_rollouts=True)"
             key = {"prompt_index": prompt_index, "controller": name, "seed": seed, "budget": k}
-            spent = {
-                "samples": used,
-                "tokens": int(counts[b, used - 1]),
-                "seconds": sum(per_sample[:used]) / len(indices),
-            }
+            spent = compute_fields(
+                used, int(counts[b, used - 1]), sum(per_sample[:used]) / len(indices),
+                None if context is None else int(context[b]), history[0].stats, b,
+            )  # fmt: skip
             if not bool(valid.any()):
                 records.append(invalid_record(key, spent))
                 continue
@@ -141,14 +142,47 @@ def _settings(
             lambdas.append(value)  # +inf: all costs equal, any lambda gives the same weights
     if lambdas:
         out["lambda_mean"] = sum(lambdas) / len(lambdas)
-    for name in COMPUTE_STATS:  # test-time compute a scored sample hides (RE-Control's value gradients)
-        if history and name in history[0].stats:
-            out[name] = float(history[0].stats[name][b])
     return out
 
 
-#: per-token compute a controller reports in its stats, copied into its records
-COMPUTE_STATS = ("grad_steps_per_token", "value_evals_per_token")
+#: per-token compute a controller reports in its stats (RE-Control's value gradients), and the
+#: record field of its total over the tokens spent
+COMPUTE_STATS = {"grad_steps_per_token": "grad_steps", "value_evals_per_token": "value_evals"}
+
+
+def compute_fields(
+    samples: int,
+    tokens: int,
+    seconds: float,
+    context: int | None,
+    stats: Mapping[str, Any],
+    b: int,
+    rereads: int = 0,
+) -> dict[str, Any]:
+    """What a record spent: ``samples`` (responses scored: one reward call each), ``tokens``
+    (generated: one decode step each) and wall ``seconds``; with the prompt's ``context`` tokens,
+    ``prefill_tokens`` (the prompt read once, plus ``rereads``: committed tokens a sequential
+    controller reads again) and ``forward_tokens = prefill_tokens + tokens`` (tokens through the
+    model); the per-token ``stats`` of `COMPUTE_STATS` with their totals over ``tokens``.
+
+    Example:
+        >>> compute_fields(4, 100, 2.0, 30, {}, 0)
+        {'samples': 4, 'tokens': 100, 'seconds': 2.0, 'prefill_tokens': 30, 'forward_tokens': 130}
+    """
+    out: dict[str, Any] = {"samples": samples, "tokens": tokens, "seconds": seconds}
+    if context is not None:
+        out["prefill_tokens"] = context + rereads
+        out["forward_tokens"] = context + rereads + tokens
+    for name, total in COMPUTE_STATS.items():
+        if name in stats:
+            per_token = float(stats[name][b])
+            out[name], out[total] = per_token, per_token * tokens
+    return out
+
+
+#: the fields of what a record spent (`compute_fields`), kept by an invalid record too
+SPENT = ("samples", "tokens", "seconds", "prefill_tokens", "forward_tokens", *COMPUTE_STATS,
+         *COMPUTE_STATS.values())  # fmt: skip
 
 
 def invalid_record(key: Mapping[str, Any], spent: Mapping[str, Any]) -> dict[str, Any]:
@@ -162,7 +196,7 @@ def finite_record(record: Mapping[str, Any]) -> dict[str, Any]:
     out = finite(record)
     if not out.get("invalid") and (out.get("reward") is None or out.get("cost") is None):
         key = {k: out[k] for k in ("prompt_index", "controller", "seed", "budget") if k in out}
-        return invalid_record(key, {k: out[k] for k in ("samples", "tokens", "seconds") if k in out})
+        return invalid_record(key, {k: out[k] for k in SPENT if k in out})
     return out
 
 
@@ -173,17 +207,30 @@ def final_records(
     seed: int,
     budget: int,
     dynamics: Dynamics | None = None,
+    context: torch.Tensor | None = None,
 ) -> list[dict[str, Any]]:
     """Records of one run at one budget: each problem's answer is the run's own (with the
     ``dynamics``, its base log-likelihood; no selection bound: such a run selects at every step;
-    for a sampler with a weighted population, SMC, its ``beta``, ``log_z``, ``kl_tilted``, ``ess``)."""
+    for a sampler with a weighted population, SMC, its ``beta``, ``log_z``, ``kl_tilted``, ``ess``).
+
+    With the prompts' ``context`` tokens, the compute (`compute_fields`) counts the response's
+    tokens as read again once (a sequential run re-reads what it commits: an upper bound by the
+    last commit, which is never re-read; proposals that re-read a kept prefix, QAlign's, are not
+    counted)."""
     rewards = result.best_metrics.get("reward")
     fields = (
         None if dynamics is None else closeness_fields(dynamics, result.best_rollout, with_controls=False)
     )
+    lengths = getattr(result.best_rollout, "lengths", None)  # a language model's (B, 1)
     records = []
     for b, prompt_index in enumerate(indices):
         cost = float(result.best_cost[b])
+        rereads = int(lengths[b, 0]) if lengths is not None else 0
+        spent = compute_fields(
+            result.budget.samples_per_problem[b], result.budget.tokens_per_problem[b],
+            result.budget.seconds / len(indices), None if context is None else int(context[b]), {}, b,
+            rereads,
+        )  # fmt: skip
         records.append(
             finite_record(
                 {
@@ -196,9 +243,7 @@ def final_records(
                     **result.best_rollout.describe(b, 0),
                     **(fields[b][0] if fields is not None else {}),
                     **({} if result.population is None else result.population.estimate.figures(b)),
-                    "samples": result.budget.samples_per_problem[b],
-                    "tokens": result.budget.tokens_per_problem[b],
-                    "seconds": result.budget.seconds / len(indices),
+                    **spent,
                 }
             )
         )

@@ -30,6 +30,7 @@ from __future__ import annotations
 import hashlib
 import json
 import warnings
+from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -42,7 +43,7 @@ from mpc_llm.evaluation.compare.distributed import DistributedError, World, assi
 from mpc_llm.evaluation.compare.heldout import score_held_out
 from mpc_llm.evaluation.compare.records import anytime_records, final_records
 from mpc_llm.evaluation.compare.store import RunStore
-from mpc_llm.evaluation.summary import summarize, write_summary
+from mpc_llm.evaluation.summary import amortised_learning, summarize, write_summary
 from mpc_llm.lm import Prompt
 from mpc_llm.rewards import Reward
 
@@ -141,11 +142,14 @@ def comparison_settings(
     settings: Mapping[str, Any] | None = None,
     eval_labels: Sequence[str] = (),
     unit: BudgetUnit = "samples",
+    baseline_budgets: Sequence[int] = (),
 ) -> dict[str, Any]:
     """The settings `compare` records in ``settings.json`` for these arguments (``eval_labels``: the
-    held-out rewards' labels), so that a caller can check a run folder (`check_run_folder`) before
-    any model loads."""
+    held-out rewards' labels; ``baseline_budgets``: the baseline's extra budgets), so that a caller
+    can check a run folder (`check_run_folder`) before any model loads."""
     extra = {**(settings or {}), **({"eval_rewards": list(eval_labels)} if eval_labels else {})}
+    if baseline_budgets:  # only when given: earlier runs' settings stay the same
+        extra["baseline_budgets"] = sorted({int(b) for b in baseline_budgets})
     return run_settings(prompts, controllers, sorted({int(b) for b in budgets}), seeds, extra, unit)
 
 
@@ -189,6 +193,7 @@ def compare(
     eval_rewards: Mapping[str, Reward] | None = None,
     closeness: bool = True,
     origins: Sequence[Mapping[str, Any]] | None = None,
+    baseline_budgets: Sequence[int] = (),
 ) -> list[dict[str, Any]]:
     """Run every controller on every prompt and seed; write records, ``summary.md`` and the plot.
 
@@ -218,6 +223,10 @@ def compare(
             pass over the returned responses; `mpc_llm.evaluation.compare.closeness`).
         origins: where each prompt came from (`mpc_llm.evaluation.prompts.PromptSet.origins`, e.g.
             ``prompt_source``, ``prompt_split``, ``prompt_id``), copied into each of its records.
+        baseline_budgets: more budgets at which to read the ``baseline`` alone (e.g. ``1, 2, 4, ...,
+            256``): its whole reward-closeness curve, the reference of the summary's verdicts
+            (`mpc_llm.evaluation.summary.curve`). The baseline must be open loop (``anytime``): one
+            run to the largest budget is read at every budget, with common random numbers.
 
     Returns:
         The summary rows (one per controller and budget), as written to ``summary.md`` (on every rank).
@@ -231,6 +240,7 @@ def compare(
         raise ValueError(f"--prompts-per-batch must be at least 1, got {prompts_per_batch}")
     if origins is not None and len(origins) != len(prompts):
         raise ValueError(f"{len(origins)} origins for {len(prompts)} prompts; give one per prompt")
+    curve = check_baseline_budgets(controllers, baseline, baseline_budgets)
     if baseline is not None and baseline not in controllers:
         warnings.warn(
             f"no controller is labelled {baseline!r}: the summary has no win rates", UserWarning, stacklevel=2
@@ -238,11 +248,12 @@ def compare(
         baseline = None
     episode = make_dynamics([prompts[0]]).horizon
     settings = comparison_settings(
-        prompts, controllers, budgets, seeds, settings, list(eval_rewards or {}), budget_unit
+        prompts, controllers, budgets, seeds, settings, list(eval_rewards or {}), budget_unit, curve
     )
     if world is not None:  # first: ranks given different settings stop here, every one of them
         world.check_same(settings)
     budgets = check_budgets(controllers, budgets, budget_unit, episode)
+    budgets_of = {name: sorted({*budgets, *(curve if name == baseline else [])}) for name in controllers}
     for controller in controllers.values():
         controller.check(episode, cost)
     shard = None if world is None else world.rank
@@ -254,7 +265,7 @@ def compare(
         store = RunStore(
             out_dir, settings, resume=resume, overwrite=overwrite, shard=shard, lazy=world is None
         )
-        done = store.done(KEY, per_key=len(budgets))
+        done = _done(store, budgets_of)
         store.discard(KEY, store.done(KEY) - done)  # jobs torn mid-write are redone from scratch
         return store, pending_jobs(len(prompts), list(controllers), seeds, prompts_per_batch, done)
 
@@ -273,8 +284,8 @@ def compare(
         bar.set_postfix_str(f"{job.controller} seed={job.seed} prompts {job.indices[0]}..{job.indices[-1]}")
         dynamics = make_dynamics([prompts[i] for i in job.indices])
         records = _run_job(
-            controllers[job.controller], dynamics, cost, job.indices, job.controller, job.seed, budgets,
-            budget_unit, closeness,
+            controllers[job.controller], dynamics, cost, job.indices, job.controller, job.seed,
+            budgets_of[job.controller], budget_unit, closeness,
         )  # fmt: skip
         score_held_out(records, {i: prompts[i] for i in job.indices}, eval_rewards or {})
         if origins is not None:
@@ -290,15 +301,16 @@ def compare(
         if world is not None or store.has_shards():
             store.merge(ORDER)
         missing = pending_jobs(len(prompts), list(controllers), seeds, prompts_per_batch,
-                               store.done(KEY, per_key=len(budgets)))  # fmt: skip
+                               _done(store, budgets_of))  # fmt: skip
         if missing:
             raise DistributedError(
                 f"{len(missing)} jobs of {out_dir} have no records (a rank stopped early?); "
                 "run the same command with resume (--resume) to finish them"
             )
         names = list(controllers)  # rows in the controllers' order, however the records are sorted
-        rows = summarize(sorted(store.records, key=lambda r: names.index(r["controller"])), baseline=baseline)
-        write_summary(rows, Path(out_dir), store.settings)
+        ordered = sorted(store.records, key=lambda r: names.index(r["controller"]))
+        rows = summarize(ordered, baseline=baseline, learning=amortised_learning(store.settings))
+        write_summary(rows, Path(out_dir), store.settings, baseline)
         return rows
 
     if world is None:
@@ -311,6 +323,34 @@ def compare(
             "kept: run the same command with resume (--resume) to finish the run"
         ) from err
     return world.broadcast(world.on_main(finish))
+
+
+def _done(store: RunStore, budgets_of: Mapping[str, Sequence[int]]) -> set[tuple[Any, ...]]:
+    """The jobs' keys (``KEY``) with a record at each of their controller's budgets."""
+    counts = Counter(tuple(r[f] for f in KEY) for r in store.records)
+    return {key for key, count in counts.items() if count >= len(budgets_of.get(key[1], ()))}
+
+
+def check_baseline_budgets(
+    controllers: Mapping[str, Planner], baseline: str | None, baseline_budgets: Sequence[int]
+) -> list[int]:
+    """The sorted extra budgets of the baseline's curve, refused when there is no open-loop baseline
+    to read them off or when one is not a positive integer."""
+    if not baseline_budgets:
+        return []
+    if baseline is None or baseline not in controllers:
+        raise ValueError(
+            f"--baseline-budgets reads the baseline's curve, but no controller is labelled {baseline!r}; "
+            f"add it to the controllers or name another with --baseline"
+        )
+    if not controllers[baseline].anytime:
+        raise ValueError(
+            f"--baseline-budgets reads {baseline!r} at many budgets off one run, which needs an open-loop "
+            "(anytime) controller such as best_of_n; give the budgets with --budgets instead"
+        )
+    if any(int(b) < 1 for b in baseline_budgets):
+        raise ValueError(f"baseline budgets must be positive integers, got {list(baseline_budgets)}")
+    return sorted({int(b) for b in baseline_budgets})
 
 
 def _run_job(
@@ -326,14 +366,15 @@ def _run_job(
 ) -> list[dict[str, Any]]:
     """The records of one (prompt chunk, controller, seed) at every budget."""
     scorer = dynamics if closeness else None
+    context = dynamics.context_tokens()
     seeds = [seed * SEED_STRIDE + i for i in indices]
     if controller.anytime:  # open loop: one run, read at every budget
         limit = {"max_samples": budgets[-1]} if unit == "samples" else {"max_tokens": budgets[-1]}
         result = controller.optimize(dynamics, cost, seed=seeds, keep_rollouts=True, **limit)
-        return anytime_records(result, indices, name, seed, budgets, unit, scorer, controller)
+        return anytime_records(result, indices, name, seed, budgets, unit, scorer, controller, context)
     records = []
     for k in budgets:  # sequential: one run per budget
         limit = {"max_samples": k} if unit == "samples" else {"max_tokens": k}
         result = controller.optimize(dynamics, cost, seed=seeds, **limit)
-        records.extend(final_records(result, indices, name, seed, k, scorer))
+        records.extend(final_records(result, indices, name, seed, k, scorer, context))
     return records

@@ -2,7 +2,9 @@
 statistics behind them (`metrics`) and the frontier plot (`frontier`)."""
 
 from mpc_llm.evaluation.summary.tables import (
+    AMORTISED_OVER,
     BOOTSTRAP_KEYS,
+    amortised_learning,
     closeness_table,
     is_valid,
     learning_costs,
@@ -13,7 +15,9 @@ from mpc_llm.evaluation.summary.tables import (
 )
 
 __all__ = [
+    "AMORTISED_OVER",
     "BOOTSTRAP_KEYS",
+    "amortised_learning",
     "closeness_table",
     "is_valid",
     "learning_costs",

@@ -6,7 +6,8 @@ held-out reward (bottom, when recorded) against the KL figure ``kl_estimate + se
 (left: the steering estimate plus the selection bound, nats) and against the base perplexity
 (right). Each controller label is one curve across its budgets; labels of one family (``aisp`` and
 the sweep's ``aisp[...]``) share a colour, so a sweep's settings trace the family's frontier and
-best-of-N's budgets trace it across ``N``.
+best-of-N's budgets trace it across ``N``. The baseline's curve, the reference of the summary's
+verdicts, is drawn in black with each point's budget.
 """
 
 from __future__ import annotations
@@ -27,8 +28,12 @@ def kl_figure(row: Mapping[str, Any]) -> float | None:
     return None if kl is None and sel is None else (kl or 0.0) + (sel or 0.0)
 
 
-def plot_frontier(rows: Sequence[Mapping[str, Any]], path: str | Path) -> Path | None:
-    """Write the frontier PNG; None (nothing written) when the rows hold no closeness figures."""
+def plot_frontier(
+    rows: Sequence[Mapping[str, Any]], path: str | Path, baseline: str | None = None
+) -> Path | None:
+    """Write the frontier PNG; None (nothing written) when the rows hold no closeness figures. The
+    ``baseline``'s curve (every budget it was read at) is drawn in black, each point labelled with
+    its budget: the reference the summary's verdicts read (`mpc_llm.evaluation.summary.curve`)."""
     if not any(kl_figure(r) is not None for r in rows):
         return None
     try:
@@ -53,9 +58,16 @@ def plot_frontier(rows: Sequence[Mapping[str, Any]], path: str | Path) -> Path |
             ax = axes[i][j]
             for name in dict.fromkeys(r["controller"] for r in rows):
                 mine = sorted((r for r in rows if r["controller"] == name), key=lambda r: r["budget"])
-                points = [(x_of(r), y_of(r)) for r in mine]
-                points = [(x, y) for x, y in points if x is not None and y is not None]
+                marked = [(x_of(r), y_of(r), r["budget"]) for r in mine]
+                marked = [(x, y, n) for x, y, n in marked if x is not None and y is not None]
+                points = [(x, y) for x, y, _ in marked]
                 if not points:
+                    continue
+                if name == baseline:  # the reference curve: black, each point with its budget
+                    ax.plot(*zip(*points, strict=True), marker="s", color="black", linewidth=2,
+                            label=f"{name} (n = {marked[0][2]}..{marked[-1][2]})")  # fmt: skip
+                    for x, y, n in marked:
+                        ax.annotate(str(n), (x, y), fontsize=7, xytext=(3, -9), textcoords="offset points")
                     continue
                 colour = colours[family(name)]
                 shown = name == family(name) or name == next(

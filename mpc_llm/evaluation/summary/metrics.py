@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from statistics import NormalDist
+from typing import Any
 
 
 def t_quantile(p: float, df: int) -> float:
@@ -177,3 +178,9 @@ def paired_bootstrap(
     d_lo, d_hi = torch.quantile(diff[draws].mean(dim=1), q).tolist()
     w_lo, w_hi = torch.quantile(win[draws].mean(dim=1), q).tolist()
     return PairedBootstrap(float(diff.mean()), d_lo, d_hi, float(win.mean()), w_lo, w_hi, G)
+
+
+def is_valid(record: Mapping[str, Any]) -> bool:
+    """Whether a record holds a finite reward (not one whose every sample was invalid)."""
+    reward = record.get("reward")
+    return not record.get("invalid") and isinstance(reward, int | float) and math.isfinite(reward)

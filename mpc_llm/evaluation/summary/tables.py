@@ -10,11 +10,24 @@ from pathlib import Path
 from typing import Any
 
 from mpc_llm.controllers import BASELINE
+from mpc_llm.evaluation.summary.curve import curve_fields
 from mpc_llm.evaluation.summary.frontier import plot_frontier
-from mpc_llm.evaluation.summary.metrics import distinct_n, mean_ci, paired_bootstrap, rep_n, win_rate
+from mpc_llm.evaluation.summary.metrics import (
+    distinct_n,
+    is_valid,
+    mean_ci,
+    paired_bootstrap,
+    rep_n,
+    win_rate,
+)
+from mpc_llm.evaluation.summary.verdicts import curve_table, plain_answer
 
 
-def summarize(records: Sequence[Mapping[str, Any]], baseline: str | None = BASELINE) -> list[dict[str, Any]]:
+def summarize(
+    records: Sequence[Mapping[str, Any]],
+    baseline: str | None = BASELINE,
+    learning: Mapping[str, float] | None = None,
+) -> list[dict[str, Any]]:
     """Aggregate records over prompts and seeds.
 
     Each row: ``controller``, ``budget``, ``n`` (prompts with a valid record), ``reward`` mean with
@@ -34,6 +47,13 @@ def summarize(records: Sequence[Mapping[str, Any]], baseline: str | None = BASEL
     ``selection_bound`` (a bound). Held-out rewards (records' ``eval``): ``eval[label]`` with the
     mean, its t-interval, ``n``, ``missing`` (records whose score was null, left out) and the
     bootstrap difference against the baseline's held-out score.
+
+    Compute per prompt: mean ``prefill_tokens``, ``forward_tokens``, ``grad_steps``, ``value_evals``
+    (None when any record lacks the field: records from before it was recorded). Against the
+    baseline's whole curve (its records at every budget; `mpc_llm.evaluation.summary.curve`):
+    ``curve[axis]`` for the optimised reward and ``eval_curve[label][axis]`` for held-out scores,
+    on the axes ``kl``, ``ppl`` and ``compute`` (``learning``: a label's learned-value training
+    tokens per prompt, amortised, added to its compute; `amortised_learning`).
     """
     groups: dict[tuple[str, int], list[Mapping[str, Any]]] = defaultdict(list)
     for record in records:
@@ -94,6 +114,11 @@ def summarize(records: Sequence[Mapping[str, Any]], baseline: str | None = BASEL
         samples = [int(r["samples"]) for r in everything if "samples" in r]
         row["samples"] = sum(samples) / len(samples) if samples else None
         row["seconds"] = sum(float(r["seconds"]) for r in everything) / len(everything)
+        for key in ("prefill_tokens", "forward_tokens", "grad_steps", "value_evals"):
+            spent = [r.get(key) for r in everything]  # unknown (None) when a record lacks it, never 0
+            row[key] = None if any(v is None for v in spent) else sum(map(float, spent)) / len(spent)  # type: ignore[arg-type]
+        if baseline is not None and name != baseline:
+            row.update(curve_fields(records, name, budget, baseline, (learning or {}).get(name, 0.0)))
         rows.append(row)
     return rows
 
@@ -135,12 +160,6 @@ def _held_out(
         "missing": missing,
         **_bootstrap_fields(pairs),
     }
-
-
-def is_valid(record: Mapping[str, Any]) -> bool:
-    """Whether a record holds a finite reward (not one whose every sample was invalid)."""
-    reward = record.get("reward")
-    return not record.get("invalid") and isinstance(reward, int | float) and math.isfinite(reward)
 
 
 def _fmt(value: Any, digits: int = 3) -> str:
@@ -278,10 +297,45 @@ def learning_costs(settings: Mapping[str, Any]) -> str:
     )
 
 
-def write_summary(rows: Sequence[Mapping[str, Any]], folder: Path, settings: Mapping[str, Any]) -> None:
-    """Write ``summary.md`` (settings and tables), ``summary.json``, ``reward_vs_samples.png`` and, when
-    closeness was recorded, ``frontier.png`` (`mpc_llm.evaluation.summary.frontier`)."""
-    text = "# Comparison\n\n" + markdown_table(rows) + learning_costs(settings)
+#: the test prompts a learned value's training is amortised over in the compute comparisons
+AMORTISED_OVER = 1000
+
+
+def amortised_learning(settings: Mapping[str, Any], uses: int = AMORTISED_OVER) -> dict[str, float]:
+    """Per controller label using a learned value: its training's generated tokens (the card's
+    ``learning_cost.tokens``; the prompts' prefill is not on the card, so this is a lower bound)
+    divided by ``uses`` test prompts: what each prompt adds to the label's compute."""
+    out = {}
+    for label, spec in (settings.get("controllers") or {}).items():
+        learned = spec.get("value_learning") if isinstance(spec, Mapping) else None
+        tokens = ((learned or {}).get("learning_cost") or {}).get("tokens")
+        if isinstance(tokens, int | float):
+            out[label] = float(tokens) / uses
+    return out
+
+
+def write_summary(
+    rows: Sequence[Mapping[str, Any]],
+    folder: Path,
+    settings: Mapping[str, Any],
+    baseline: str | None = BASELINE,
+) -> None:
+    """Write ``summary.md`` (settings, the plain answer against the ``baseline``'s curve and the
+    tables), ``summary.json``, ``reward_vs_samples.png`` and, when closeness was recorded,
+    ``frontier.png`` (`mpc_llm.evaluation.summary.frontier`)."""
+    text = "# Comparison\n"
+    if baseline is not None:
+        text += plain_answer(rows, baseline)
+    text += "\n" + markdown_table(rows) + learning_costs(settings)
+    if baseline is not None:
+        text += curve_table(rows, baseline)
+        if learned := amortised_learning(settings):
+            text += (
+                f"\nCompute at equal compute counts each learned value's training tokens over "
+                f"{AMORTISED_OVER} test prompts: "
+                + ", ".join(f"{label} +{tokens:.0f} tokens / prompt" for label, tokens in learned.items())
+                + ".\n"
+            )
     text += "\n<details><summary>settings</summary>\n\n```json\n"
     text += json.dumps(settings, indent=2, sort_keys=True, allow_nan=False) + "\n```\n</details>\n"
     (folder / "summary.md").write_text(text, encoding="utf-8")
@@ -290,4 +344,4 @@ def write_summary(rows: Sequence[Mapping[str, Any]], folder: Path, settings: Map
     plot_reward_vs_samples(
         rows, folder / "reward_vs_samples.png", str(settings.get("budget_unit", "samples"))
     )
-    plot_frontier(rows, folder / "frontier.png")
+    plot_frontier(rows, folder / "frontier.png", baseline)

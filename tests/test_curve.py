@@ -1,0 +1,178 @@
+"""Best-of-N's whole curve as the reference (issue 33): the monotone curve, where a point falls on
+it, the paired difference at equal closeness against hand-computed values, the anytime reading of
+one long run, the compute each record carries, and summaries of records from before compute."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+from fake_text import COST, PROMPTS, FakeText
+
+from mpc_llm.controllers import AISP, BestOfN
+from mpc_llm.controllers.receding_horizon import RecedingHorizon
+from mpc_llm.evaluation.compare import compare
+from mpc_llm.evaluation.summary import summarize
+from mpc_llm.evaluation.summary.curve import CurvePoint, against_curve, envelope, locate
+from mpc_llm.evaluation.summary.verdicts import curve_cell, plain_answer
+
+
+def bound(n: int) -> float:
+    return math.log(n) - (n - 1) / n
+
+
+def test_envelope_keeps_the_better_of_tied_points_and_drops_a_worse_farther_one() -> None:
+    points = [CurvePoint(0.0, 0.5, 1), CurvePoint(1.0, 0.7, 2), CurvePoint(1.0, 0.8, 4),
+              CurvePoint(2.0, 0.75, 8), CurvePoint(3.0, 0.9, 16)]  # fmt: skip
+    assert [p.n for p in envelope(points)] == [1, 4, 16]
+    assert [p.n for p in envelope(list(reversed(points)))] == [1, 4, 16]  # order of input irrelevant
+
+
+def test_locate_between_two_budgets_at_a_point_and_out_of_range() -> None:
+    curve = [CurvePoint(0.0, 0.5, 1), CurvePoint(1.0, 0.8, 4), CurvePoint(3.0, 0.9, 16)]
+    place = locate(curve, 2.5)
+    assert (place.status, place.lo, place.hi) == ("within", 1, 2) and place.w == pytest.approx(0.75)
+    assert locate(curve, 1.0).w == 0.0 and locate(curve, 1.0).lo == locate(curve, 1.0).hi == 1
+    assert locate(curve, 3.5).status == "beyond" and locate(curve, 3.5).hi == 2
+    assert locate(curve, -0.1).status == "before"
+    log_place = locate([CurvePoint(10.0, 0, 1), CurvePoint(1000.0, 1, 2)], 100.0, log=True)
+    assert log_place.w == pytest.approx(0.5)  # half-way in log x, not 0.0909 in x
+
+
+def records_of(controller: str, budget: int, rewards: list[float], **fields) -> dict:
+    return {(p, 0): {"controller": controller, "budget": budget, "prompt_index": p, "seed": 0,
+                     "reward": r, **fields} for p, r in enumerate(rewards)}  # fmt: skip
+
+
+def baseline_curve() -> dict:
+    """Best-of-N at 1, 2, 4 on three prompts: means 0.2, 0.5, 0.6 at bounds 0, 0.307, 0.636."""
+    rewards = {1: [0.0, 0.3, 0.3], 2: [0.3, 0.6, 0.6], 4: [0.3, 0.6, 0.9]}
+    return {
+        n: records_of("best_of_n", n, r, kl_estimate=0.0, selection_bound=bound(n))
+        for n, r in rewards.items()
+    }
+
+
+def test_a_point_between_two_budgets_is_compared_with_the_interpolated_curve_prompt_by_prompt() -> None:
+    x = bound(2) + 0.25 * (bound(4) - bound(2))  # a quarter of the way from n = 2 to n = 4
+    ours = records_of("aisp", 8, [0.5, 0.5, 0.8], kl_estimate=x - bound(2), selection_bound=bound(2))
+    c = against_curve(ours, baseline_curve(), "kl")
+    assert c is not None and c["status"] == "within" and (c["n_lo"], c["n_hi"]) == (2, 4)
+    assert c["w"] == pytest.approx(0.25)
+    # references per prompt: 0.75 r(2) + 0.25 r(4) = 0.3, 0.6, 0.675; ours 0.5, 0.5, 0.8
+    assert c["ref"] == pytest.approx(0.525)
+    assert c["diff"] == pytest.approx((0.2 - 0.1 + 0.125) / 3)
+    assert c["diff_low"] <= c["diff"] <= c["diff_high"] and c["verdict"] == "level"
+
+
+def test_a_point_beyond_the_curve_is_compared_with_its_last_point_and_never_extrapolated() -> None:
+    far = records_of("cem", 8, [0.1, 0.2, 0.3], kl_estimate=40.0, selection_bound=bound(8))
+    c = against_curve(far, baseline_curve(), "kl")
+    assert c is not None and c["status"] == "beyond" and c["n_hi"] == 4
+    assert c["ref"] == pytest.approx(0.6) and c["verdict"] == "below"  # worse and farther: dominated
+    better = records_of("cem", 8, [0.9, 1.0, 1.1], kl_estimate=40.0, selection_bound=bound(8))
+    assert against_curve(better, baseline_curve(), "kl")["verdict"] == "beyond"  # no verdict
+
+
+def test_a_point_above_the_curve_and_its_held_out_score_read_with_the_same_weights() -> None:
+    close = records_of("re", 8, [0.9, 1.0, 1.1], kl_estimate=0.0, selection_bound=bound(2))
+    for r in close.values():
+        r["eval"] = {"judge": 1.0}
+    base = baseline_curve()
+    for n, recs in base.items():
+        for r in recs.values():
+            r["eval"] = {"judge": float(n)}  # held-out of best-of-N at n: n
+    c = against_curve(close, base, "kl")
+    assert c["verdict"] == "above" and (c["n_lo"], c["n_hi"]) == (2, 2)
+    held = against_curve(close, base, "kl", lambda r: (r.get("eval") or {}).get("judge"))
+    assert held["ref"] == pytest.approx(2.0) and held["diff"] == pytest.approx(-1.0)
+
+
+def test_unknown_closeness_gives_no_comparison() -> None:
+    ours = records_of("aisp", 8, [0.5, 0.5, 0.8])  # no closeness recorded
+    assert against_curve(ours, baseline_curve(), "kl") is None
+    assert against_curve(ours, baseline_curve(), "compute") is None  # records from before compute
+
+
+def test_cells_and_the_plain_answer_read_the_verdicts() -> None:
+    cell = curve_cell({"x": 0.47, "status": "within", "n_lo": 2, "n_hi": 4, "diff": 0.05,
+                       "diff_low": -0.01, "diff_high": 0.1, "verdict": "level"})  # fmt: skip
+    assert cell == "+0.050 [-0.010, +0.100] level (x 0.47; n 2-4)"
+    rows = [{"controller": "a", "budget": 8, "curve": {"kl": {"verdict": "below"}}},
+            {"controller": "b", "budget": 8, "curve": {"kl": {"verdict": "above"}}}]  # fmt: skip
+    assert "above: b@8; level: none; below: a@8" in plain_answer(rows, "best_of_n")
+
+
+def read(folder) -> list[dict]:
+    return [json.loads(line) for line in (folder / "records.jsonl").read_text().splitlines()]
+
+
+def test_one_long_run_read_at_every_budget_equals_a_run_at_each_budget(tmp_path) -> None:
+    make = lambda prompts: FakeText(prompts)  # noqa: E731
+    curve = [1, 2, 4, 8, 16]
+    compare(PROMPTS[:3], {"best_of_n": BestOfN(num_samples=1)}, make, COST, budgets=[4],
+            baseline_budgets=curve, out_dir=tmp_path / "long", progress=False)  # fmt: skip
+    long = {(r["prompt_index"], r["budget"]): r for r in read(tmp_path / "long")}
+    assert sorted({b for _, b in long}) == curve
+    for k in curve:
+        compare(PROMPTS[:3], {"best_of_n": BestOfN(num_samples=1)}, make, COST, budgets=[k],
+                out_dir=tmp_path / f"at{k}", progress=False)  # fmt: skip
+        for r in read(tmp_path / f"at{k}"):
+            assert long[(r["prompt_index"], k)]["response"] == r["response"], k
+            assert long[(r["prompt_index"], k)]["reward"] == r["reward"], k
+
+
+def test_baseline_budgets_read_the_baseline_alone_and_the_summary_places_every_point(tmp_path) -> None:
+    make = lambda prompts: FakeText(prompts)  # noqa: E731
+    controllers = {"best_of_n": BestOfN(num_samples=4), "aisp": AISP(sigma=1.0, lambda_=0.5, num_samples=4)}
+    compare(PROMPTS, controllers, make, COST, budgets=[4, 8], baseline_budgets=[1, 2, 16, 32],
+            out_dir=tmp_path / "run", progress=False)  # fmt: skip
+    records = read(tmp_path / "run")
+    assert sorted({r["budget"] for r in records if r["controller"] == "aisp"}) == [4, 8]
+    assert sorted({r["budget"] for r in records if r["controller"] == "best_of_n"}) == [1, 2, 4, 8, 16, 32]
+    settings = json.loads((tmp_path / "run" / "settings.json").read_text())
+    assert settings["baseline_budgets"] == [1, 2, 16, 32] and settings["budgets"] == [4, 8]
+    # resuming finds every job done (the baseline's extra budgets count as its own)
+    compare(PROMPTS, controllers, make, COST, budgets=[4, 8], baseline_budgets=[1, 2, 16, 32],
+            out_dir=tmp_path / "run", progress=False, resume=True)  # fmt: skip
+    assert read(tmp_path / "run") == records
+
+
+def test_baseline_budgets_need_an_open_loop_baseline(tmp_path) -> None:
+    planner = RecedingHorizon(BestOfN(num_samples=2), horizon=2, commit=2)
+    with pytest.raises(ValueError, match="open-loop"):
+        compare(PROMPTS[:1], {"best_of_n": planner}, lambda p: FakeText(p), COST, budgets=[4],
+                baseline_budgets=[1, 2], out_dir=tmp_path / "x", progress=False)  # fmt: skip
+    with pytest.raises(ValueError, match="no controller is labelled"):
+        compare(PROMPTS[:1], {"aisp": AISP(sigma=1.0, num_samples=2)}, lambda p: FakeText(p), COST,
+                budgets=[4], baseline_budgets=[1, 2], out_dir=tmp_path / "y", progress=False)  # fmt: skip
+    assert not (tmp_path / "x").exists() and not (tmp_path / "y").exists()
+
+
+def test_compute_fields_add_up_on_a_language_model(tmp_path, tiny_lm) -> None:
+    from mpc_llm.dynamics import LMDynamics
+    from mpc_llm.rewards.rules import KeywordReward
+
+    model, tok = tiny_lm("llama")
+    prompts = ["Hello there", "A much longer prompt with many more words in it"]
+    lm = LMDynamics(model, tok, prompts, max_new_tokens=6, stop_at_eos=False)
+    context = lm.context_tokens().tolist()
+    assert context[1] > context[0] > 0
+    cost = KeywordReward(["the"]).as_cost()
+    compare(prompts, {"best_of_n": BestOfN(num_samples=2)}, lm.with_prompts, cost, budgets=[2, 4],
+            out_dir=tmp_path / "lm", progress=False, closeness=False)  # fmt: skip
+    for r in read(tmp_path / "lm"):
+        assert r["prefill_tokens"] == context[r["prompt_index"]]  # the prompt, read once
+        assert r["tokens"] == 6 * r["budget"]
+        assert r["forward_tokens"] == r["prefill_tokens"] + r["tokens"]
+
+
+def test_records_from_before_compute_still_summarise_with_compute_unknown() -> None:
+    old = [{"controller": c, "budget": 4, "prompt_index": p, "seed": 0, "reward": float(p + (c == "aisp")),
+            "cost": 0.0, "samples": 4, "tokens": 24, "seconds": 1.0, "kl_estimate": 0.5 * (c == "aisp"),
+            "selection_bound": bound(4)} for c in ("best_of_n", "aisp") for p in range(3)]  # fmt: skip
+    rows = {r["controller"]: r for r in summarize(old)}
+    assert rows["aisp"]["forward_tokens"] is None and rows["aisp"]["grad_steps"] is None
+    assert "compute" not in rows["aisp"]["curve"] and rows["aisp"]["curve"]["kl"]["status"] == "beyond"
+    assert rows["aisp"]["curve"]["kl"]["diff"] == pytest.approx(1.0)
