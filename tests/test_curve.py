@@ -176,3 +176,20 @@ def test_records_from_before_compute_still_summarise_with_compute_unknown() -> N
     assert rows["aisp"]["forward_tokens"] is None and rows["aisp"]["grad_steps"] is None
     assert "compute" not in rows["aisp"]["curve"] and rows["aisp"]["curve"]["kl"]["status"] == "beyond"
     assert rows["aisp"]["curve"]["kl"]["diff"] == pytest.approx(1.0)
+
+
+def test_kl_proposal_averages_every_sample_within_the_budget(tmp_path, tiny_lm) -> None:
+    from mpc_llm.dynamics import LMDynamics
+    from mpc_llm.rewards.rules import KeywordReward
+
+    model, tok = tiny_lm("llama")
+    lm = LMDynamics(model, tok, ["Hello there"], max_new_tokens=5, return_logprobs=True)
+    cost = KeywordReward(["the"]).as_cost()
+    controllers = {"best_of_n": BestOfN(num_samples=1), "aisp": AISP(sigma=2.0, lambda_=1.0, num_samples=1)}
+    compare(["Hello there"], controllers, lm.with_prompts, cost, budgets=[1, 3], out_dir=tmp_path / "r",
+            progress=False, closeness=False)  # fmt: skip
+    records = {(r["controller"], r["budget"]): r for r in read(tmp_path / "r")}
+    assert records[("best_of_n", 1)]["kl_proposal"] == records[("best_of_n", 3)]["kl_proposal"] == 0.0
+    one = records[("aisp", 1)]
+    assert one["kl_proposal"] == pytest.approx(one["kl"]) and one["kl_proposal"] > 0  # the only sample
+    assert records[("aisp", 3)]["kl_proposal"] > 0

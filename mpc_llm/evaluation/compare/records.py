@@ -8,7 +8,9 @@ log-probs), the ``samples`` it scored and the ``tokens`` it generated to get the
 ``sigma_relative``) and AISP's mean temperature ``lambda_mean`` (chosen per iteration with
 ``ess_target``). Given the dynamics, the closeness of the response to the base model:
 ``base_logp_mean``, ``base_ppl``, ``kl_estimate`` and ``selection_bound``
-(`mpc_llm.evaluation.compare.closeness`, which says which is an estimate and which a bound); a sampler's
+(`mpc_llm.evaluation.compare.closeness`, which says which is an estimate and which a bound) and,
+when the decode kept log-probs, ``kl_proposal`` (the mean steering log-ratio of every sample within
+the budget, selected or not: `_steering_log_ratios`); a sampler's
 records add what its weights estimate about the tilted model: ``beta``, ``log_z``, ``kl_tilted``
 (``E_pi[r] / beta - log Z``) and ``ess`` (`mpc_llm.core.tilted_estimate`); a comparison
 with held-out rewards adds ``eval`` (`mpc_llm.evaluation.compare.heldout`).
@@ -73,6 +75,7 @@ def anytime_records(
     sizes = [r.costs.shape[1] for r in history]
     ends = torch.tensor(sizes).cumsum(0).tolist()
     per_sample = [s for r in history for s in [r.seconds / r.costs.shape[1]] * r.costs.shape[1]]
+    steering = _steering_log_ratios(history)  # (B, total) or None: each sample's own, unselected
     records: list[dict[str, Any]] = []
     picks: list[list[int]] = [[0] * len(budgets) for _ in indices]  # sample chosen per budget
     where: list[tuple[int, int, int]] = []  # (record, b, budget index) of the valid records
@@ -113,6 +116,7 @@ def anytime_records(
                     **rollout.describe(b, j - (ends[it] - sizes[it])),
                     "selection_bound": math.log(used) if sampler is not None else selection_bound(used),
                     **figures,
+                    **({} if steering is None else {"kl_proposal": float(steering[b, :used].mean())}),
                     **_settings(result, b, history, used, sizes),
                     **spent,
                 }
@@ -122,6 +126,20 @@ def anytime_records(
         for i, b, ki in where:
             records[i].update(fields[b][ki])
     return [r if r.get("invalid") else finite_record(r) for r in records]
+
+
+def _steering_log_ratios(history: list[Any]) -> torch.Tensor | None:
+    """``(B, total)`` steering log-ratio ``sum_t log p_u - log p_0`` of every sample, when the decode
+    kept log-probs (``return_logprobs``). Their mean over the samples within a budget, a record's
+    ``kl_proposal``, estimates ``KL(proposal || base)`` of the unselected proposal: unbiased when
+    the edit is a deterministic function of the state (RE-Control; 0 for best-of-N); for a random
+    control (AISP, CEM) it is the log-ratio given the drawn controls, not the proposal's KL."""
+    rollouts = [r.rollout for r in history]
+    if any(
+        getattr(r, "logprobs", None) is None or getattr(r, "base_logprobs", None) is None for r in rollouts
+    ):
+        return None
+    return torch.cat([r.kl_to_base().cpu() for r in rollouts], dim=1)
 
 
 def _settings(

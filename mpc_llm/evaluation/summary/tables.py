@@ -102,7 +102,7 @@ def summarize(
             row["rep_2"] = sum(rep_n(t, 2) for t in responses) / len(responses)
         kls = [float(r["kl"]) for r in group if r.get("kl") is not None]
         row["kl"] = sum(kls) / len(kls) if kls else None
-        for key in ("base_logp_mean", "kl_estimate", "selection_bound"):
+        for key in ("base_logp_mean", "kl_estimate", "selection_bound", "kl_proposal"):
             values = [float(r[key]) for r in group if r.get(key) is not None]
             row[key] = sum(values) / len(values) if values else None
         row["base_ppl"] = math.exp(-row["base_logp_mean"]) if row["base_logp_mean"] is not None else None
