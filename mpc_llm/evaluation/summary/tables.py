@@ -233,8 +233,12 @@ def closeness_table(rows: Sequence[Mapping[str, Any]]) -> str:
             cells += [cell, _interval(e.get("diff"), e.get("diff_low"), e.get("diff_high"))]
         lines.append("| " + " | ".join(cells) + " |")
     return (
-        "\nCloseness to the base model (base log-likelihood: exact; steering log-ratio: an estimate; "
-        "selection bound: a bound) and held-out rewards:\n\n" + "\n".join(lines) + "\n"
+        "\nCloseness to the base model (base log-likelihood: exact; selection bound: a bound; their sum "
+        "with the steering log-ratio, the KL figure: a bound for best-of-N, a bound plus an unbiased "
+        "estimate for a deterministic edit such as RE-Control, a heuristic for AISP and CEM, an "
+        "understatement for controllers that select at every step) and held-out rewards:\n\n"
+        + "\n".join(lines)
+        + "\n"
     )
 
 
