@@ -9,7 +9,9 @@
   `SpeculativeRejection` starts many responses and drops the weak ones at checkpoints; `ARGS`
   rescores the top-k next tokens by the reward.
 - Samplers (return a draw toward the tilted model ``p exp(r / beta) / Z``, with ``log Z``):
-  `SoftBestOfN` and `AISPSampler` (open loop, `Sampler`), `SMC` and `QAlign` (sequential).
+  `SoftBestOfN` and `AISPSampler` (open loop, `Sampler`), `SMC` and `QAlign` (sequential);
+  `TwistedSMC`, SMC whose twist is a learned value and whose proposal may be steered by it, with
+  the proposal's exact log-ratio in the weights.
 - State feedback (a `Controller` whose ``sample`` returns a `mpc_llm.core.Policy`): `REControl`,
   gradient ascent on a learned value of the pre-logit at every step (`mpc_llm.values`).
 - Learned prefix value, no gradient: `ValueBlockwise`, controlled decoding that keeps the best of
@@ -63,6 +65,7 @@ from mpc_llm.controllers.state import (
     Settings,
     override,
 )
+from mpc_llm.controllers.twisted_smc import FunctionTwist, Twist, TwistedSMC, TwistedSMCConfig, ValueTwist
 from mpc_llm.controllers.value_blockwise import ValueBlockwise, ValueBlockwiseConfig
 
 __all__ = [
@@ -88,6 +91,7 @@ __all__ = [
     "ControllerState",
     "Episode",
     "Final",
+    "FunctionTwist",
     "GaussianConfig",
     "GaussianController",
     "GaussianState",
@@ -112,8 +116,12 @@ __all__ = [
     "SpeculativeRejectionConfig",
     "Start",
     "Step",
+    "Twist",
+    "TwistedSMC",
+    "TwistedSMCConfig",
     "ValueBlockwise",
     "ValueBlockwiseConfig",
+    "ValueTwist",
     "accepted_settings",
     "baseline",
     "build",

@@ -43,6 +43,7 @@ from mpc_llm.controllers.smc import SMC
 from mpc_llm.controllers.soft_best_of_n import SoftBestOfN
 from mpc_llm.controllers.speculative_rejection import SpeculativeRejection
 from mpc_llm.controllers.state import override
+from mpc_llm.controllers.twisted_smc import TwistedSMC
 from mpc_llm.controllers.value_blockwise import ValueBlockwise
 
 #: The controller a spec without a ``name`` builds.
@@ -283,6 +284,7 @@ for _name, _cls in {
     "soft_best_of_n": SoftBestOfN,
     "aisp_sample": AISPSampler,
     "smc": SMC,
+    "twisted_smc": TwistedSMC,
     "qalign": QAlign,
     "re_control": REControl,
     "value_blockwise": ValueBlockwise,

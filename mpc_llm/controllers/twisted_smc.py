@@ -1,0 +1,271 @@
+"""Twisted SMC: particles weighted by a twist (a learned value) and grown by a proposal that may be
+steered, with the target kept exactly the tilted model.
+
+Zhao et al., "Probabilistic Inference in Language Models via Twisted Sequential Monte Carlo"
+(2024). As `mpc_llm.controllers.SMC`, ``N`` particles per problem grow ``block`` tokens at a time
+and are resampled when their ESS falls; what changes is the weight. After block ``t`` a particle's
+weight is multiplied by
+
+    exp((psi_t - psi_{t-1}) / beta) * prod_{s in block t} p(y_s | y_<s) / q(y_s | y_<s)
+
+with ``psi_0 = 0``, ``psi_t`` the `Twist` of the particle's text after block ``t`` (its true reward
+once it has ended) and ``q`` the proposal: the base model (ratio 1), or the base model under a
+state-feedback `mpc_llm.core.Policy` (e.g. RE-Control's value ascent on the pre-logit), whose exact
+per-token log-ratio the decode records (``return_logprobs``). The weights telescope to
+``p(y) / q(y) * exp(r(y) / beta)``, so their mean is unbiased for ``Z = E_p[exp(r / beta)]`` and
+the weighted particles target ``p(y) exp(r(y) / beta) / Z`` whatever the twist and the proposal; the
+twist and the proposal only decide the variance. The ideal twist is the soft value ``beta log
+E_p[exp(r / beta) | y_<=t]``; a value learned on the pre-logit state (`ValueTwist`) approximates
+the expected reward, the soft value's ``beta -> inf`` limit.
+
+What a twist reads: `Twist` sees each particle's partial rollout and, when it asks for them
+(``needs_states``), the state at its block's last step (the pre-logit the head read to choose the
+block's last token: the value of the prefix without that token). The twist is evaluated on every
+unfinished particle after every block (its ``value_evals``); the reward on every particle as in
+SMC (a scored sample).
+
+Example:
+    >>> from mpc_llm.dynamics import ToyLM, ToyReward
+    >>> reward = ToyReward.example()
+    >>> twist = FunctionTwist(lambda rollout: -reward(rollout)[:, 0])  # the partial reward: SMC's
+    >>> result = TwistedSMC(num_particles=16, block=1, beta=1.0, twist=twist).optimize(
+    ...     ToyLM.example(), reward, seed=0)
+    >>> result.population.rollout.num_samples
+    16
+"""
+
+from __future__ import annotations
+
+import math
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Mapping
+from typing import Any, ClassVar
+
+import torch
+from pydantic import Field, field_validator, model_validator
+from torch import Tensor
+
+from mpc_llm.controllers.re_control import MAX_STEPS
+from mpc_llm.controllers.sequential import Episode, Step
+from mpc_llm.controllers.smc import SMC, Particle, SMCConfig
+from mpc_llm.core import CostFunction, Dynamics, Policy, Rollout, draw_seeds, make_generators
+from mpc_llm.values import GradientAscentPolicy, ValueRef, check_value_setting
+
+LOGPROBS = (
+    "a steered proposal needs the decode's log-probs to weight its particles exactly; create the system "
+    "with return_logprobs=True (config: lm.return_logprobs: true)"
+)
+
+
+class Twist(ABC):
+    """``psi``: a value of each particle's partial response, in reward units.
+
+    Attributes:
+        needs_states: whether it reads the states the decode saw (`ValueTwist`), which makes the
+            particles grow through `Dynamics.rollout_feedback`.
+        evaluations: rows evaluated so far.
+    """
+
+    needs_states: ClassVar[bool] = False
+
+    def __init__(self) -> None:
+        self.evaluations = 0
+
+    @abstractmethod
+    def __call__(self, rollout: Rollout, states: Tensor | None) -> Tensor:
+        """``(R,)`` float64 twist of the ``(R, 1)`` ``rollout``; ``states``: ``(R, d)`` the state at
+        each row's last step of the block (None unless ``needs_states``)."""
+
+
+class FunctionTwist(Twist):
+    """A twist given by a function of the rollout, ``(R, 1)`` -> ``(R,)`` (e.g. an exact soft value
+    of a toy model's prefix, or the reward of the partial text)."""
+
+    def __init__(self, fn: Callable[[Rollout], Tensor]) -> None:
+        super().__init__()
+        self.fn = fn
+
+    def __call__(self, rollout: Rollout, states: Tensor | None) -> Tensor:
+        self.evaluations += rollout.batch_size
+        return torch.as_tensor(self.fn(rollout), dtype=torch.float64).reshape(-1).cpu()
+
+
+class ValueTwist(Twist):
+    """A value network of the pre-logit state (`mpc_llm.values.ValueMLP`) as the twist."""
+
+    needs_states = True
+
+    def __init__(self, value: torch.nn.Module) -> None:
+        super().__init__()
+        self.value = value.eval()
+
+    def __call__(self, rollout: Rollout, states: Tensor | None) -> Tensor:
+        assert states is not None, "ValueTwist reads the states of the block's last step"
+        self.evaluations += states.shape[0]
+        param = next(self.value.parameters())
+        with torch.no_grad():
+            return self.value(states.to(param.device, param.dtype)).double().reshape(-1).cpu()
+
+
+class StateTap(Policy):
+    """A state-feedback policy that applies ``inner`` (None: no control, the base model exactly)
+    and keeps every step's ``(R, d)`` state, so a twist can read each row's last one."""
+
+    def __init__(self, inner: Policy | None) -> None:
+        super().__init__()
+        self.inner, self.states = inner, []  # type: list[Tensor]
+
+    def __call__(self, z: Tensor, t: int) -> Tensor:
+        self.calls += z.shape[0]
+        self.states.append(z.detach().float().cpu())
+        return torch.zeros_like(z) if self.inner is None else self.inner(z, t)
+
+    def last(self, steps: Tensor) -> Tensor:
+        """``(R, d)`` the state at step ``steps[r] - 1`` of each row (its last; step 0 if none)."""
+        stacked = torch.stack(self.states)  # (T, R, d)
+        index = (steps.long().cpu() - 1).clamp(0, stacked.shape[0] - 1)
+        return stacked[index, torch.arange(stacked.shape[1])]
+
+
+class TwistedSMCConfig(SMCConfig):
+    """Twisted SMC's settings: SMC's, and a learned value as the twist and the proposal's guide.
+
+    Attributes:
+        value: a value folder (`mpc-llm train-value --out ...`) or its ``.safetensors`` file: the
+            twist `ValueTwist` (None: the twist given to the constructor, else the partial reward).
+        steer_steps: gradient steps of the value per token steering the proposal (RE-Control's edit,
+            `mpc_llm.values.GradientAscentPolicy`; 0: the base model proposes). Needs ``value`` and
+            a decode that keeps log-probs (``lm.return_logprobs: true``).
+        step_size: ``> 0``, the steering ascent's step.
+    """
+
+    value: str | None = None
+    steer_steps: int = Field(0, ge=0, le=MAX_STEPS)
+    step_size: float = Field(0.5, gt=0, allow_inf_nan=False)
+
+    @field_validator("value")
+    @classmethod
+    def _value_given(cls, value: str | None) -> str | None:
+        return None if value is None else check_value_setting(value)
+
+    @model_validator(mode="after")
+    def _steering_needs_a_value(self) -> TwistedSMCConfig:
+        if self.steer_steps and self.value is None:
+            raise ValueError("steer_steps steers the proposal up a learned value; give value=FOLDER too")
+        return self
+
+
+class TwistedSMC(SMC):
+    """SMC with a `Twist` in place of the partial reward and an optional steered proposal.
+
+    Args:
+        config / overrides: `TwistedSMCConfig` settings (SMC's, and ``value``, ``steer_steps``).
+        twist: the twist (default: the ``value``'s `ValueTwist`, else the partial reward: SMC).
+        proposal: a state-feedback policy steering the particles (default: the ``value``'s ascent
+            when ``steer_steps > 0``, else the base model); the system's rollouts must carry
+            log-probs (``return_logprobs``) for its exact ratio.
+    """
+
+    config_class = TwistedSMCConfig
+    preset: ClassVar[dict[str, Any]] = {"num_particles": 8, "ess_target": 0.3}
+
+    def __init__(
+        self,
+        config: TwistedSMCConfig | Mapping[str, object] | None = None,
+        *,
+        twist: Twist | None = None,
+        proposal: Policy | None = None,
+        **overrides: object,
+    ) -> None:
+        super().__init__(config, **overrides)
+        self.value = None if self.config.value is None else ValueRef(self.config.value)
+        self.twist, self.proposal = twist, proposal
+
+    def check(self, episode: int, cost: Any = None, *, episode_name: str = "the episode length") -> None:
+        """With a twist the reward never scores partial text into a weight (else SMC's check); the
+        value file is one (before any model loads)."""
+        if self.twist is None and self.value is None:
+            super().check(episode, cost, episode_name=episode_name)
+        if self.value is not None:
+            self.value.check()
+
+    def check_system(self, system: Any) -> None:
+        """The value's card against the model and the run (as RE-Control's), and the log-probs a
+        steered proposal's weights need, before the weights load."""
+        super().check_system(system)
+        if self.value is not None:
+            self.value.check_for(system)
+        config = getattr(system, "config", None)
+        if self._steered and config is not None and not getattr(config, "return_logprobs", True):
+            raise ValueError(LOGPROBS)
+
+    def spec(self) -> dict[str, Any]:
+        """Class and config, and what the value cost to learn (from its card)."""
+        return {**super().spec(), **({} if self.value is None else {"value_learning": self.value.learning()})}
+
+    @property
+    def _steered(self) -> bool:
+        return self.proposal is not None or self.config.steer_steps > 0
+
+    def _parts(self, system: Dynamics) -> tuple[Twist | None, Policy | None]:
+        """The twist and the proposal for ``system``: the constructor's, or the value's."""
+        if self.value is None:
+            return self.twist, self.proposal
+        net = self.value.for_system(system)
+        twist = self.twist or ValueTwist(net)
+        steps, size = self.config.steer_steps, self.config.step_size
+        proposal = self.proposal or (GradientAscentPolicy(net, steps, size) if steps else None)
+        return twist, proposal
+
+    def step(
+        self, system: Dynamics, cost: CostFunction, episode: Episode[list[Particle]]
+    ) -> Step[list[Particle]]:
+        """Grow every unfinished particle by one block under the proposal and reweight it."""
+        plan = system.with_horizon(min(self.config.block, system.horizon))
+        R, carry = system.batch_size, episode.carry
+        streams = make_generators(draw_seeds([p.stream for p in carry]), R, system.device)
+        twist, proposal = self._parts(system)
+        zero = system.zero_controls(steps=plan.horizon)
+        tap = StateTap(proposal)
+        feedback = proposal is not None or (twist is not None and twist.needs_states)
+        rollout = plan.rollout_feedback(zero, streams, tap) if feedback else plan.rollout(zero, streams)
+        costs, metrics = cost.evaluate(rollout)
+        c = costs[:, 0].double().cpu().nan_to_num(nan=math.inf)
+        psi = -c
+        if twist is not None:
+            ended = system.advance(rollout, plan.horizon).finished().cpu()
+            grown = rollout.token_counts()[:, 0]
+            states = tap.last(grown) if twist.needs_states else None
+            psi = torch.where(ended, psi, twist(rollout, states))
+        ratio = self._log_ratio(rollout) if proposal is not None else torch.zeros(R, dtype=torch.float64)
+        betas = self._choose_betas(-psi, episode.owners, [p.beta for p in carry])
+        out = []
+        for i, p in enumerate(carry):
+            value, w = float(psi[i]), p.log_w + float(ratio[i])
+            if not math.isfinite(value):
+                out.append(Particle(p.stream, -math.inf, p.psi, betas[i]))
+            elif math.isnan(betas[i]):  # every twist so far equal: the twist's part waits for beta
+                out.append(p._replace(log_w=w, pending=value))
+            else:
+                increment = 0.0 if math.isinf(betas[i]) else (value - p.psi) / betas[i]
+                out.append(Particle(p.stream, w + increment, value, betas[i]))
+        return Step(
+            chosen=rollout,
+            commit=plan.horizon,
+            costs=c,
+            metrics={k: v[:, 0].double().cpu() for k, v in metrics.items()},
+            samples=[1] * R,
+            tokens=[int(n) for n in rollout.token_counts()[:, 0].tolist()],
+            carry=out,
+        )
+
+    def _log_ratio(self, rollout: Rollout) -> Tensor:
+        """``(R,)`` ``sum_s log p(y_s) - log q(y_s)`` over the tokens this block generated."""
+        q, p = getattr(rollout, "logprobs", None), getattr(rollout, "base_logprobs", None)
+        if q is None or p is None:
+            raise ValueError(LOGPROBS)
+        start = rollout.prefix_lengths[:, 0].cpu()  # type: ignore[attr-defined]
+        end = rollout.lengths[:, 0].cpu()  # type: ignore[attr-defined]
+        position = torch.arange(q.shape[-1])
+        new = (position >= start.unsqueeze(1)) & (position < end.unsqueeze(1))
+        return ((p[:, 0] - q[:, 0]).double().cpu() * new).sum(dim=1)
