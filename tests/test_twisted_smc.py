@@ -15,9 +15,10 @@ import pytest
 import torch
 
 from mpc_llm.controllers import SMC
-from mpc_llm.controllers.twisted_smc import FunctionTwist, StateTap, TwistedSMC, ValueTwist
+from mpc_llm.controllers.twisted_smc import StateTap, TwistedSMC
 from mpc_llm.core import Policy
 from mpc_llm.dynamics import ToyLM, ToyReward, exact_tilted
+from mpc_llm.values.twist import FunctionTwist, ValueTwist
 
 REWARD = ToyReward.example()
 BETA = 1.0

@@ -65,7 +65,7 @@ from mpc_llm.controllers.state import (
     Settings,
     override,
 )
-from mpc_llm.controllers.twisted_smc import FunctionTwist, Twist, TwistedSMC, TwistedSMCConfig, ValueTwist
+from mpc_llm.controllers.twisted_smc import TwistedSMC, TwistedSMCConfig
 from mpc_llm.controllers.value_blockwise import ValueBlockwise, ValueBlockwiseConfig
 
 __all__ = [
@@ -91,7 +91,6 @@ __all__ = [
     "ControllerState",
     "Episode",
     "Final",
-    "FunctionTwist",
     "GaussianConfig",
     "GaussianController",
     "GaussianState",
@@ -116,12 +115,10 @@ __all__ = [
     "SpeculativeRejectionConfig",
     "Start",
     "Step",
-    "Twist",
     "TwistedSMC",
     "TwistedSMCConfig",
     "ValueBlockwise",
     "ValueBlockwiseConfig",
-    "ValueTwist",
     "accepted_settings",
     "baseline",
     "build",

@@ -31,13 +31,16 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar, Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from mpc_llm.controllers.base import Controller
 from mpc_llm.controllers.planner import Planner
 from mpc_llm.controllers.sequential import Episode, SequentialController, Start, Step, require_partial
 from mpc_llm.controllers.state import PlannerState, SettingError, Settings
 from mpc_llm.core import BudgetUnit, CostFunction, Dynamics, ZeroOrderHold
+from mpc_llm.values import ValueRef, check_value_setting
+from mpc_llm.values.terminal import TerminalValueCost
+from mpc_llm.values.twist import Twist, ValueTwist
 
 
 class RecedingHorizonConfig(Settings):
@@ -50,6 +53,10 @@ class RecedingHorizonConfig(Settings):
             controller's ``num_samples * num_iterations``).
         fill: the tail of the shifted plan: ``"zeros"`` or ``"last"`` (the last step's control).
         score: ``"to_end"`` (roll candidates out to the end of the episode) or ``"horizon"``.
+        value: a value folder (`mpc-llm train-value --out ...`) or its ``.safetensors`` file: with
+            ``score="horizon"``, a plan whose response has not ended by the horizon costs minus the
+            value of its last pre-logit state (`mpc_llm.values.terminal.TerminalValueCost`; the
+            decode keeps the state with ``lm.keep_states``). None: the cost of the partial text.
     """
 
     horizon: int = Field(ge=1)
@@ -57,6 +64,21 @@ class RecedingHorizonConfig(Settings):
     samples_per_step: int | None = Field(None, ge=1)
     fill: Literal["zeros", "last"] = "zeros"
     score: Literal["to_end", "horizon"] = "to_end"
+    value: str | None = None
+
+    @field_validator("value")
+    @classmethod
+    def _value_given(cls, value: str | None) -> str | None:
+        return None if value is None else check_value_setting(value)
+
+    @model_validator(mode="after")
+    def _value_at_the_horizon(self) -> RecedingHorizonConfig:
+        if self.value is not None and self.score != "horizon":
+            raise ValueError(
+                "a terminal value stands for the rest of a response the plan does not roll out; with "
+                "score='to_end' every plan reaches the end: set score='horizon' or drop value"
+            )
+        return self
 
     @model_validator(mode="after")
     def _commit_within_horizon(self) -> RecedingHorizonConfig:
@@ -106,6 +128,8 @@ class RecedingHorizon(SequentialController[RecedingHorizonConfig, Plan]):
             ``min(inner tau, horizon, steps left)`` steps (all of the plan by default), with at most
             that many knots.
         config: a `RecedingHorizonConfig` or a mapping; keyword ``settings`` override its fields.
+        terminal: the value of a plan's response at the horizon when it has not ended
+            (`mpc_llm.values.twist.Twist`; default: the ``value`` setting's network, if any).
     """
 
     config_class = RecedingHorizonConfig
@@ -117,10 +141,16 @@ class RecedingHorizon(SequentialController[RecedingHorizonConfig, Plan]):
         self,
         inner: Controller,
         config: RecedingHorizonConfig | Mapping[str, Any] | None = None,
+        *,
+        terminal: Twist | None = None,
         **settings: Any,
     ) -> None:
         super().__init__(config, **settings)
-        self.inner = inner
+        self.inner, self.terminal = inner, terminal
+        if terminal is not None and self.loop.score != "horizon":
+            raise ValueError("a terminal value needs score='horizon' (plans that stop before the end)")
+        value = getattr(self.loop, "value", None)
+        self.value = None if value is None else ValueRef(value)
 
     @property
     def loop(self) -> RecedingHorizonConfig:
@@ -129,7 +159,7 @@ class RecedingHorizon(SequentialController[RecedingHorizonConfig, Plan]):
 
     def with_config(self, **changes: object) -> RecedingHorizon:
         """The same inner controller with some receding-horizon settings changed (validated)."""
-        return type(self)(self.inner, self.config, **changes)
+        return type(self)(self.inner, self.config, terminal=self.terminal, **changes)
 
     @property
     def samples_per_step(self) -> int:
@@ -138,8 +168,10 @@ class RecedingHorizon(SequentialController[RecedingHorizonConfig, Plan]):
         return self.loop.samples_per_step or inner.num_samples * inner.num_iterations
 
     def spec(self) -> dict[str, Any]:
-        """What identifies this controller in a comparison's settings (with its inner controller)."""
-        return {**super().spec(), "inner": self.inner.spec()}
+        """What identifies this controller in a comparison's settings (with its inner controller and
+        what its terminal value cost to learn)."""
+        learned = {} if self.value is None else {"value_learning": self.value.learning()}
+        return {**super().spec(), "inner": self.inner.spec(), **learned}
 
     def planning_steps(self, episode: int) -> int:
         """The most planning steps an episode of ``episode`` steps takes (fewer if it ends early)."""
@@ -153,7 +185,9 @@ class RecedingHorizon(SequentialController[RecedingHorizonConfig, Plan]):
                 f"the planning horizon {self.loop.horizon} is longer than the episode ({episode} steps; "
                 "for a language model, max_new_tokens); lower horizon or raise the episode length"
             )
-        if self.loop.score == "horizon":
+        if self.value is not None:
+            self.value.check()
+        if self.loop.score == "horizon" and not self._valued:
             require_partial(cost, "score='horizon' scores partial trajectories", "use score='to_end'")
         try:  # the inner controller's own limits (tau, num_knots), never capped in silence
             self.inner.check(episode, cost, episode_name=episode_name)
@@ -161,7 +195,16 @@ class RecedingHorizon(SequentialController[RecedingHorizonConfig, Plan]):
             raise ValueError(f"inner.{err}") from None
 
     def check_system(self, system: Any) -> None:
-        """The inner controller's checks against the system (`Planner.check_system`)."""
+        """The terminal value's card (as RE-Control's) and the states it reads, and the inner
+        controller's checks against the system (`Planner.check_system`)."""
+        if self.value is not None:
+            self.value.check_for(system)
+            config = getattr(system, "config", None)
+            if config is not None and not getattr(config, "keep_states", True):
+                raise ValueError(
+                    "a terminal value of the pre-logit state needs the decode to keep it: set "
+                    "lm.keep_states: true (LMDynamics(..., keep_states=True))"
+                )
         try:
             self.inner.check_system(system)
         except SettingError as err:
@@ -258,8 +301,9 @@ class RecedingHorizon(SequentialController[RecedingHorizonConfig, Plan]):
             assert episode.max_tokens is not None
             spent = [(episode.tokens[b], plan.per_sample[i]) for i, b in enumerate(episode.owners)]
             per_step = self._token_share(system, episode.max_tokens, spent)
+        plan_cost = self._plan_cost(system, cost, episode.length)
         result = self._planner(tau).optimize(
-            planner, cost, seed=episode.seed if episode.steps == 0 else None, state=start,
+            planner, plan_cost, seed=episode.seed if episode.steps == 0 else None, state=start,
             max_samples=per_step, callback=episode.callback, keep_rollouts=episode.keep_rollouts,
         )  # fmt: skip
         used = result.budget.samples_per_problem
@@ -278,6 +322,19 @@ class RecedingHorizon(SequentialController[RecedingHorizonConfig, Plan]):
         )
 
     # ----------------------------------------------------------------- helpers
+    @property
+    def _valued(self) -> bool:
+        return self.terminal is not None or self.value is not None
+
+    def _plan_cost(self, system: Dynamics, cost: CostFunction, episode: int) -> CostFunction:
+        """The cost plans are scored by: with a terminal value, `TerminalValueCost`."""
+        if not self._valued:
+            return cost
+        if self.terminal is not None:
+            return TerminalValueCost(cost, self.terminal, episode)
+        assert self.value is not None
+        return TerminalValueCost(cost, ValueTwist(self.value.for_system(system)), episode)
+
     def _rollout_steps(self, system: Dynamics) -> int:
         """The most steps one candidate rollout runs: the planning horizon, or the episode's rest."""
         return min(self.loop.horizon, system.horizon) if self.loop.score == "horizon" else system.horizon

@@ -8,10 +8,10 @@ weight is multiplied by
 
     exp((psi_t - psi_{t-1}) / beta) * prod_{s in block t} p(y_s | y_<s) / q(y_s | y_<s)
 
-with ``psi_0 = 0``, ``psi_t`` the `Twist` of the particle's text after block ``t`` (its true reward
-once it has ended) and ``q`` the proposal: the base model (ratio 1), or the base model under a
-state-feedback `mpc_llm.core.Policy` (e.g. RE-Control's value ascent on the pre-logit), whose exact
-per-token log-ratio the decode records (``return_logprobs``). The weights telescope to
+with ``psi_0 = 0``, ``psi_t`` the twist (`mpc_llm.values.twist.Twist`) of the particle's text after
+block ``t`` (its true reward once it has ended) and ``q`` the proposal: the base model (ratio 1), or
+the base model under a state-feedback `mpc_llm.core.Policy` (e.g. RE-Control's value ascent on the
+pre-logit), whose exact per-token log-ratio the decode records (``return_logprobs``). The weights telescope to
 ``p(y) / q(y) * exp(r(y) / beta)``, so their mean is unbiased for ``Z = E_p[exp(r / beta)]`` and
 the weighted particles target ``p(y) exp(r(y) / beta) / Z`` whatever the twist and the proposal; the
 twist and the proposal only decide the variance. The ideal twist is the soft value ``beta log
@@ -27,6 +27,7 @@ SMC (a scored sample).
 Example:
     >>> from mpc_llm.dynamics import ToyLM, ToyReward
     >>> reward = ToyReward.example()
+    >>> from mpc_llm.values.twist import FunctionTwist
     >>> twist = FunctionTwist(lambda rollout: -reward(rollout)[:, 0])  # the partial reward: SMC's
     >>> result = TwistedSMC(num_particles=16, block=1, beta=1.0, twist=twist).optimize(
     ...     ToyLM.example(), reward, seed=0)
@@ -37,8 +38,7 @@ Example:
 from __future__ import annotations
 
 import math
-from abc import ABC, abstractmethod
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from typing import Any, ClassVar
 
 import torch
@@ -50,61 +50,12 @@ from mpc_llm.controllers.sequential import Episode, Step
 from mpc_llm.controllers.smc import SMC, Particle, SMCConfig
 from mpc_llm.core import CostFunction, Dynamics, Policy, Rollout, draw_seeds, make_generators
 from mpc_llm.values import GradientAscentPolicy, ValueRef, check_value_setting
+from mpc_llm.values.twist import Twist, ValueTwist
 
 LOGPROBS = (
     "a steered proposal needs the decode's log-probs to weight its particles exactly; create the system "
     "with return_logprobs=True (config: lm.return_logprobs: true)"
 )
-
-
-class Twist(ABC):
-    """``psi``: a value of each particle's partial response, in reward units.
-
-    Attributes:
-        needs_states: whether it reads the states the decode saw (`ValueTwist`), which makes the
-            particles grow through `Dynamics.rollout_feedback`.
-        evaluations: rows evaluated so far.
-    """
-
-    needs_states: ClassVar[bool] = False
-
-    def __init__(self) -> None:
-        self.evaluations = 0
-
-    @abstractmethod
-    def __call__(self, rollout: Rollout, states: Tensor | None) -> Tensor:
-        """``(R,)`` float64 twist of the ``(R, 1)`` ``rollout``; ``states``: ``(R, d)`` the state at
-        each row's last step of the block (None unless ``needs_states``)."""
-
-
-class FunctionTwist(Twist):
-    """A twist given by a function of the rollout, ``(R, 1)`` -> ``(R,)`` (e.g. an exact soft value
-    of a toy model's prefix, or the reward of the partial text)."""
-
-    def __init__(self, fn: Callable[[Rollout], Tensor]) -> None:
-        super().__init__()
-        self.fn = fn
-
-    def __call__(self, rollout: Rollout, states: Tensor | None) -> Tensor:
-        self.evaluations += rollout.batch_size
-        return torch.as_tensor(self.fn(rollout), dtype=torch.float64).reshape(-1).cpu()
-
-
-class ValueTwist(Twist):
-    """A value network of the pre-logit state (`mpc_llm.values.ValueMLP`) as the twist."""
-
-    needs_states = True
-
-    def __init__(self, value: torch.nn.Module) -> None:
-        super().__init__()
-        self.value = value.eval()
-
-    def __call__(self, rollout: Rollout, states: Tensor | None) -> Tensor:
-        assert states is not None, "ValueTwist reads the states of the block's last step"
-        self.evaluations += states.shape[0]
-        param = next(self.value.parameters())
-        with torch.no_grad():
-            return self.value(states.to(param.device, param.dtype)).double().reshape(-1).cpu()
 
 
 class StateTap(Policy):

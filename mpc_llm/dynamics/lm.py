@@ -430,6 +430,7 @@ class LMDynamics(Dynamics):
             pad_token_id=self.pad_token_id,
             finished=per_problem(out.finished),
             prefix_lengths=m.view(B, 1).expand(B, N).clone(),
+            last_states=per_problem(out.last_states),
         )
 
 

@@ -21,6 +21,9 @@ class LMConfig(BaseModel):
         stop_strings: end a response when its text contains one (the text is cut before it).
         chat_template: format prompts with the tokenizer's chat template (None: when it has one).
         return_logprobs: record per-token log-probs under the controlled and the unperturbed model.
+        keep_states: keep each response's last pre-logit state (the head's input, before any
+            control, at its last generated token; `LMRollout.last_states`), for a cost that reads a
+            value of it (`mpc_llm.values.TerminalValueCost`). Eager decoding only.
         eos_token_id: end-of-sequence id(s) (default: the tokenizer's and the generation config's).
         sync_every: check "all finished" every this many steps (default 1 on CPU, 8 elsewhere).
         compile: run each decoding step through `torch.compile` (static key/value cache; on CUDA,
@@ -48,6 +51,7 @@ class LMConfig(BaseModel):
     stop_strings: tuple[str, ...] = ()
     chat_template: bool | None = None
     return_logprobs: bool = False
+    keep_states: bool = False
     eos_token_id: int | tuple[int, ...] | None = None
     sync_every: int | None = Field(None, ge=1)
     compile: bool = False
@@ -76,6 +80,15 @@ class LMConfig(BaseModel):
         if self.compile and self.static_cache is False:
             raise ValueError(
                 "compile=True needs the static cache (fixed shapes at every step): drop static_cache=False"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _states_in_eager_decoding(self) -> LMConfig:
+        if self.compile and self.keep_states:
+            raise ValueError(
+                "keep_states reads the head's input at every step, which a compiled decode does not expose; "
+                "drop compile or keep_states"
             )
         return self
 

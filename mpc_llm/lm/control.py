@@ -36,12 +36,21 @@ class PreLogitControl:
         self.policy: Callable[[Tensor, int], Tensor] | None = None
         self.step = 0
         self.record: Tensor | None = None
+        #: ``keep_states``: ``states`` ``(R, d)`` float32 holds each row's head input at the last
+        #: position of the last step it was ``alive`` ``(R,)`` (set by the decode before each step)
+        self.keep_states = False
+        self.states: Tensor | None = None
+        self.alive: Tensor | None = None
 
     def __call__(self, module: torch.nn.Module, args: tuple[Any, ...]) -> tuple[Any, ...] | None:
         self.fired = True
+        z = args[0]
+        if self.keep_states:
+            last = z[:, -1].detach().float()
+            kept = self.states if self.states is not None else torch.zeros_like(last)
+            self.states = last if self.alive is None else torch.where(self.alive.unsqueeze(1), last, kept)
         if self.control is None and self.policy is None:
             return None
-        z = args[0]
         # the sum is taken in float32 (at least) and rounded once to the head's dtype, so a
         # bfloat16 model applies the float32 control that is recorded, not a rounded copy of it
         wide = torch.promote_types(z.dtype, torch.float32)

@@ -30,6 +30,8 @@ class Decoded:
         base_logprobs: ``(B * N, T)`` under the unperturbed model, or None.
         finished: ``(B * N,)`` rows that ended (end-of-sequence or a stop string) before their step limit.
         controls: ``(B * N, T, d)`` controls a feedback ``policy`` applied (else None), 0 past the end.
+        last_states: ``(B * N, d)`` float32 head input at each row's last generated token, before
+            any control (``keep_states``; else None).
     """
 
     tokens: Tensor
@@ -38,6 +40,7 @@ class Decoded:
     base_logprobs: Tensor | None
     finished: Tensor
     controls: Tensor | None = None
+    last_states: Tensor | None = None
 
 
 class DecodeState:
@@ -122,8 +125,8 @@ class DecodeState:
             self.done |= self.lengths >= self.limits
         return chosen
 
-    def result(self, ran: int, controls: Tensor | None = None) -> Decoded:
-        """The first ``ran`` steps, as `Decoded`."""
+    def result(self, ran: int, controls: Tensor | None = None, states: Tensor | None = None) -> Decoded:
+        """The first ``ran`` steps, as `Decoded` (``states``: each row's last state, `keep_states`)."""
         return Decoded(
             tokens=self.tokens[:, :ran],
             lengths=self.lengths,
@@ -131,4 +134,5 @@ class DecodeState:
             base_logprobs=None if self.base_logp is None else self.base_logp[:, :ran],
             finished=self.ended,
             controls=controls,
+            last_states=states,
         )

@@ -270,6 +270,7 @@ class DecodeEngine:
         sync_every = cfg.sync_every or (1 if device.type == "cpu" else 8)
         record = feedback_record(policy, controls, cfg.compile, T)
         module, hook, release = self._hook()
+        hook.keep_states, hook.states = cfg.keep_states, None
         ran = T
         try:
             with grouped_attention(wants_grouped_attention(device, adapter.dtype)):
@@ -278,6 +279,7 @@ class DecodeEngine:
                     hook.control = controls[:, t] if controlled else None  # type: ignore[index]
                     hook.policy, hook.step, hook.record = (policy if controlled else None), t, record
                     hook.with_base = controlled and cfg.return_logprobs
+                    hook.alive = ~rows.done if cfg.keep_states else None
                     step_mask = mask if static else mask[:, : P + t + 1]
                     out = adapter.forward(input_ids, step_mask, positions, cache, module=module)
                     self._check_hook(hook)
@@ -292,10 +294,12 @@ class DecodeEngine:
                         ran = t + 1
                         break
                     positions = positions + 1
+            states = hook.states
         finally:
             hook.control, hook.with_base, hook.policy, hook.record = None, False, None, None
+            hook.keep_states, hook.states, hook.alive = False, None, None
             release()
-        return rows.result(ran, recorded(record, ran, rows.lengths))
+        return rows.result(ran, recorded(record, ran, rows.lengths), states)
 
     def texts(self, tokens: Tensor, lengths: Tensor) -> list[str]:
         """Decode ``(R, T)`` tokens up to each row's length (special tokens and stop strings removed)."""

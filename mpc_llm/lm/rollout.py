@@ -29,6 +29,9 @@ class LMRollout(Rollout):
         finished: ``(B, N)`` responses that ended (end-of-sequence or a stop string), or None.
         prefix_lengths: ``(B, N)`` leading tokens committed before this rollout (receding-horizon
             control: ``tokens`` hold the whole response, its committed part first), or None (none).
+        last_states: ``(B, N, d)`` float32 pre-logit state at each response's last generated token,
+            before any control (the value of the text before that token reads it), or None (kept only
+            with ``LMConfig(keep_states=True)``).
     """
 
     tokens: Tensor
@@ -40,6 +43,7 @@ class LMRollout(Rollout):
     pad_token_id: int = 0
     finished: Tensor | None = None
     prefix_lengths: Tensor | None = None
+    last_states: Tensor | None = None
 
     def token_counts(self) -> Tensor:
         """``(B, N)`` tokens generated for each response by this rollout (an EOS token counts; the
