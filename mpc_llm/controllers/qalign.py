@@ -21,7 +21,10 @@ decode per distinct length), and a step runs the kept prefix through the model o
 step of the episode loop (`SequentialController`): its answer is the chain's last state.
 
 Budgets: the first response and every proposal are scored samples (one chain step = one sample),
-and every regenerated token counts.
+and every regenerated token counts. Under a budget in tokens a proposal is started only while its
+worst case (a whole response regenerated: ``episode`` tokens) fits in what is left, so no chain
+spends more than its budget; a budget below the first response and one proposal (``2 * episode``
+tokens, as 2 samples in the samples unit) is refused.
 
 Example:
     >>> from mpc_llm.dynamics import ToyLM, ToyReward
@@ -103,17 +106,18 @@ class QAlign(SequentialController[QAlignConfig, Streams]):
     preset: ClassVar[dict[str, Any]] = {"beta": 0.1}
 
     def check_budget(self, episode: int | None, budget: int, unit: BudgetUnit = "samples") -> None:
-        """Refuse a budget below one chain step: 2 samples (the first response and one proposal), or
-        in tokens, one whole response."""
+        """Refuse a budget below one chain step, the first response and one proposal: 2 samples, or in
+        tokens, two whole responses (a proposal may regenerate the whole response)."""
         if unit == "samples" and budget < 2:
             raise ValueError(
                 f"a budget of {budget} sample is below one QAlign step (the first response and one "
                 "proposal: 2 samples); raise the budget"
             )
-        if unit == "tokens" and episode is not None and budget < episode:
+        if unit == "tokens" and episode is not None and budget < 2 * episode:
             raise ValueError(
-                f"a budget of {budget} tokens is below one QAlign response ({episode} tokens); "
-                "raise the budget"
+                f"a budget of {budget} tokens is below one QAlign step (the first response and one "
+                f"proposal, each up to {episode} tokens: {2 * episode}); raise the budget to at least "
+                f"{2 * episode}"
             )
 
     def begin(self, dynamics: Dynamics, start: Start) -> tuple[list[int], Streams]:
@@ -154,6 +158,12 @@ class QAlign(SequentialController[QAlignConfig, Streams]):
         accept = acceptance(current_cost, new_cost, length, new_length, self.config.beta)
         return proposal, new_cost, {k: v[:, 0].double().cpu() for k, v in metrics.items()}, accept, keep
 
+    @staticmethod
+    def _room(tokens: list[int], max_tokens: int | None, horizon: int) -> Tensor:
+        """``(R,)`` whether each chain may start a proposal: its worst case (``horizon`` new tokens, the
+        whole response regenerated) fits in the tokens its budget has left."""
+        return torch.tensor([max_tokens is None or t + horizon <= max_tokens for t in tokens])
+
     def step(self, system: Dynamics, cost: CostFunction, episode: Episode[Streams]) -> Step[Streams]:
         """Run every chain for the budget; commit each chain's last state (the whole response)."""
         R, streams = system.batch_size, episode.carry
@@ -171,7 +181,7 @@ class QAlign(SequentialController[QAlignConfig, Streams]):
             proposals = sys.maxsize
         else:
             proposals = self.config.num_steps
-        active = torch.tensor([episode.max_tokens is None or t < episode.max_tokens for t in tokens])
+        active = self._room(tokens, episode.max_tokens, system.horizon)
         for _ in range(proposals):
             if not bool(active.any()):
                 break
@@ -191,8 +201,7 @@ class QAlign(SequentialController[QAlignConfig, Streams]):
                 if bool(active[i]):
                     samples[i] += 1
                     tokens[i] += int(counts[i])
-            if episode.max_tokens is not None:
-                active = torch.tensor([t < episode.max_tokens for t in tokens])
+            active = active & self._room(tokens, episode.max_tokens, system.horizon)
         return Step(
             chosen=current, commit=system.horizon, costs=cost_now, metrics=metrics, samples=samples,
             tokens=tokens, carry=streams,

@@ -125,10 +125,16 @@ class SMC(SequentialController[SMCConfig, list[Particle]]):
             else (episode, max_tokens, "tokens")
         )  # fmt: skip
         assert limit is not None
+        if limit < need and unit == "samples":
+            raise ValueError(
+                f"a budget of {limit} samples is below one SMC particle through the episode ({need} samples: "
+                f"{self.blocks(episode)} blocks of {self.config.block}, one scored sample each); raise the "
+                f"budget to at least {need} or the block"
+            )
         if limit < need:
             raise ValueError(
-                f"a budget of {limit} {unit} is below one SMC particle through the episode ({need} {unit}: "
-                f"{self.blocks(episode)} blocks of {self.config.block}); raise the budget or the block"
+                f"a budget of {limit} tokens is below one SMC particle through the episode (up to {need} "
+                f"tokens, whatever the block); raise the budget to at least {need}"
             )
         return limit // need
 
