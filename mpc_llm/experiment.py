@@ -76,21 +76,40 @@ def check_device(device: str) -> str:
     return device
 
 
+@dataclass(frozen=True)
+class RunFacts:
+    """What a controller's `Planner.check_system` is shown before the weights load: the model's facts
+    (`ModelFacts`: its attributes are read through) and the run's reward spec and prompt source, which
+    a learned value's card is checked against (`mpc_llm.values.ValueRef.check_for`)."""
+
+    facts: ModelFacts
+    reward: Any = None
+    prompt_source: str | None = None
+
+    def __getattr__(self, name: str) -> Any:
+        if name.startswith("__"):
+            raise AttributeError(name)
+        return getattr(self.facts, name)
+
+
 def preflight(
     config: ExperimentConfig,
     prompts: Sequence[Prompt] = (),
     planners: Mapping[str, Planner] | None = None,
+    prompt_source: str | None = None,
 ) -> ModelFacts | None:
     """The checks that need the model's config and tokenizer but not its weights, run before it
-    loads: the device, each controller against what they say of the model (`Planner.check_system`:
-    a sigma against the dtype, ARGS' candidates against the vocabulary), each of ``prompts`` against
-    the context length.
+    loads: the device, each controller against what they say of the model and of the run
+    (`Planner.check_system`: a sigma against the dtype, ARGS' candidates against the vocabulary, a
+    learned value's ``d``, reward and training prompts against the run's), each of ``prompts``
+    against the context length.
 
     Args:
         config: the run.
         prompts: the prompts it will answer.
         planners: the controllers it runs, by the name messages give them (default: ``config``'s,
             `ExperimentConfig.planners_by_path`).
+        prompt_source: where ``prompts`` come from (``compare --prompts``), if a named source.
 
     Returns:
         The facts read (None when they cannot be read without loading the model: its load checks).
@@ -102,7 +121,8 @@ def preflight(
     dtype = check_dtype(config.dtype, config.device)
     planners = config.planners_by_path if planners is None else planners
     facts = model_facts(config.model, dtype)
-    check_systems(planners, ModelFacts.of(dtype) if facts is None else facts)
+    known = ModelFacts.of(dtype) if facts is None else facts
+    check_systems(planners, RunFacts(known, config.reward, prompt_source))
     if facts is not None and prompts:
         facts.check_prompts(prompts, config.lm.max_new_tokens, config.lm.chat_template)
     return facts
@@ -355,18 +375,23 @@ class AlignOutcome:
                 "tokens": budget.tokens,
                 "seconds": round(budget.seconds, 3),
             },
-            "history": [
-                {
-                    "iteration": r.iteration,
-                    "best_cost": float(r.best_cost[0]),
-                    "best_reward": float(r.best_metrics["reward"][0]),
-                    "mean_reward": float(
-                        r.metrics["reward"][0][torch.isfinite(r.metrics["reward"][0])].mean()
-                    ),
-                }
-                for r in self.result.history
-            ],
+            "history": [_history_row(r) for r in self.result.history],
         }
+
+
+def _history_row(record: IterationRecord) -> dict[str, Any]:
+    """One iteration of ``align --json``'s history: the best cost, and the best and mean reward where
+    the iteration scored rewards (None where it did not: value-guided blockwise decoding scores its
+    blocks by a learned value, not by the reward)."""
+    best = record.best_metrics.get("reward")
+    rewards = record.metrics.get("reward")
+    finite = None if rewards is None else rewards[0][torch.isfinite(rewards[0])]
+    return {
+        "iteration": record.iteration,
+        "best_cost": float(record.best_cost[0]),
+        "best_reward": None if best is None else float(best[0]),
+        "mean_reward": None if finite is None or not len(finite) else float(finite.mean()),
+    }
 
 
 class Experiment:
@@ -389,7 +414,7 @@ class Experiment:
         self.lm = LMDynamics(config.model, device=config.device, dtype=config.dtype, config=config.lm)
         # what the preflight read from the config, now from the model itself (a Python caller may
         # have skipped the preflight)
-        loaded = ModelFacts.of(self.lm.dtype, self.lm.control_dim, self.lm.engine.vocab_size)
+        loaded = ModelFacts.of(self.lm.model_dtype, self.lm.control_dim, self.lm.engine.vocab_size)
         check_systems(config.planners_by_path, loaded)
 
     def dynamics(self, prompts: Sequence[Prompt]) -> LMDynamics:

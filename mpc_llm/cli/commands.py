@@ -36,7 +36,8 @@ def cmd_align(args: argparse.Namespace) -> int:
 
     def progress(record: Any) -> None:
         bar.update(1)
-        bar.set_postfix(best_reward=f"{float(record.best_metrics['reward'][0]):.3f}")
+        if "reward" in record.best_metrics:  # a value-guided step scores no reward
+            bar.set_postfix(best_reward=f"{float(record.best_metrics['reward'][0]):.3f}")
 
     outcome = experiment.align(args.prompt, callback=progress)
     bar.close()

@@ -30,12 +30,16 @@ from collections.abc import Sequence
 from typing import Any
 
 import torch
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from mpc_llm.controllers.base import Controller
 from mpc_llm.controllers.state import ControllerConfig, PlannerState
 from mpc_llm.core import Dynamics, Policy
-from mpc_llm.values import GradientAscentPolicy, ValueRef
+from mpc_llm.values import GradientAscentPolicy, ValueRef, check_value_setting
+
+#: The most gradient steps per token: each is a forward and a backward pass of the value for every
+#: token of every sample (the paper: 30), so a larger count runs for hours and is a typo.
+MAX_STEPS = 1000
 
 
 class REControlConfig(ControllerConfig):
@@ -43,7 +47,8 @@ class REControlConfig(ControllerConfig):
 
     Attributes:
         value: the value folder (`mpc-llm train-value --out ...`) or its ``.safetensors`` file.
-        num_steps: gradient steps per token (0: the base model exactly). Paper: 30.
+        num_steps: gradient steps per token (0: the base model exactly), at most `MAX_STEPS`.
+            Paper: 30.
         step_size: ``> 0``, the ascent's step in pre-logit units per unit of value gradient.
             Paper: 0.5 to 1.0, chosen on held-out training prompts.
         max_norm: optional trust region on each token's edit ``||v_t||`` (None: unbounded).
@@ -57,6 +62,21 @@ class REControlConfig(ControllerConfig):
     max_norm: float | None = Field(None, gt=0, allow_inf_nan=False)
     num_samples: int = Field(1, ge=1)
     num_iterations: int = Field(1, ge=1)
+
+    @field_validator("value")
+    @classmethod
+    def _value_given(cls, value: str) -> str:
+        return check_value_setting(value)
+
+    @field_validator("num_steps")
+    @classmethod
+    def _bounded_steps(cls, value: int) -> int:
+        if value > MAX_STEPS:
+            raise ValueError(
+                f"num_steps={value} gradient steps per token is more than {MAX_STEPS}: each is a forward and "
+                "a backward pass of the value for every token of every sample (the paper uses 30); lower it"
+            )
+        return value
 
 
 class REControl(Controller[REControlConfig, PlannerState]):
@@ -76,6 +96,12 @@ class REControl(Controller[REControlConfig, PlannerState]):
         """The value file exists and is one (before any model loads), and the usual checks."""
         super().check(episode, cost, episode_name=episode_name)
         self.value.check()
+
+    def check_system(self, system: Any) -> None:
+        """The value's card against the model and the run (`ValueRef.check_for`: another ``d`` is
+        refused; another reward, the run's own prompts or another dtype warn), before the weights load."""
+        super().check_system(system)
+        self.value.check_for(system)
 
     def spec(self) -> dict[str, Any]:
         """Class and config, and what the value cost to learn (from its card)."""

@@ -38,7 +38,7 @@ import math
 from typing import Any, ClassVar
 
 import torch
-from pydantic import Field
+from pydantic import Field, field_validator
 from torch import Tensor
 
 from mpc_llm.controllers.sequential import Episode, SequentialController, Start, Step
@@ -53,7 +53,7 @@ from mpc_llm.core import (
     make_generators,
 )
 from mpc_llm.core.rollout import stack_problems
-from mpc_llm.values import RecordStates, ValueRef
+from mpc_llm.values import RecordStates, ValueRef, check_value_setting
 
 #: One random stream per row (its problem's, shared by nothing else).
 Streams = list[torch.Generator]
@@ -71,6 +71,11 @@ class ValueBlockwiseConfig(Settings):
     value: str
     num_samples: int = Field(8, ge=1)
     block: int = Field(16, ge=1)
+
+    @field_validator("value")
+    @classmethod
+    def _value_given(cls, value: str) -> str:
+        return check_value_setting(value)
 
 
 class ValueBlockwise(SequentialController[ValueBlockwiseConfig, Streams]):
@@ -90,6 +95,11 @@ class ValueBlockwise(SequentialController[ValueBlockwiseConfig, Streams]):
     def check(self, episode: int, cost: Any = None, *, episode_name: str = "the episode length") -> None:
         """The value file exists and is one (before any model loads)."""
         self.value.check()
+
+    def check_system(self, system: Any) -> None:
+        """The value's card against the model and the run (`ValueRef.check_for`), before the weights
+        load."""
+        self.value.check_for(system)
 
     def plan_lengths(self, episode: int) -> list[int]:
         """The most tokens one candidate of each block runs: ``block + 1`` (the look-ahead), and the

@@ -53,7 +53,7 @@ class TrainConfig(BaseModel):
     batch_size: int = Field(512, ge=1)
     lr: float = Field(1e-3, gt=0, allow_inf_nan=False)
     weight_decay: float = Field(0.0, ge=0, allow_inf_nan=False)
-    heldout_fraction: float = Field(0.2, gt=0, lt=1)
+    heldout_fraction: float = Field(0.2, gt=0, lt=1, allow_inf_nan=False)
     seed: int = 0
 
 
