@@ -10,7 +10,7 @@ import sys
 import pytest
 import torch
 
-from mpc_llm.cli import main
+from mpc_llm.cli import CLIError, main
 from mpc_llm.experiment import DEFAULT_CONTROLLER
 
 JSON_FIELDS = {
@@ -197,6 +197,9 @@ def test_flags_override_only_their_own_settings(tmp_path) -> None:
             "num_samples": 8, "num_iterations": 4, "num_knots": 1}  # fmt: skip
     assert ("tau" in plain.controller, with_tau.controller.get("tau")) == (False, 3)  # tau: the controller's
     args = build_parser().parse_args(["align", "Hi", "--controller", "cem", "--lambda", "2"])
+    with pytest.raises(CLIError, match="--lambda: controller 'cem' has no setting lambda"):
+        experiment_config(args, args.controller)  # a flag is never dropped in silence (issue 35)
+    args = build_parser().parse_args(["align", "Hi", "--controller", "cem"])
     cem = experiment_config(args, args.controller)
     assert cem.controller == {
         "name": "cem",

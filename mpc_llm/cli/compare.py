@@ -12,7 +12,7 @@ import argparse
 from typing import Any
 
 from mpc_llm.cli.errors import CLIError
-from mpc_llm.cli.options import experiment_config
+from mpc_llm.cli.options import experiment_config, given_settings, refuse_untaken
 
 
 def _file_device(args: argparse.Namespace) -> str | None:
@@ -80,9 +80,10 @@ def cmd_compare(args: argparse.Namespace) -> int:
     accepted = set().union(*(accepted_settings(spec) for spec in config.controllers.values()))
     if unknown := sorted({k for k, _ in args.set} - accepted):
         raise CLIError(f"--set {', '.join(unknown)}: no selected controller has this setting")
+    refuse_untaken(given_settings(args), accepted)  # a flag no selected controller takes
     check_budgets(controllers, args.budgets, args.budget_unit, config.lm.max_new_tokens)
     source = args.prompts if args.prompts is not None else config.prompts
-    prompt_set = load_prompt_set(source, limit=args.num_prompts)
+    prompt_set = load_prompt_set(source, limit=args.num_prompts, exact=True)
     from mpc_llm.lm.precision import dtype_name, resolve_dtype
 
     settings = {
@@ -101,7 +102,8 @@ def cmd_compare(args: argparse.Namespace) -> int:
             resume=args.resume,
             overwrite=args.overwrite,
         )  # fmt: skip
-    preflight(config, prompt_set.prompts, {f"controllers.{label}": c for label, c in controllers.items()})
+    planners = {f"controllers.{label}": c for label, c in controllers.items()}
+    preflight(config, prompt_set.prompts, planners, prompt_source=str(source))
     with distributed.launch(place, config.device) as world:
         # settings record the reward spec as given (device: local:J), the same on every rank
         experiment = Experiment(

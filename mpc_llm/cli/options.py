@@ -13,6 +13,52 @@ _FLAGS = {"sigma": "sigma", "lambda_": "lambda", "alpha": "alpha", "tau": "tau",
           "sigma_relative": "sigma_relative"}  # fmt: skip
 
 
+#: How messages name each shared flag.
+_FLAG_NAMES = {"sigma": "--sigma", "lambda_": "--lambda", "alpha": "--alpha", "tau": "--tau",
+               "num_knots": "--num-knots", "num_samples": "-n/--num-samples",
+               "num_iterations": "--iterations", "ess_target": "--ess-target",
+               "sigma_relative": "--sigma-relative"}  # fmt: skip
+
+
+def given_settings(args: argparse.Namespace) -> list[tuple[str, str]]:
+    """``(setting, how it was given)`` for every controller setting on the command line: the shared
+    flags given (``("ess_target", "--ess-target")``) and each ``--set`` key (``("beta", "--set beta")``)."""
+    given = [flag for flag in _FLAGS if getattr(args, flag, None) is not None]
+    flags = [(_FLAGS[flag], _FLAG_NAMES[flag]) for flag in given]
+    return flags + [(key, f"--set {key}") for key, _ in getattr(args, "set", None) or []]
+
+
+def refuse_untaken(given: list[tuple[str, str]], accepted: set[str], whom: str | None = None) -> None:
+    """Refuse the first setting in ``given`` that is not in ``accepted``, what the controller ``whom``
+    takes (None: what the selected controllers take together): a flag is never dropped in silence.
+
+    Raises:
+        CLIError: naming the flag, the setting and the settings there are.
+    """
+    for key, how in given:
+        if key not in accepted:
+            shown = sorted(k for k in accepted if not (k.endswith("_") and k.rstrip("_") in accepted))
+            who = (
+                f"controller {whom!r} has no setting {key} (its"
+                if whom
+                else (f"no selected controller has the setting {key} (their")
+            )
+            raise CLIError(f"{how}: {who} settings: {', '.join(shown) or 'none'}); drop it, or give one of "
+                           "these with --set KEY=VALUE")  # fmt: skip
+
+
+def _check_taken(args: argparse.Namespace, spec: dict[str, Any]) -> None:
+    """For ``align``: every flag and ``--set`` key is one the controller (or its inner one) takes."""
+    from mpc_llm.controllers import DEFAULT_NAME, accepted_settings, controller_class, with_preset
+
+    name = spec.get("name", DEFAULT_NAME)
+    try:
+        controller_class(name)
+    except ValueError:
+        return  # an unknown controller: building it says so
+    refuse_untaken(given_settings(args), accepted_settings(with_preset(spec)), name)
+
+
 def _with_flags(args: argparse.Namespace, spec: Any, strict: bool) -> dict[str, Any]:
     """A controller spec with the flags' settings (`mpc_llm.controllers.with_settings`): the shared
     flags (``--sigma``, ``-n``, ...) where the controller has the setting, ``--set`` keys too unless
@@ -89,6 +135,8 @@ def experiment_config(
             return {"name": given}
         return dict(file_controller)
 
+    if strict and controllers is None:
+        _check_taken(args, spec_of(controller))
     data["controller"] = _with_flags(args, spec_of(controller), strict)
     if controllers is not None:
         data["controllers"] = {

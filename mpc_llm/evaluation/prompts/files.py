@@ -121,8 +121,10 @@ def load_prompts(source: str | Path, limit: int | None = None) -> list[Prompt]:
     return load_prompt_set(source, limit).prompts
 
 
-def load_prompt_set(source: str | Path, limit: int | None = None) -> PromptSet:
-    """The first ``limit`` prompts of ``source`` (all if None), each with its origin.
+def load_prompt_set(source: str | Path, limit: int | None = None, *, exact: bool = False) -> PromptSet:
+    """The first ``limit`` prompts of ``source`` (all if None), each with its origin; with ``exact``, a
+    source holding fewer than ``limit`` is refused, as a ShareGPT split always is (the command line's
+    rule for every source: ``--num-prompts`` is never cut short in silence).
 
     Example:
         >>> load_prompt_set("bundled", limit=1).origins
@@ -140,6 +142,11 @@ def load_prompt_set(source: str | Path, limit: int | None = None) -> PromptSet:
     except sharegpt.ShareGPTError as err:
         raise PromptFileError(str(err)) from None
     prompts = _load_other(source)
+    if exact and limit is not None and len(prompts) < limit:
+        raise PromptFileError(
+            f"{name} holds {len(prompts)} prompts, fewer than the {limit} asked (--num-prompts); ask for at "
+            f"most {len(prompts)}"
+        )
     prompts = prompts[:limit] if limit is not None else prompts
     return PromptSet(prompts, [{"prompt_source": name} for _ in prompts])
 
