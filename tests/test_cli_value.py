@@ -107,9 +107,9 @@ def test_an_interrupted_collection_resumes_and_loses_nothing(
     with torch.no_grad():
         assert torch.equal(a(z), b(z))
     capsys.readouterr()
-    # other settings on the same folder: refused, unless --overwrite
+    # a finished value in the folder: refused, unless --overwrite (issue 35)
     assert main([*train_args(llama_dir, prompt_file, tmp_path / "part"), "--samples-per-prompt", "2"]) == 2
-    assert "other settings" in capsys.readouterr().err
+    assert "already holds a trained value" in capsys.readouterr().err
 
 
 @pytest.fixture(scope="module")

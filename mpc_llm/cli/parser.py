@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 from mpc_llm.cli import merge, value
+from mpc_llm.cli.flag_types import positive_int as _positive_int
 
 
 class _Parser(argparse.ArgumentParser):
@@ -18,16 +19,6 @@ class _Parser(argparse.ArgumentParser):
         from mpc_llm.cli.errors import CLIError
 
         raise CLIError(f"{message} (`{self.prog} --help` lists the flags)")
-
-
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
-    return value
 
 
 def _int_list(text: str) -> list[int]:

@@ -171,7 +171,7 @@ def _check_settings(root: Path, full: Mapping[str, Any]) -> None:
             k = diff[0]
             raise ValueError(
                 f"{root} holds value data collected with other settings ({k}: {old.get(k)!r} there, "
-                f"{full.get(k)!r} now); use another folder or remove it"
+                f"{full.get(k)!r} now); use another folder, or pass --overwrite to collect afresh"
             )
         return
     tmp = path.with_name(SETTINGS + ".tmp")
