@@ -3,7 +3,10 @@
     mpc-llm merge runs/protocol runs/samplers --out runs/protocol+samplers
 
 Refuses runs that are not comparable (another model, decoding, reward, held-out reward, budget unit
-or prompt source) and a label with different settings in two runs (`mpc_llm.evaluation.compare.merge`).
+or prompt source) and a label with different settings in two runs (`mpc_llm.evaluation.compare.merge`);
+the same run twice; a ``--baseline`` no run holds; and an ``--out`` that is one of the runs, inside
+one, a run already (unless ``--overwrite``, which deletes only a run's own files) or a folder holding
+other files. Every check runs before anything is written or deleted.
 """
 
 from __future__ import annotations
@@ -20,9 +23,11 @@ def add_parser(sub: Any) -> None:
     )
     p.add_argument("runs", nargs="+", type=Path, help="the run folders (at least two, each finished)")
     p.add_argument("--out", type=Path, required=True, help="where the merged records and summary go")
+    p.add_argument("--overwrite", action="store_true", help="replace the run in --out (its own files only)")
     from mpc_llm.controllers import BASELINE
 
-    p.add_argument("--baseline", default=BASELINE, help="the controller others are paired against")
+    p.add_argument("--baseline", help=f"the controller label others are paired against (default: {BASELINE} "
+                   "where a run holds it; a label no run holds is refused)")  # fmt: skip
 
 
 def cmd_merge(args: argparse.Namespace) -> int:
@@ -30,7 +35,7 @@ def cmd_merge(args: argparse.Namespace) -> int:
     from mpc_llm.evaluation.compare.merge import merge_runs
     from mpc_llm.evaluation.summary import markdown_table
 
-    rows = merge_runs(args.runs, args.out, baseline=args.baseline)
+    rows = merge_runs(args.runs, args.out, baseline=args.baseline, overwrite=args.overwrite)
     print(markdown_table(rows))
     print(f"records, summary.md and plots are in {args.out}")
     return 0
