@@ -79,12 +79,16 @@ def check_device(device: str) -> str:
 @dataclass(frozen=True)
 class RunFacts:
     """What a controller's `Planner.check_system` is shown before the weights load: the model's facts
-    (`ModelFacts`: its attributes are read through) and the run's reward spec and prompt source, which
-    a learned value's card is checked against (`mpc_llm.values.ValueRef.check_for`)."""
+    (`ModelFacts`: its attributes are read through), the run's reward spec and prompt source, which
+    a learned value's card is checked against (`mpc_llm.values.ValueRef.check_for`), and the
+    decoding options."""
 
     facts: ModelFacts
     reward: Any = None
     prompt_source: str | None = None
+    #: the decoding options (`LMConfig`), as `LMDynamics.config`: what a controller needs of the
+    #: decode (log-probs for a steered proposal's weights, states for a value of them)
+    config: Any = None
 
     def __getattr__(self, name: str) -> Any:
         if name.startswith("__"):
@@ -122,7 +126,7 @@ def preflight(
     planners = config.planners_by_path if planners is None else planners
     facts = model_facts(config.model, dtype)
     known = ModelFacts.of(dtype) if facts is None else facts
-    check_systems(planners, RunFacts(known, config.reward, prompt_source))
+    check_systems(planners, RunFacts(known, config.reward, prompt_source, config.lm))
     if facts is not None and prompts:
         facts.check_prompts(prompts, config.lm.max_new_tokens, config.lm.chat_template)
     return facts

@@ -40,9 +40,14 @@ def test_locate_between_two_budgets_at_a_point_and_out_of_range() -> None:
     assert log_place.w == pytest.approx(0.5)  # half-way in log x, not 0.0909 in x
 
 
+COPIES = 4  # each hand-computed prompt four times: 12 prompts, enough for a verdict (MIN_PROMPTS)
+
+
 def records_of(controller: str, budget: int, rewards: list[float], **fields) -> dict:
+    """Records of ``len(rewards) * COPIES`` prompts: prompt ``p`` has ``rewards[p % len(rewards)]``."""
+    many = rewards * COPIES
     return {(p, 0): {"controller": controller, "budget": budget, "prompt_index": p, "seed": 0,
-                     "reward": r, **fields} for p, r in enumerate(rewards)}  # fmt: skip
+                     "reward": r, **fields} for p, r in enumerate(many)}  # fmt: skip
 
 
 def baseline_curve() -> dict:
@@ -56,14 +61,41 @@ def baseline_curve() -> dict:
 
 def test_a_point_between_two_budgets_is_compared_with_the_interpolated_curve_prompt_by_prompt() -> None:
     x = bound(2) + 0.25 * (bound(4) - bound(2))  # a quarter of the way from n = 2 to n = 4
-    ours = records_of("aisp", 8, [0.5, 0.5, 0.8], kl_estimate=x - bound(2), selection_bound=bound(2))
+    ours = records_of("aisp", 8, [0.5, 0.2, 1.1], kl_estimate=x - bound(2), selection_bound=bound(2))
     c = against_curve(ours, baseline_curve(), "kl")
     assert c is not None and c["status"] == "within" and (c["n_lo"], c["n_hi"]) == (2, 4)
     assert c["w"] == pytest.approx(0.25)
-    # references per prompt: 0.75 r(2) + 0.25 r(4) = 0.3, 0.6, 0.675; ours 0.5, 0.5, 0.8
+    # references per prompt: 0.75 r(2) + 0.25 r(4) = 0.3, 0.6, 0.675; ours 0.5, 0.2, 1.1
     assert c["ref"] == pytest.approx(0.525)
-    assert c["diff"] == pytest.approx((0.2 - 0.1 + 0.125) / 3)
+    assert c["diff"] == pytest.approx((0.2 - 0.4 + 0.425) / 3)
     assert c["diff_low"] <= c["diff"] <= c["diff_high"] and c["verdict"] == "level"
+    assert c["prompts"] == 12
+
+
+def test_too_few_prompts_give_numbers_and_no_verdict() -> None:
+    many = records_of("cem", 8, [0.9, 1.0, 1.1], kl_estimate=0.0, selection_bound=bound(2))
+    few = {k: v for k, v in many.items() if k[0] < 3}
+    c = against_curve(few, baseline_curve(), "kl")
+    assert c["prompts"] == 3 and c["verdict"] == "unknown" and c["diff"] > 0
+
+
+def test_a_missing_steering_figure_is_unknown_never_zero() -> None:
+    """A steered record without its steering log-ratio (closeness off, a sequential controller)
+    must not sit at its selection bound, on best-of-N's own point."""
+    ours = records_of("aisp", 8, [0.9, 1.0, 1.1], selection_bound=bound(8))
+    assert against_curve(ours, baseline_curve(), "kl") is None
+
+
+def test_the_perplexity_axis_is_a_distance_from_the_models_own_samples() -> None:
+    """Best-of-N at n = 1 sits at 0; a response less likely than the model's samples (ppl up) and a
+    degenerate one more likely than them (ppl down) are both that far from the model."""
+    base = {n: {k: {**r, "base_logp_mean": -1.4 + 0.05 * math.log2(n)} for k, r in recs.items()}
+            for n, recs in baseline_curve().items()}  # fmt: skip
+    up = records_of("a", 8, [0.5, 0.5, 0.8], base_logp_mean=-1.5)
+    down = records_of("b", 8, [0.5, 0.5, 0.8], base_logp_mean=-1.3)
+    cu, cd = against_curve(up, base, "ppl"), against_curve(down, base, "ppl")
+    assert cu["x"] == pytest.approx(0.1) and cd["x"] == pytest.approx(0.1)
+    assert (cu["n_lo"], cu["n_hi"]) == (cd["n_lo"], cd["n_hi"]) == (2, 4)
 
 
 def test_a_point_beyond_the_curve_is_compared_with_its_last_point_and_never_extrapolated() -> None:

@@ -89,26 +89,31 @@ def test_settings_refuse_a_value_without_horizon_scoring() -> None:
         RecedingHorizon(BestOfN(num_samples=2), horizon=2, terminal=table_twist(soft_values(1.0)))
 
 
-def test_the_decode_keeps_each_responses_last_pre_logit_state(tiny_lm) -> None:
+def test_the_decode_keeps_each_responses_state_after_its_last_token(tiny_lm) -> None:
+    """``last_states`` is what the head reads at the position of the response's last token, i.e. the
+    state a feedback policy sees one step later in a longer decode with the same tokens; rows that
+    end early (stop strings) keep theirs, and keeping states changes no token."""
     from mpc_llm.dynamics import LMDynamics
     from mpc_llm.values import RecordStates
 
     model, tok = tiny_lm("llama")
-    lm = LMDynamics(model, tok, ["Hi", "Tell me a story"], max_new_tokens=7, keep_states=True)
+    options = dict(max_new_tokens=7, stop_strings=("a", "e"))
+    lm = LMDynamics(model, tok, ["Hi", "Tell me a story"], keep_states=True, **options)
     gens = lambda: [torch.Generator().manual_seed(s) for s in (3, 4)]  # noqa: E731
     kept = lm.rollout(lm.zero_controls(samples=3), gens())
+    plain = LMDynamics(model, tok, ["Hi", "Tell me a story"], **options)
+    assert torch.equal(kept.tokens, plain.rollout(lm.zero_controls(samples=3), gens()).tokens)
+    lengths = kept.lengths.reshape(-1).tolist()
+    assert min(lengths) < 7 and max(lengths) == 7, lengths  # rows that end early and rows that do not
     tap = RecordStates()
-    seen = lm.rollout_feedback(lm.zero_controls(samples=3, steps=7), gens(), tap)
-    assert torch.equal(kept.tokens, seen.tokens)  # keeping states changes nothing
+    longer = plain.with_options(max_new_tokens=8, stop_strings=("a", "e"))
+    seen = longer.rollout_feedback(lm.zero_controls(samples=3, steps=8), gens(), tap)
+    assert torch.equal(seen.tokens[..., :7], kept.tokens)
     states = torch.stack(tap.states)  # (T, B N, d): what the head read at every step
-    for r, length in enumerate(kept.lengths.reshape(-1).tolist()):
-        assert torch.allclose(kept.last_states.reshape(6, -1)[r], states[length - 1, r])
-    assert (
-        LMDynamics(model, tok, ["Hi"], max_new_tokens=3)
-        .rollout(lm.zero_controls(samples=1, rows=1), gens()[:1])
-        .last_states
-        is None
-    )
+    for r, length in enumerate(lengths):
+        assert torch.allclose(kept.last_states.reshape(6, -1)[r], states[length, r], atol=1e-5), r
+        assert not torch.allclose(kept.last_states.reshape(6, -1)[r], states[length - 1, r])
+    assert plain.rollout(lm.zero_controls(samples=1), gens()).last_states is None
 
 
 def test_receding_horizon_with_a_learned_value_runs_on_a_language_model(tiny_lm, tmp_path) -> None:

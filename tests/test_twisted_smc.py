@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from mpc_llm.controllers import SMC
-from mpc_llm.controllers.twisted_smc import StateTap, TwistedSMC
+from mpc_llm.controllers.twisted_smc import TwistedSMC
 from mpc_llm.core import Policy
 from mpc_llm.dynamics import ToyLM, ToyReward, exact_tilted
 from mpc_llm.values.twist import FunctionTwist, ValueTwist
@@ -150,13 +150,6 @@ def test_the_steered_rollout_records_its_exact_log_ratio() -> None:
     assert float(plain.kl_to_base().abs().max()) == 0.0
 
 
-def test_the_tap_reads_each_rows_last_state() -> None:
-    tap = StateTap(None)
-    for t in range(3):
-        tap(torch.full((2, 4), float(t)), t)
-    assert tap.last(torch.tensor([3, 1])).tolist() == [[2.0] * 4, [0.0] * 4]
-
-
 def test_a_value_twist_and_a_value_steered_proposal_run_on_a_language_model(tiny_lm) -> None:
     from mpc_llm.dynamics import LMDynamics
     from mpc_llm.rewards.rules import KeywordReward
@@ -165,14 +158,14 @@ def test_a_value_twist_and_a_value_steered_proposal_run_on_a_language_model(tiny
     model, tok = tiny_lm("llama")
     value = ValueMLP(model.config.hidden_size, width=8, depth=1)
     cost = KeywordReward(["the"]).as_cost()
-    lm = LMDynamics(model, tok, ["Hi", "Tell me"], max_new_tokens=6, return_logprobs=True)
+    lm = LMDynamics(model, tok, ["Hi", "Tell me"], max_new_tokens=6, return_logprobs=True, keep_states=True)
     twist = ValueTwist(value)
     smc = TwistedSMC(num_particles=3, block=2, beta=1.0, twist=twist,
                      proposal=GradientAscentPolicy(value, num_steps=2, step_size=0.5))  # fmt: skip
     result = smc.optimize(lm, cost, seed=[0, 1])
     assert torch.isfinite(result.population.estimate.log_z).all()
     assert twist.evaluations > 0
-    no_logprobs = LMDynamics(model, tok, ["Hi"], max_new_tokens=4)
+    no_logprobs = LMDynamics(model, tok, ["Hi"], max_new_tokens=4, keep_states=True)
     with pytest.raises(ValueError, match="return_logprobs"):
         smc.optimize(no_logprobs, cost, seed=0)
 
@@ -185,7 +178,7 @@ def test_a_value_folder_gives_the_twist_and_the_steered_proposal(tiny_lm, tmp_pa
     from mpc_llm.values import ValueMLP, save_value
 
     model, tok = tiny_lm("llama")
-    lm = LMDynamics(model, tok, ["Hi"], max_new_tokens=4, return_logprobs=True)
+    lm = LMDynamics(model, tok, ["Hi"], max_new_tokens=4, return_logprobs=True, keep_states=True)
     save_value(ValueMLP(lm.control_dim, 8, 1), {"model": "tiny", "model_fingerprint": lm.model_fingerprint()},
                tmp_path / "v")  # fmt: skip
     cost = KeywordReward(["the"]).as_cost()
@@ -201,4 +194,6 @@ def test_a_value_folder_gives_the_twist_and_the_steered_proposal(tiny_lm, tmp_pa
     with pytest.raises(ValidationError, match="give value=FOLDER"):
         TwistedSMC(steer_steps=3)
     with pytest.raises(ValueError, match="return_logprobs"):
-        steered.check_system(LMDynamics(model, tok, ["Hi"], max_new_tokens=4))
+        steered.check_system(LMDynamics(model, tok, ["Hi"], max_new_tokens=4, keep_states=True))
+    with pytest.raises(ValueError, match="keep_states"):
+        base.check_system(LMDynamics(model, tok, ["Hi"], max_new_tokens=4))

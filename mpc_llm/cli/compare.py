@@ -38,8 +38,9 @@ def _file_controllers(args: argparse.Namespace) -> dict[str, Any]:
 def cmd_compare(args: argparse.Namespace) -> int:
     """Check everything that can be checked without the model's weights (flags, settings, budgets,
     prompts, the run folder, the model's config and tokenizer), then load it and compare."""
-    from mpc_llm.controllers import COMPARE_DEFAULT, accepted_settings
+    from mpc_llm.controllers import BASELINE, COMPARE_DEFAULT, accepted_settings
     from mpc_llm.evaluation.compare import (
+        check_baseline_budgets,
         check_budgets,
         check_run_folder,
         check_seeds,
@@ -82,6 +83,9 @@ def cmd_compare(args: argparse.Namespace) -> int:
         raise CLIError(f"--set {', '.join(unknown)}: no selected controller has this setting")
     refuse_untaken(given_settings(args), accepted)  # a flag no selected controller takes
     check_budgets(controllers, args.budgets, args.budget_unit, config.lm.max_new_tokens)
+    check_baseline_budgets(
+        controllers, BASELINE, args.baseline_budgets, args.budget_unit, config.lm.max_new_tokens
+    )
     source = args.prompts if args.prompts is not None else config.prompts
     prompt_set = load_prompt_set(source, limit=args.num_prompts, exact=True)
     from mpc_llm.lm.precision import dtype_name, resolve_dtype
@@ -98,7 +102,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
         check_run_folder(
             args.out,
             comparison_settings(prompt_set.prompts, controllers, args.budgets, args.seeds, settings,
-                                eval_labels(config.eval_reward), args.budget_unit),
+                                eval_labels(config.eval_reward), args.budget_unit, args.baseline_budgets),
             resume=args.resume,
             overwrite=args.overwrite,
         )  # fmt: skip
@@ -126,6 +130,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
             world=world,
             eval_rewards=experiment.eval_rewards,
             origins=prompt_set.origins,
+            baseline_budgets=args.baseline_budgets,
         )
     if world is None or world.is_main:
         print(markdown_table(rows))

@@ -143,6 +143,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     compare.add_argument("--budgets", type=_int_list, default=[8, 16, 32], help="e.g. 8,16,32,64")
     compare.add_argument(
+        "--baseline-budgets",
+        type=_int_list,
+        default=[],
+        dest="baseline_budgets",
+        help="more budgets for best_of_n alone, e.g. 1,2,4,...,256: its whole curve, which the summary "
+        "places every other point against (read off one run, with common random numbers)",
+    )
+    compare.add_argument(
         "--budget-unit",
         choices=["samples", "tokens"],
         default="samples",

@@ -19,10 +19,10 @@ E_p[exp(r / beta) | y_<=t]``; a value learned on the pre-logit state (`ValueTwis
 the expected reward, the soft value's ``beta -> inf`` limit.
 
 What a twist reads: `Twist` sees each particle's partial rollout and, when it asks for them
-(``needs_states``), the state at its block's last step (the pre-logit the head read to choose the
-block's last token: the value of the prefix without that token). The twist is evaluated on every
-unfinished particle after every block (its ``value_evals``); the reward on every particle as in
-SMC (a scored sample).
+(``needs_states``, `ValueTwist`), the pre-logit state after the block's last token
+(`mpc_llm.lm.LMRollout.last_states`, kept by the decode with ``keep_states``: the state a value of
+the whole text so far reads). The twist is evaluated on every unfinished particle after every block;
+the reward on every particle as in SMC (a scored sample).
 
 Example:
     >>> from mpc_llm.dynamics import ToyLM, ToyReward
@@ -58,24 +58,10 @@ LOGPROBS = (
 )
 
 
-class StateTap(Policy):
-    """A state-feedback policy that applies ``inner`` (None: no control, the base model exactly)
-    and keeps every step's ``(R, d)`` state, so a twist can read each row's last one."""
-
-    def __init__(self, inner: Policy | None) -> None:
-        super().__init__()
-        self.inner, self.states = inner, []  # type: list[Tensor]
-
-    def __call__(self, z: Tensor, t: int) -> Tensor:
-        self.calls += z.shape[0]
-        self.states.append(z.detach().float().cpu())
-        return torch.zeros_like(z) if self.inner is None else self.inner(z, t)
-
-    def last(self, steps: Tensor) -> Tensor:
-        """``(R, d)`` the state at step ``steps[r] - 1`` of each row (its last; step 0 if none)."""
-        stacked = torch.stack(self.states)  # (T, R, d)
-        index = (steps.long().cpu() - 1).clamp(0, stacked.shape[0] - 1)
-        return stacked[index, torch.arange(stacked.shape[1])]
+STATES = (
+    "a value twist reads the pre-logit state after each block; create the system with keep_states=True "
+    "(config: lm.keep_states: true)"
+)
 
 
 class TwistedSMCConfig(SMCConfig):
@@ -146,9 +132,12 @@ class TwistedSMC(SMC):
         super().check_system(system)
         if self.value is not None:
             self.value.check_for(system)
-        config = getattr(system, "config", None)
+        config = getattr(system, "config", None)  # the decoding options (LMConfig), when known
         if self._steered and config is not None and not getattr(config, "return_logprobs", True):
             raise ValueError(LOGPROBS)
+        reads_states = self.value is not None or (self.twist is not None and self.twist.needs_states)
+        if reads_states and config is not None and not getattr(config, "keep_states", True):
+            raise ValueError(STATES)
 
     def spec(self) -> dict[str, Any]:
         """Class and config, and what the value cost to learn (from its card)."""
@@ -177,17 +166,19 @@ class TwistedSMC(SMC):
         streams = make_generators(draw_seeds([p.stream for p in carry]), R, system.device)
         twist, proposal = self._parts(system)
         zero = system.zero_controls(steps=plan.horizon)
-        tap = StateTap(proposal)
-        feedback = proposal is not None or (twist is not None and twist.needs_states)
-        rollout = plan.rollout_feedback(zero, streams, tap) if feedback else plan.rollout(zero, streams)
+        rollout = (
+            plan.rollout(zero, streams)
+            if proposal is None
+            else plan.rollout_feedback(zero, streams, proposal)
+        )
         costs, metrics = cost.evaluate(rollout)
         c = costs[:, 0].double().cpu().nan_to_num(nan=math.inf)
         psi = -c
         if twist is not None:
             ended = system.advance(rollout, plan.horizon).finished().cpu()
-            grown = rollout.token_counts()[:, 0]
-            states = tap.last(grown) if twist.needs_states else None
-            psi = torch.where(ended, psi, twist(rollout, states))
+            psi = torch.where(
+                ended, psi, twist(rollout, self._states(rollout) if twist.needs_states else None)
+            )
         ratio = self._log_ratio(rollout) if proposal is not None else torch.zeros(R, dtype=torch.float64)
         betas = self._choose_betas(-psi, episode.owners, [p.beta for p in carry])
         out = []
@@ -209,6 +200,14 @@ class TwistedSMC(SMC):
             tokens=[int(n) for n in rollout.token_counts()[:, 0].tolist()],
             carry=out,
         )
+
+    @staticmethod
+    def _states(rollout: Rollout) -> Tensor:
+        """``(R, d)`` each row's state after its last token (`LMRollout.last_states`)."""
+        states = getattr(rollout, "last_states", None)
+        if states is None:
+            raise ValueError(STATES)
+        return states.reshape(rollout.batch_size * rollout.num_samples, -1)
 
     def _log_ratio(self, rollout: Rollout) -> Tensor:
         """``(R,)`` ``sum_s log p(y_s) - log q(y_s)`` over the tokens this block generated."""

@@ -21,9 +21,10 @@ class LMConfig(BaseModel):
         stop_strings: end a response when its text contains one (the text is cut before it).
         chat_template: format prompts with the tokenizer's chat template (None: when it has one).
         return_logprobs: record per-token log-probs under the controlled and the unperturbed model.
-        keep_states: keep each response's last pre-logit state (the head's input, before any
-            control, at its last generated token; `LMRollout.last_states`), for a cost that reads a
-            value of it (`mpc_llm.values.TerminalValueCost`). Eager decoding only.
+        keep_states: keep each response's pre-logit state after its last token (the head's input,
+            before any control, at the position that reads the last generated token: one more
+            forward step per decode; `LMRollout.last_states`), for a value of the whole text so far
+            (`mpc_llm.values.terminal.TerminalValueCost`, twisted SMC). Eager decoding only.
         eos_token_id: end-of-sequence id(s) (default: the tokenizer's and the generation config's).
         sync_every: check "all finished" every this many steps (default 1 on CPU, 8 elsewhere).
         compile: run each decoding step through `torch.compile` (static key/value cache; on CUDA,

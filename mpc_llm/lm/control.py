@@ -37,7 +37,8 @@ class PreLogitControl:
         self.step = 0
         self.record: Tensor | None = None
         #: ``keep_states``: ``states`` ``(R, d)`` float32 holds each row's head input at the last
-        #: position of the last step it was ``alive`` ``(R,)`` (set by the decode before each step)
+        #: position of the last forward in which it was ``alive`` ``(R,)`` (set by the decode: the
+        #: rows whose token of the previous step that forward reads)
         self.keep_states = False
         self.states: Tensor | None = None
         self.alive: Tensor | None = None

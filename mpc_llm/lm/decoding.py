@@ -30,8 +30,8 @@ class Decoded:
         base_logprobs: ``(B * N, T)`` under the unperturbed model, or None.
         finished: ``(B * N,)`` rows that ended (end-of-sequence or a stop string) before their step limit.
         controls: ``(B * N, T, d)`` controls a feedback ``policy`` applied (else None), 0 past the end.
-        last_states: ``(B * N, d)`` float32 head input at each row's last generated token, before
-            any control (``keep_states``; else None).
+        last_states: ``(B * N, d)`` float32 head input after each row's last token, before any
+            control (``keep_states``; else None).
     """
 
     tokens: Tensor

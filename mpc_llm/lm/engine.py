@@ -246,18 +246,19 @@ class DecodeEngine:
         B, device = len(prefix.lengths), adapter.device
         T = cfg.max_new_tokens if steps is None else steps
         self.check_generators(generators, B)
-        self.check_context(prefix.lengths, T)
+        extra = 1 if cfg.keep_states else 0  # one more forward reads each last token's state
+        self.check_context(prefix.lengths, T + extra)
         R, P = B * N, prefix.mask.shape[1]
         tau = 0 if controls is None else controls.shape[1]
         static = cfg.uses_static_cache
-        width = -(-(P + T) // STATIC_BUCKET) * STATIC_BUCKET if static else P + T
+        width = -(-(P + T + extra) // STATIC_BUCKET) * STATIC_BUCKET if static else P + T + extra
         if static:
             cache = self._static = static_copy(prefix.cache, N, R, width, self.model.config, self._static)
         else:
-            cache = expand_cache(prefix.cache, N, T)
+            cache = expand_cache(prefix.cache, N, T + extra)
         mask = torch.zeros((R, width), dtype=torch.long, device=device)
         mask[:, :P] = prefix.mask.repeat_interleave(N, dim=0)
-        mask[:, P : P + T] = 1
+        mask[:, P : P + T + extra] = 1
         input_ids = prefix.last_tokens.repeat_interleave(N).unsqueeze(1)  # (R, 1)
         positions = prefix.positions.repeat_interleave(N).unsqueeze(1)  # (R, 1)
         before = None
@@ -271,6 +272,9 @@ class DecodeEngine:
         record = feedback_record(policy, controls, cfg.compile, T)
         module, hook, release = self._hook()
         hook.keep_states, hook.states = cfg.keep_states, None
+        # keep_states: the forward of step t reads the token chosen at t - 1, so it keeps the state of
+        # the rows that chose one then (all rows at t = 0: the prompt's state)
+        chose = torch.ones(R, dtype=torch.bool, device=device)
         ran = T
         try:
             with grouped_attention(wants_grouped_attention(device, adapter.dtype)):
@@ -279,7 +283,7 @@ class DecodeEngine:
                     hook.control = controls[:, t] if controlled else None  # type: ignore[index]
                     hook.policy, hook.step, hook.record = (policy if controlled else None), t, record
                     hook.with_base = controlled and cfg.return_logprobs
-                    hook.alive = ~rows.done if cfg.keep_states else None
+                    hook.alive = chose if cfg.keep_states else None
                     step_mask = mask if static else mask[:, : P + t + 1]
                     out = adapter.forward(input_ids, step_mask, positions, cache, module=module)
                     self._check_hook(hook)
@@ -289,11 +293,17 @@ class DecodeEngine:
                     base = None
                     if hook.with_base:
                         logits, base = logits[:R], logits[R:]
+                    chose = ~rows.done
                     input_ids = rows.step(t, logits, base, generators).unsqueeze(1)
                     if (t + 1) % sync_every == 0 and bool(rows.done.all()):
                         ran = t + 1
                         break
                     positions = positions + 1
+                if cfg.keep_states:  # the state after the last step's tokens
+                    hook.control, hook.policy, hook.with_base, hook.alive = None, None, False, chose
+                    last = prefix.positions.repeat_interleave(N).unsqueeze(1) + ran
+                    adapter.forward(input_ids, mask if static else mask[:, : P + ran + 1], last, cache,
+                                    module=module)  # fmt: skip
             states = hook.states
         finally:
             hook.control, hook.with_base, hook.policy, hook.record = None, False, None, None

@@ -29,9 +29,9 @@ class LMRollout(Rollout):
         finished: ``(B, N)`` responses that ended (end-of-sequence or a stop string), or None.
         prefix_lengths: ``(B, N)`` leading tokens committed before this rollout (receding-horizon
             control: ``tokens`` hold the whole response, its committed part first), or None (none).
-        last_states: ``(B, N, d)`` float32 pre-logit state at each response's last generated token,
-            before any control (the value of the text before that token reads it), or None (kept only
-            with ``LMConfig(keep_states=True)``).
+        last_states: ``(B, N, d)`` float32 pre-logit state after each response's last token (the
+            head's input, before any control, at the position that reads that token: what a value
+            of the whole text so far reads), or None (kept only with ``LMConfig(keep_states=True)``).
     """
 
     tokens: Tensor

@@ -240,13 +240,13 @@ def compare(
         raise ValueError(f"--prompts-per-batch must be at least 1, got {prompts_per_batch}")
     if origins is not None and len(origins) != len(prompts):
         raise ValueError(f"{len(origins)} origins for {len(prompts)} prompts; give one per prompt")
-    curve = check_baseline_budgets(controllers, baseline, baseline_budgets)
+    episode = make_dynamics([prompts[0]]).horizon
+    curve = check_baseline_budgets(controllers, baseline, baseline_budgets, budget_unit, episode)
     if baseline is not None and baseline not in controllers:
         warnings.warn(
             f"no controller is labelled {baseline!r}: the summary has no win rates", UserWarning, stacklevel=2
         )
         baseline = None
-    episode = make_dynamics([prompts[0]]).horizon
     settings = comparison_settings(
         prompts, controllers, budgets, seeds, settings, list(eval_rewards or {}), budget_unit, curve
     )
@@ -332,10 +332,15 @@ def _done(store: RunStore, budgets_of: Mapping[str, Sequence[int]]) -> set[tuple
 
 
 def check_baseline_budgets(
-    controllers: Mapping[str, Planner], baseline: str | None, baseline_budgets: Sequence[int]
+    controllers: Mapping[str, Planner],
+    baseline: str | None,
+    baseline_budgets: Sequence[int],
+    unit: BudgetUnit = "samples",
+    episode: int | None = None,
 ) -> list[int]:
     """The sorted extra budgets of the baseline's curve, refused when there is no open-loop baseline
-    to read them off or when one is not a positive integer."""
+    to read them off, or when the baseline cannot spend one (`check_budgets`: not a positive
+    integer, less than one iteration of an adaptive baseline, ...)."""
     if not baseline_budgets:
         return []
     if baseline is None or baseline not in controllers:
@@ -348,9 +353,10 @@ def check_baseline_budgets(
             f"--baseline-budgets reads {baseline!r} at many budgets off one run, which needs an open-loop "
             "(anytime) controller such as best_of_n; give the budgets with --budgets instead"
         )
-    if any(int(b) < 1 for b in baseline_budgets):
-        raise ValueError(f"baseline budgets must be positive integers, got {list(baseline_budgets)}")
-    return sorted({int(b) for b in baseline_budgets})
+    try:
+        return check_budgets({baseline: controllers[baseline]}, baseline_budgets, unit, episode)
+    except ValueError as err:
+        raise ValueError(f"--baseline-budgets: {err}") from None
 
 
 def _run_job(

@@ -6,7 +6,9 @@ curve at the same closeness, on three axes (`AXES`):
 
 - ``kl``: the KL figure ``kl_estimate + selection_bound`` (nats; for best-of-N the bound
   ``log n - (n - 1) / n``; what the figure is for each family: ``docs/concepts.md``);
-- ``ppl``: the base model's perplexity of the returned responses (exact);
+- ``ppl``: the base model's perplexity of the returned responses (exact), as a distance: ``|log ppl
+  - log ppl_1|`` (nats per token) from best-of-N's smallest budget, the model's own samples, since
+  a degenerate response (repeated words) can be more likely than the model's own samples;
 - ``compute``: tokens through the model per prompt (``forward_tokens``: prefill and decode, plus a
   learned value's training tokens amortised over its stated uses), interpolated in ``log``.
 
@@ -29,6 +31,7 @@ Out of range. A point farther from the model than best-of-N's largest measured b
 extrapolated: it is compared with that last point, and is ``below`` the curve only when it is
 significantly worse there (worse and farther: dominated); otherwise ``beyond`` (no verdict). A
 point closer than the closest budget is ``above`` only when significantly better than that point.
+Fewer than `MIN_PROMPTS` prompts give the numbers and no verdict (``unknown``).
 """
 
 from __future__ import annotations
@@ -46,16 +49,22 @@ Verdict = Literal["above", "level", "below", "beyond", "unknown"]
 
 
 def _kl(records: Sequence[Mapping[str, Any]]) -> float | None:
+    """Mean ``kl_estimate + selection_bound``; None unless every record has its steering figure (a
+    missing one, e.g. a sequential controller's or a non-finite one, is unknown, never 0)."""
     kl = [r.get("kl_estimate") for r in records]
-    sel = [r.get("selection_bound") for r in records]
-    if all(k is None for k in kl) and all(s is None for s in sel):
+    if any(k is None for k in kl):
         return None
-    return sum((k or 0.0) + (s or 0.0) for k, s in zip(kl, sel, strict=True)) / len(records)
+    sel = [r.get("selection_bound") or 0.0 for r in records]
+    return sum(float(k) + float(s) for k, s in zip(kl, sel, strict=True)) / len(records)  # type: ignore[arg-type]
 
 
-def _ppl(records: Sequence[Mapping[str, Any]]) -> float | None:
-    logp = [float(r["base_logp_mean"]) for r in records if r.get("base_logp_mean") is not None]
-    return math.exp(-sum(logp) / len(logp)) if len(logp) == len(records) else None
+def _log_ppl(records: Sequence[Mapping[str, Any]]) -> float | None:
+    """Minus the mean base log-likelihood per token: the log of the base perplexity (None when a
+    record lacks it)."""
+    logp = [r.get("base_logp_mean") for r in records]
+    if any(v is None for v in logp):
+        return None
+    return -sum(float(v) for v in logp) / len(records)  # type: ignore[arg-type]
 
 
 def _compute(records: Sequence[Mapping[str, Any]]) -> float | None:
@@ -65,12 +74,18 @@ def _compute(records: Sequence[Mapping[str, Any]]) -> float | None:
     return sum(float(t) for t in tokens) / len(records)  # type: ignore[arg-type]
 
 
-#: axis -> (mean closeness of a list of records, None when unknown; interpolate in log x?)
-AXES: dict[str, tuple[Callable[[Sequence[Mapping[str, Any]]], float | None], bool]] = {
+#: axis -> (mean closeness of a list of records, None when unknown; interpolate in log x?). On the
+#: ``ppl`` axis the figure is the log base perplexity, and closeness is its distance from the base
+#: model's own samples (`against_curve`).
+AXES: dict[Axis, tuple[Callable[[Sequence[Mapping[str, Any]]], float | None], bool]] = {
     "kl": (_kl, False),
-    "ppl": (_ppl, False),
+    "ppl": (_log_ppl, False),
     "compute": (_compute, True),
 }
+
+#: fewer prompts than this give a comparison but no verdict (a percentile bootstrap over a handful
+#: of prompts is too narrow to trust)
+MIN_PROMPTS = 10
 
 
 @dataclass(frozen=True)
@@ -176,6 +191,9 @@ def against_curve(
     xs = {n: closeness([b[k] for k in keys]) for n, b in baseline.items()}
     if x is None or any(v is None for v in xs.values()):
         return None
+    if axis == "ppl":  # a distance from the base model's own samples (its smallest budget), either way
+        own = xs[min(xs)]
+        x, xs = abs(x - own), {n: abs(v - own) for n, v in xs.items()}  # type: ignore[operator]
     x += extra
     reward = {n: sum(float(b[k]["reward"]) for k in keys) / len(keys) for n, b in baseline.items()}
     curve = envelope([CurvePoint(float(xs[n]), reward[n], n) for n in baseline])  # type: ignore[arg-type]
@@ -188,8 +206,11 @@ def against_curve(
     mine = [float(value(ours[k])) for k in keys]  # type: ignore[arg-type]
     refs = [ref(k) for k in keys]
     b = paired_bootstrap(mine, refs, [k[0] for k in keys])
-    if place.status == "within":
-        verdict: Verdict = "above" if b.diff_low > 0 else "below" if b.diff_high < 0 else "level"
+    prompts = len({k[0] for k in keys})
+    if prompts < MIN_PROMPTS:
+        verdict: Verdict = "unknown"
+    elif place.status == "within":
+        verdict = "above" if b.diff_low > 0 else "below" if b.diff_high < 0 else "level"
     elif place.status == "beyond":
         verdict = "below" if b.diff_high < 0 else "beyond"
     else:
@@ -205,6 +226,7 @@ def against_curve(
         "diff_low": b.diff_low,
         "diff_high": b.diff_high,
         "pairs": len(keys),
+        "prompts": prompts,
         "verdict": verdict,
     }
 

@@ -23,9 +23,10 @@ def family(label: str) -> str:
 
 
 def kl_figure(row: Mapping[str, Any]) -> float | None:
-    """``kl_estimate + selection_bound`` of a summary row (None when neither was recorded)."""
+    """``kl_estimate + selection_bound`` of a summary row (None without the steering figure: a
+    selection bound alone would put a steered controller on best-of-N's own point)."""
     kl, sel = row.get("kl_estimate"), row.get("selection_bound")
-    return None if kl is None and sel is None else (kl or 0.0) + (sel or 0.0)
+    return None if kl is None else kl + (sel or 0.0)
 
 
 def plot_frontier(

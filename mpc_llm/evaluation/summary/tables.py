@@ -222,7 +222,7 @@ def closeness_table(rows: Sequence[Mapping[str, Any]]) -> str:
     lines = ["| " + " | ".join(cols) + " |", "|---|---:|" + "---:|" * 5 + "---|---|" * len(labels)]
     for r in rows:
         kl, sel = r.get("kl_estimate"), r.get("selection_bound")
-        both = None if kl is None and sel is None else (kl or 0.0) + (sel or 0.0)
+        both = None if kl is None else kl + (sel or 0.0)
         cells = [r["controller"], str(r["budget"]), _fmt(r.get("base_logp_mean")), _fmt(r.get("base_ppl"), 2),
                  _fmt(kl, 2), _fmt(sel, 2), _fmt(both, 2)]  # fmt: skip
         for label in labels:

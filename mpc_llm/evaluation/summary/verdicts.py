@@ -15,7 +15,7 @@ from typing import Any
 #: the axes in the table's order, with their column names
 COLUMNS = {
     "kl": "at equal closeness (KL figure, nats)",
-    "ppl": "at equal base perplexity",
+    "ppl": "at equal base perplexity (distance in log ppl from its smallest budget)",
     "compute": "at equal compute (tokens through the model)",
 }
 
@@ -40,8 +40,10 @@ def curve_cell(c: Mapping[str, Any] | None) -> str:
         "before": f"before n {c['n_lo']}",
     }[c["status"]]
     x = f"{c['x']:.2f}" if abs(c["x"]) < 1e4 else f"{c['x']:.3g}"
+    prompts = f"; {c['prompts']} prompts" if "prompts" in c else ""
     return (
-        f"{_num(c['diff'])} [{_num(c['diff_low'])}, {_num(c['diff_high'])}] {c['verdict']} (x {x}; {where})"
+        f"{_num(c['diff'])} [{_num(c['diff_low'])}, {_num(c['diff_high'])}] {c['verdict']} "
+        f"(x {x}; {where}{prompts})"
     )
 
 
@@ -94,5 +96,7 @@ def plain_answer(rows: Sequence[Mapping[str, Any]], baseline: str, axis: str = "
     if groups["beyond"]:
         text += f"; beyond its measured range (no verdict): {listed(groups['beyond'])}"
     if groups["unknown"]:
-        text += f"; closer than its closest point (no verdict): {listed(groups['unknown'])}"
+        text += (
+            f"; no verdict (too few prompts, or closer than its closest point): {listed(groups['unknown'])}"
+        )
     return f"\n**Against {baseline}'s curve {COLUMNS[axis]}:** {text}.\n"
