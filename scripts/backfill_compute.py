@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from mpc_llm.controllers import CONTROLLERS
+from mpc_llm.evaluation.compare import run_settings
 from mpc_llm.evaluation.compare.records import compute_fields
 from mpc_llm.evaluation.compare.records_file import read_records, write_records
 from mpc_llm.evaluation.prompts import load_prompt_set
@@ -38,6 +39,9 @@ def context_tokens(settings: dict[str, Any]) -> list[int]:
     if settings.get("model") not in (None, "SmolLM2-135M-Instruct"):
         raise SystemExit(f"this script re-encodes with the embedded model; the run used {settings['model']}")
     prompts = load_prompt_set(settings["prompts"], limit=settings["num_prompts"]).prompts
+    digest = run_settings(prompts, {}, [], [], {})["prompts_sha256"]
+    if settings.get("prompts_sha256") not in (None, digest):  # merged runs record no digest
+        raise SystemExit(f"the prompts of {settings['prompts']} are not the run's any more (sha256 differs)")
     model, tokenizer = load_default_model()
     lm = LMDynamics(model, tokenizer, prompts, **(settings.get("lm") or {}))
     return lm.context_tokens().tolist()

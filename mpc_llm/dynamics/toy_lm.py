@@ -59,7 +59,8 @@ class ToyRollout(Rollout):
         return (self.lengths - self.prefix_lengths).cpu()
 
     def kl_to_base(self) -> Tensor:
-        """``(B, N)`` steering log-ratio ``sum_t log q(y_t) - log p(y_t)`` of the generated tokens."""
+        """``(B, N)`` steering log-ratio ``sum_t log q(y_t) - log p(y_t)`` of the tokens this rollout
+        generated (a committed prefix holds 0: unlike a language model's, its log-probs are not kept)."""
         if self.logprobs is None or self.base_logprobs is None:
             raise ValueError("this rollout has no log-probs")
         return (self.logprobs - self.base_logprobs).sum(dim=-1)
@@ -161,7 +162,7 @@ class ToyLM(Dynamics):
         last = self.prefix[rows, (m - 1).clamp(min=0)].view(B, 1).expand(B, N).clone()  # (B, N)
         logq = torch.zeros(B, N, L, dtype=float64)
         logp = torch.zeros(B, N, L, dtype=float64)
-        applied = controls.new_zeros((B, N, max(tau, max(steps, default=0)), V)) if policy else controls
+        applied = controls.clone() if policy is not None else controls  # (B, N, tau, V): what was added
         for s in range(max(steps, default=0)):
             going = torch.tensor([s < k for k in steps]).view(B, 1)
             logits = torch.where(
@@ -170,8 +171,8 @@ class ToyLM(Dynamics):
                 self.log_transition[last.clamp(min=0)],
             )
             base = logits.log_softmax(dim=-1)
-            if s < tau or policy is not None:
-                u = controls[:, :, s].to(float64) if s < tau else torch.zeros_like(logits)
+            if s < tau:  # the control, and the policy's on top, at the controlled steps only
+                u = controls[:, :, s].to(float64)
                 if policy is not None:
                     u = u + policy((base + u).reshape(B * N, V), s).to(float64).view(B, N, V)
                     applied[:, :, s] = u.to(applied.dtype)
