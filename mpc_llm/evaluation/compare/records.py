@@ -133,7 +133,8 @@ def _steering_log_ratios(history: list[Any]) -> torch.Tensor | None:
     kept log-probs (``return_logprobs``). Their mean over the samples within a budget, a record's
     ``kl_proposal``, estimates ``KL(proposal || base)`` of the unselected proposal: unbiased when
     the edit is a deterministic function of the state (RE-Control; 0 for best-of-N); for a random
-    control (AISP, CEM) it is the log-ratio given the drawn controls, not the proposal's KL."""
+    control (AISP, CEM) it is the log-ratio given the drawn controls, whose mean bounds the
+    proposal's KL from above (convexity)."""
     rollouts = [r.rollout for r in history]
     if any(
         getattr(r, "logprobs", None) is None or getattr(r, "base_logprobs", None) is None for r in rollouts

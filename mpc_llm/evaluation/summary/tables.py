@@ -235,8 +235,8 @@ def closeness_table(rows: Sequence[Mapping[str, Any]]) -> str:
     return (
         "\nCloseness to the base model (base log-likelihood: exact; selection bound: a bound; their sum "
         "with the steering log-ratio, the KL figure: a bound for best-of-N, a bound plus an unbiased "
-        "estimate for a deterministic edit such as RE-Control, a heuristic for AISP and CEM, an "
-        "understatement for controllers that select at every step) and held-out rewards:\n\n"
+        "estimate for a deterministic edit such as RE-Control, a heuristic for AISP and CEM, absent "
+        "for controllers that select at every step) and held-out rewards:\n\n"
         + "\n".join(lines)
         + "\n"
     )
