@@ -197,3 +197,39 @@ def test_a_value_folder_gives_the_twist_and_the_steered_proposal(tiny_lm, tmp_pa
         steered.check_system(LMDynamics(model, tok, ["Hi"], max_new_tokens=4, keep_states=True))
     with pytest.raises(ValueError, match="keep_states"):
         base.check_system(LMDynamics(model, tok, ["Hi"], max_new_tokens=4))
+
+
+def test_the_final_weights_telescope_to_the_whole_responses_ratio_and_reward(tiny_lm, tmp_path) -> None:
+    """On a language model, with blocks after committed tokens: each particle's final log-weight is
+    ``log p(y) - log q(y) + r(y) / beta`` of its whole response (never resampled here), so each
+    block's ratio counts only that block's tokens. With ``ess_target`` and a twist that is the same
+    for every particle at the first block, beta is chosen later and the ratios of the blocks before
+    wait in the weights: the same identity holds with the chosen beta."""
+    from mpc_llm.dynamics import LMDynamics
+    from mpc_llm.rewards.rules import KeywordReward
+    from mpc_llm.values import GradientAscentPolicy, ValueMLP
+
+    model, tok = tiny_lm("llama")
+    value = ValueMLP(model.config.hidden_size, width=8, depth=1)
+    torch.manual_seed(0)
+    for p in value.parameters():
+        torch.nn.init.normal_(p, std=1.0)
+    cost = KeywordReward(["e", "a"]).as_cost()
+    lm = LMDynamics(model, tok, ["Hi", "Tell me"], max_new_tokens=6, return_logprobs=True)
+
+    def late(rollout) -> torch.Tensor:  # type: ignore[no-untyped-def]
+        """0 for every particle after the first block (2 tokens), their token ids' spread later."""
+        ids = rollout.tokens.reshape(-1, rollout.tokens.shape[-1]).double()
+        spread = (ids % 7).mean(dim=1) / 7
+        return torch.where(rollout.lengths.reshape(-1).cpu() > 2, spread, torch.zeros_like(spread))
+
+    for settings in ({"beta": 0.7}, {"ess_target": 0.5}):
+        ascent = GradientAscentPolicy(value, num_steps=2, step_size=0.5)
+        smc = TwistedSMC(num_particles=3, block=2, resample_threshold=1e-6, twist=FunctionTwist(late),
+                         proposal=ascent, **settings)  # fmt: skip
+        pop = smc.optimize(lm, cost, seed=[0, 1]).population
+        beta = pop.estimate.beta.unsqueeze(1)
+        ratio = -pop.rollout.kl_to_base().double()  # log p - log q over each whole response
+        assert float(ratio.abs().max()) > 0  # the proposal was steered
+        want = ratio + (-pop.costs) / beta
+        assert torch.allclose(pop.log_weights, want, atol=1e-6), (settings, pop.log_weights, want)
