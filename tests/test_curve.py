@@ -225,3 +225,29 @@ def test_kl_proposal_averages_every_sample_within_the_budget(tmp_path, tiny_lm) 
     one = records[("aisp", 1)]
     assert one["kl_proposal"] == pytest.approx(one["kl"]) and one["kl_proposal"] > 0  # the only sample
     assert records[("aisp", 3)]["kl_proposal"] > 0
+
+
+def test_sequential_records_count_what_they_re_read_and_their_value_work(tmp_path, tiny_lm) -> None:
+    """A sequential run's records add the committed tokens it read again (every row that went on)
+    and its value evaluations: receding horizon commits 2 of 6 tokens per plan, so a response that
+    runs the whole episode re-reads 2 + 2 (the last commit ends it); a terminal value is evaluated
+    once per incomplete candidate."""
+    from mpc_llm.dynamics import LMDynamics
+    from mpc_llm.rewards.rules import KeywordReward
+    from mpc_llm.values import ValueMLP, save_value
+
+    model, tok = tiny_lm("llama")
+    lm = LMDynamics(model, tok, ["Hi", "Tell me"], max_new_tokens=6, stop_at_eos=False, keep_states=True)
+    save_value(ValueMLP(lm.control_dim, 8, 1), {"model": "tiny", "model_fingerprint": lm.model_fingerprint()},
+               tmp_path / "v")  # fmt: skip
+    from mpc_llm.controllers.receding_horizon import RecedingHorizon
+
+    mpc = RecedingHorizon(BestOfN(num_samples=2, num_iterations=1), horizon=2, commit=2, score="horizon",
+                          value=str(tmp_path / "v"))  # fmt: skip
+    compare(["Hi", "Tell me"], {"mpc": mpc}, lm.with_prompts, KeywordReward(["the"]).as_cost(), budgets=[6],
+            out_dir=tmp_path / "r", progress=False, closeness=False, baseline=None)  # fmt: skip
+    context = lm.context_tokens().tolist()
+    for r in read(tmp_path / "r"):
+        assert r["prefill_tokens"] == context[r["prompt_index"]] + 4  # two commits read again
+        assert r["forward_tokens"] == r["prefill_tokens"] + r["tokens"] == r["prefill_tokens"] + 12
+        assert r["value_evals"] == 4  # 2 candidates x the 2 plans that stop before the end

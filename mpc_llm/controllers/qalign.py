@@ -174,6 +174,7 @@ class QAlign(SequentialController[QAlignConfig, Streams]):
         metrics = {k: v[:, 0].double().cpu() for k, v in raw.items()}
         samples = [1] * R
         tokens = [int(n) for n in current.token_counts()[:, 0].tolist()]
+        rereads = [0] * R  # kept prefix tokens each proposal reads again before it regenerates
         length = current.token_counts()[:, 0]  # |y| of each chain's state
         if episode.max_samples is not None:
             proposals = episode.max_samples - 1
@@ -201,8 +202,9 @@ class QAlign(SequentialController[QAlignConfig, Streams]):
                 if bool(active[i]):
                     samples[i] += 1
                     tokens[i] += int(counts[i])
+                    rereads[i] += keep[i]
             active = active & self._room(tokens, episode.max_tokens, system.horizon)
         return Step(
             chosen=current, commit=system.horizon, costs=cost_now, metrics=metrics, samples=samples,
-            tokens=tokens, carry=streams,
+            tokens=tokens, carry=streams, compute={"rereads": rereads},
         )  # fmt: skip

@@ -310,6 +310,7 @@ class RecedingHorizon(SequentialController[RecedingHorizonConfig, Plan]):
         made = result.budget.tokens_per_problem
         per_sample = tuple(max(1.0, t / n) for t, n in zip(made, used, strict=True))
         committed = min(self.loop.steps_committed, H)
+        evaluated = plan_cost.evaluated if isinstance(plan_cost, TerminalValueCost) else None
         return Step(
             chosen=result.best_rollout,
             commit=committed,
@@ -319,6 +320,7 @@ class RecedingHorizon(SequentialController[RecedingHorizonConfig, Plan]):
             tokens=made,
             carry=Plan(result.state, tau, committed, plan.per_step, per_sample),  # type: ignore[arg-type]
             history=result.history,
+            compute={} if evaluated is None else {"value_evals": evaluated.tolist()},
         )
 
     # ----------------------------------------------------------------- helpers

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import time
 from abc import abstractmethod
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Generic, NamedTuple, TypeVar
 
@@ -113,6 +113,8 @@ class Step(Generic[S]):
         tokens: ``R`` counts of tokens generated in this step.
         carry: the controller's state for the next step, for these ``R`` rows (the loop selects it).
         history: iteration records of inner controllers, if any.
+        compute: other work of this step per row, by name (``value_evals``, ``grad_steps``), each
+            ``R`` counts; the loop sums them per problem (`Budget.compute_per_problem`).
     """
 
     chosen: Rollout
@@ -123,6 +125,7 @@ class Step(Generic[S]):
     tokens: Sequence[int]
     carry: Any = None
     history: Sequence[IterationRecord] = field(default_factory=tuple)
+    compute: Mapping[str, Sequence[float]] = field(default_factory=dict)
 
 
 class Final(NamedTuple):
@@ -206,6 +209,7 @@ class SequentialController(Planner[C], Generic[C, S]):
         system = dynamics if owners == list(range(B)) else dynamics.select(owners)
         finals: dict[int, list[Final]] = {}
         samples, tokens = [0] * B, [0] * B
+        compute: dict[str, list[float]] = {"rereads": [0.0] * B}
         history: list[IterationRecord] = []
         last: Step[S] | None = None
         steps = 0
@@ -221,6 +225,8 @@ class SequentialController(Planner[C], Generic[C, S]):
             for i, b in enumerate(owners):
                 samples[b] += int(last.samples[i])
                 tokens[b] += int(last.tokens[i])
+                for name, counts in last.compute.items():
+                    compute.setdefault(name, [0.0] * B)[b] += float(counts[i])
             system = system.advance(last.chosen, last.commit)
             done = system.finished().tolist()
             for i, b in enumerate(owners):
@@ -238,6 +244,10 @@ class SequentialController(Planner[C], Generic[C, S]):
             keep, carry = kept if isinstance(kept, tuple) else (kept, None)
             if not keep:
                 break
+            for i in keep:  # a row that goes on reads its committed tokens again (its cache grows)
+                compute["rereads"][owners[i]] += (
+                    last.commit if isinstance(last.commit, int) else last.commit[i]
+                )
             system, owners = system.select(keep), [owners[i] for i in keep]
             carry = select_rows(last.carry, keep) if not isinstance(kept, tuple) else carry
         missing = [b for b in range(B) if b not in finals]
@@ -246,7 +256,7 @@ class SequentialController(Planner[C], Generic[C, S]):
         answers, population = self.answer([finals[b] for b in range(B)])
         return episode_result(
             answers, samples, tokens, time.perf_counter() - start, history=history,
-            state=None if last is None else last.carry, population=population,
+            state=None if last is None else last.carry, population=population, compute=compute,
         )  # fmt: skip
 
 
@@ -276,8 +286,10 @@ def episode_result(
     history: Sequence[IterationRecord] = (),
     state: object = None,
     population: Population | None = None,
+    compute: Mapping[str, Sequence[float]] | None = None,
 ) -> OptimizeResult:
-    """The `OptimizeResult` of ``B`` finished episodes (``finals`` in problem order)."""
+    """The `OptimizeResult` of ``B`` finished episodes (``finals`` in problem order; ``compute``:
+    other work per problem, `Budget.compute_per_problem`)."""
     best = stack_problems([f.rollout for f in finals])
     return OptimizeResult(
         best_rollout=best,
@@ -291,6 +303,7 @@ def episode_result(
             tokens=sum(tokens),
             samples_per_problem=tuple(samples),
             tokens_per_problem=tuple(tokens),
+            compute_per_problem={k: tuple(float(x) for x in v) for k, v in (compute or {}).items()},
         ),
         state=state,
         best_metrics={

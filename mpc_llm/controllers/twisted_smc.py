@@ -166,19 +166,18 @@ class TwistedSMC(SMC):
         streams = make_generators(draw_seeds([p.stream for p in carry]), R, system.device)
         twist, proposal = self._parts(system)
         zero = system.zero_controls(steps=plan.horizon)
-        rollout = (
-            plan.rollout(zero, streams)
-            if proposal is None
-            else plan.rollout_feedback(zero, streams, proposal)
-        )
+        before = (0, 0) if proposal is None else (proposal.evaluations, proposal.gradient_steps)
+        if proposal is None:
+            rollout = plan.rollout(zero, streams)
+        else:
+            rollout = plan.rollout_feedback(zero, streams, proposal)
         costs, metrics = cost.evaluate(rollout)
         c = costs[:, 0].double().cpu().nan_to_num(nan=math.inf)
         psi = -c
         if twist is not None:
             ended = system.advance(rollout, plan.horizon).finished().cpu()
-            psi = torch.where(
-                ended, psi, twist(rollout, self._states(rollout) if twist.needs_states else None)
-            )
+            states = self._states(rollout) if twist.needs_states else None
+            psi = torch.where(ended, psi, twist(rollout, states))
         ratio = self._log_ratio(rollout) if proposal is not None else torch.zeros(R, dtype=torch.float64)
         betas = self._choose_betas(-psi, episode.owners, [p.beta for p in carry])
         out = []
@@ -199,7 +198,24 @@ class TwistedSMC(SMC):
             samples=[1] * R,
             tokens=[int(n) for n in rollout.token_counts()[:, 0].tolist()],
             carry=out,
+            compute=self._compute(R, twist, ended if twist is not None else None, proposal, before),
         )
+
+    @staticmethod
+    def _compute(
+        R: int, twist: Twist | None, ended: Tensor | None, proposal: Policy | None, before: tuple[int, int]
+    ) -> dict[str, list[float]]:
+        """Per row: one evaluation of a value twist (unfinished rows), and a steered proposal's
+        evaluations and gradient steps in this block (its counters' growth, shared evenly: the decode
+        runs the policy on every row at every step)."""
+        out: dict[str, list[float]] = {}
+        if isinstance(twist, ValueTwist) and ended is not None:
+            out["value_evals"] = [0.0 if bool(e) else 1.0 for e in ended.tolist()]
+        if proposal is not None:
+            evals = (proposal.evaluations - before[0]) / R
+            out["value_evals"] = [e + evals for e in out.get("value_evals", [0.0] * R)]
+            out["grad_steps"] = [(proposal.gradient_steps - before[1]) / R] * R
+        return out
 
     @staticmethod
     def _states(rollout: Rollout) -> Tensor:

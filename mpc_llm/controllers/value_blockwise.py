@@ -179,6 +179,7 @@ class ValueBlockwise(SequentialController[ValueBlockwiseConfig, Streams]):
         return Step(
             chosen=chosen, commit=plan.horizon if last else block, costs=row_costs, metrics=row_metrics,
             samples=calls, tokens=lengths.sum(dim=1).tolist(), carry=list(episode.carry), history=[record],
+            compute={"value_evals": [0.0 if last else float(K)] * R},
         )  # fmt: skip
 
     def _ended_early(self, chosen: Rollout, lengths: Tensor) -> list[int]:

@@ -27,6 +27,9 @@ class Budget:
         tokens: tokens generated over all problems and samples (0 for non-LLM dynamics).
         samples_per_problem: ``B`` counts of scored rollouts (they differ when episodes end early).
         tokens_per_problem: ``B`` counts of generated tokens.
+        compute_per_problem: other work per problem, by name, each ``B`` totals: ``rereads``
+            (committed tokens a closed-loop run reads again), ``value_evals`` and ``grad_steps``
+            (a learned value's evaluations and gradient steps); empty when none was counted.
     """
 
     samples: int = 0
@@ -35,6 +38,7 @@ class Budget:
     tokens: int = 0
     samples_per_problem: tuple[int, ...] = ()
     tokens_per_problem: tuple[int, ...] = ()
+    compute_per_problem: dict[str, tuple[float, ...]] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)

@@ -42,6 +42,8 @@ class TerminalValueCost(CostFunction):
 
     def __init__(self, cost: CostFunction, twist: Twist, episode: int | None = None) -> None:
         self.cost, self.twist, self.episode = cost, twist, episode
+        #: ``(B,)`` value evaluations so far per problem (the incomplete responses scored)
+        self.evaluated: Tensor | None = None
 
     @property
     def accepts_partial(self) -> bool:
@@ -78,6 +80,8 @@ class TerminalValueCost(CostFunction):
                 )
             states = kept.reshape(B * N, -1)
         psi = self.twist(rollout, states).reshape(B, N).to(costs.device, costs.dtype)
+        counted = (~done).sum(dim=1).double()
+        self.evaluated = counted if self.evaluated is None else self.evaluated + counted
         return torch.where(done.to(costs.device), costs, -psi), metrics
 
     def __repr__(self) -> str:

@@ -232,24 +232,23 @@ def final_records(
     ``dynamics``, its base log-likelihood; no selection bound: such a run selects at every step;
     for a sampler with a weighted population, SMC, its ``beta``, ``log_z``, ``kl_tilted``, ``ess``).
 
-    With the prompts' ``context`` tokens, the compute (`compute_fields`) counts the response's
-    tokens as read again once (a sequential run re-reads what it commits: an upper bound by the
-    last commit, which is never re-read; proposals that re-read a kept prefix, QAlign's, are not
-    counted)."""
+    With the prompts' ``context`` tokens, the compute (`compute_fields`) adds the committed tokens
+    the run read again (`Budget.compute_per_problem`'s ``rereads``: every row that went on, resampled
+    copies included), and its totals of value evaluations and gradient steps."""
     rewards = result.best_metrics.get("reward")
     fields = (
         None if dynamics is None else closeness_fields(dynamics, result.best_rollout, with_controls=False)
     )
-    lengths = getattr(result.best_rollout, "lengths", None)  # a language model's (B, 1)
+    extra = result.budget.compute_per_problem
     records = []
     for b, prompt_index in enumerate(indices):
         cost = float(result.best_cost[b])
-        rereads = int(lengths[b, 0]) if lengths is not None else 0
         spent = compute_fields(
             result.budget.samples_per_problem[b], result.budget.tokens_per_problem[b],
             result.budget.seconds / len(indices), None if context is None else int(context[b]), {}, b,
-            rereads,
+            int(extra["rereads"][b]) if "rereads" in extra else 0,
         )  # fmt: skip
+        spent.update({k: extra[k][b] for k in COMPUTE_STATS.values() if k in extra})
         records.append(
             finite_record(
                 {
