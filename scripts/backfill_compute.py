@@ -2,11 +2,14 @@
 
 Records made before ``prefill_tokens`` / ``forward_tokens`` / ``grad_steps`` / ``value_evals`` existed
 hold what is needed to compute them exactly as `mpc_llm.evaluation.compare.records.compute_fields`
-does: the prompt's tokens (re-encoded with the run's model, chat template and prompt source), the
-``tokens`` generated, the response ``length`` a sequential controller re-reads, and the per-token
-``grad_steps_per_token`` / ``value_evals_per_token``. Each filled record says so
-(``"compute_from": "backfill"``); records that already have the fields are left as they are, so
-running it twice changes nothing. The summary is rewritten from the filled records.
+does for an open-loop controller: the prompt's tokens (re-encoded with the run's model, chat
+template and prompt source), the ``tokens`` generated and the per-token ``grad_steps_per_token`` /
+``value_evals_per_token``. For a sequential controller the committed tokens it read again are
+estimated by the response's ``length`` (a run today counts every row that went on, resampled
+copies and QAlign's kept prefixes included, so this is low for SMC and QAlign), and its value
+evaluations are not known. Each filled record says so (``"compute_from": "backfill"``); records
+that already have the fields are left as they are, so running it twice changes nothing. The
+summary is rewritten from the filled records.
 
     python scripts/backfill_compute.py docs/results/sharegpt_protocol/vader64 [more runs]
 """
