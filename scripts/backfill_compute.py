@@ -4,7 +4,8 @@ Records made before ``prefill_tokens`` / ``forward_tokens`` / ``grad_steps`` / `
 hold what is needed to compute them exactly as `mpc_llm.evaluation.compare.records.compute_fields`
 does for an open-loop controller: the prompt's tokens (re-encoded with the run's model, chat
 template and prompt source), the ``tokens`` generated and the per-token ``grad_steps_per_token`` /
-``value_evals_per_token``. For a sequential controller the committed tokens it read again are
+``value_evals_per_token``, and their ``value_tokens`` (the value's parameters from its card over
+the model's). For a sequential controller the committed tokens it read again are
 estimated by the response's ``length`` (a run today counts every row that went on, resampled
 copies and QAlign's kept prefixes included, so this is low for SMC and QAlign), and its value
 evaluations are not known. Each filled record says so (``"compute_from": "backfill"``); records
@@ -23,10 +24,11 @@ from typing import Any
 
 from mpc_llm.controllers import CONTROLLERS
 from mpc_llm.evaluation.compare import run_settings
-from mpc_llm.evaluation.compare.records import compute_fields
+from mpc_llm.evaluation.compare.records import add_value_tokens, compute_fields
 from mpc_llm.evaluation.compare.records_file import read_records, write_records
 from mpc_llm.evaluation.prompts import load_prompt_set
 from mpc_llm.evaluation.summary import amortised_learning, summarize, write_summary
+from mpc_llm.values import ValueRef
 
 
 def anytime_classes() -> dict[str, bool]:
@@ -34,8 +36,9 @@ def anytime_classes() -> dict[str, bool]:
     return {cls.__name__: bool(cls.anytime) for cls in CONTROLLERS.values()}
 
 
-def context_tokens(settings: dict[str, Any]) -> list[int]:
-    """The prompt tokens of each of the run's prompts, as its model and chat template read them."""
+def context_tokens(settings: dict[str, Any]) -> tuple[list[int], int]:
+    """The prompt tokens of each of the run's prompts, as its model and chat template read them, and
+    the model's parameter count."""
     from mpc_llm.dynamics import LMDynamics
     from mpc_llm.lm.loading import load_default_model
 
@@ -47,17 +50,29 @@ def context_tokens(settings: dict[str, Any]) -> list[int]:
         raise SystemExit(f"the prompts of {settings['prompts']} are not the run's any more (sha256 differs)")
     model, tokenizer = load_default_model()
     lm = LMDynamics(model, tokenizer, prompts, **(settings.get("lm") or {}))
-    return lm.context_tokens().tolist()
+    return lm.context_tokens().tolist(), lm.model_params
+
+
+def value_ratio(spec: dict[str, Any], model_params: int) -> float | None:
+    """A controller's value parameters over the model's (None: no value, or its file is gone)."""
+    path = (spec.get("config") or {}).get("value")
+    if not path or not Path(path).exists():
+        return None
+    return ValueRef(path).params() / model_params
+
+
+def _needs_value_tokens(record: dict[str, Any]) -> bool:
+    return ("grad_steps" in record or "grad_steps_per_token" in record) and "value_tokens" not in record
 
 
 def backfill(folder: Path) -> int:
     """Fill the run's records in place and rewrite its summary; returns the records filled."""
     settings = json.loads((folder / "settings.json").read_text())
     records = read_records(folder / "records.jsonl", repair=False)
-    todo = [r for r in records if "forward_tokens" not in r]
+    todo = [r for r in records if "forward_tokens" not in r or _needs_value_tokens(r)]
     if not todo:
         return 0
-    context = context_tokens(settings)
+    context, model_params = context_tokens(settings)
     anytime = anytime_classes()
     specs = settings["controllers"]
     for r in todo:
@@ -67,6 +82,7 @@ def backfill(folder: Path) -> int:
         spent = compute_fields(r["samples"], r["tokens"], r["seconds"], context[r["prompt_index"]], stats, 0,
                                rereads)  # fmt: skip
         r.update(spent, compute_from="backfill")
+        add_value_tokens([r], value_ratio(specs[r["controller"]], model_params))
     write_records(folder / "records.jsonl", records)
     names = list(specs)
     ordered = sorted(records, key=lambda r: names.index(r["controller"]))

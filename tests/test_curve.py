@@ -251,3 +251,31 @@ def test_sequential_records_count_what_they_re_read_and_their_value_work(tmp_pat
         assert r["prefill_tokens"] == context[r["prompt_index"]] + 4  # two commits read again
         assert r["forward_tokens"] == r["prefill_tokens"] + r["tokens"] == r["prefill_tokens"] + 12
         assert r["value_evals"] == 4  # 2 candidates x the 2 plans that stop before the end
+
+
+def test_a_values_work_counts_in_model_token_equivalents_on_the_compute_axis(tmp_path, tiny_lm) -> None:
+    """RE-Control's records carry value_tokens = (value params / model params) x 3 x grad_steps, and
+    the compute axis adds them (a controller with value work but no value_tokens is unknown)."""
+    from mpc_llm.controllers import REControl
+    from mpc_llm.dynamics import LMDynamics
+    from mpc_llm.evaluation.compare.records import value_tokens
+    from mpc_llm.rewards.rules import KeywordReward
+    from mpc_llm.values import ValueMLP, save_value
+
+    model, tok = tiny_lm("llama")
+    lm = LMDynamics(model, tok, ["Hi"], max_new_tokens=4, stop_at_eos=False)
+    net = ValueMLP(lm.control_dim, 8, 1)
+    save_value(net, {"model": "tiny", "model_fingerprint": lm.model_fingerprint()}, tmp_path / "v")
+    ratio = sum(p.numel() for p in net.parameters()) / sum(p.numel() for p in model.parameters())
+    re = REControl(value=str(tmp_path / "v"), num_steps=3, num_samples=2)
+    compare(["Hi"], {"best_of_n": BestOfN(num_samples=2), "re": re}, lm.with_prompts,
+            KeywordReward(["the"]).as_cost(), budgets=[2], out_dir=tmp_path / "r", progress=False,
+            closeness=False)  # fmt: skip
+    record = next(r for r in read(tmp_path / "r") if r["controller"] == "re")
+    assert record["grad_steps"] == 3 * record["tokens"] == 24
+    assert record["value_tokens"] == pytest.approx(value_tokens(24, 24, ratio)) == pytest.approx(72 * ratio)
+    from mpc_llm.evaluation.summary.curve import AXES
+
+    closeness, _ = AXES["compute"]
+    assert closeness([record]) == pytest.approx(record["forward_tokens"] + record["value_tokens"])
+    assert closeness([{k: v for k, v in record.items() if k != "value_tokens"}]) is None

@@ -111,6 +111,11 @@ class Planner(ABC, Generic[C]):
             ValueError: the setting, the system's limit and what to change.
         """
 
+    def value_params(self) -> int | None:
+        """Parameters of the learned value the controller evaluates (its records convert the value's
+        evaluations and gradient steps into model-token equivalents by it); None: no value."""
+        return None
+
     @abstractmethod
     def optimize(
         self,

@@ -103,6 +103,10 @@ class REControl(Controller[REControlConfig, PlannerState]):
         super().check_system(system)
         self.value.check_for(system)
 
+    def value_params(self) -> int:
+        """The value network's parameters (from its card)."""
+        return self.value.params()
+
     def spec(self) -> dict[str, Any]:
         """Class and config, and what the value cost to learn (from its card)."""
         return {**super().spec(), "value_learning": self.value.learning()}

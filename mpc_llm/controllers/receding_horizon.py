@@ -167,6 +167,10 @@ class RecedingHorizon(SequentialController[RecedingHorizonConfig, Plan]):
         inner = self.inner.config
         return self.loop.samples_per_step or inner.num_samples * inner.num_iterations
 
+    def value_params(self) -> int | None:
+        """The value network's parameters (from its card), when a value is named."""
+        return None if self.value is None else self.value.params()
+
     def spec(self) -> dict[str, Any]:
         """What identifies this controller in a comparison's settings (with its inner controller and
         what its terminal value cost to learn)."""

@@ -139,6 +139,10 @@ class TwistedSMC(SMC):
         if reads_states and config is not None and not getattr(config, "keep_states", True):
             raise ValueError(STATES)
 
+    def value_params(self) -> int | None:
+        """The value network's parameters (from its card), when a value is named."""
+        return None if self.value is None else self.value.params()
+
     def spec(self) -> dict[str, Any]:
         """Class and config, and what the value cost to learn (from its card)."""
         return {**super().spec(), **({} if self.value is None else {"value_learning": self.value.learning()})}

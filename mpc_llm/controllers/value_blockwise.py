@@ -88,6 +88,10 @@ class ValueBlockwise(SequentialController[ValueBlockwiseConfig, Streams]):
         super().__init__(config, **overrides)
         self.value = ValueRef(self.config.value)
 
+    def value_params(self) -> int:
+        """The value network's parameters (from its card)."""
+        return self.value.params()
+
     def spec(self) -> dict[str, Any]:
         """Class and config, and what the value cost to learn (from its card)."""
         return {**super().spec(), "value_learning": self.value.learning()}

@@ -71,6 +71,12 @@ class Dynamics(ABC):
         None for a system without one."""
         return None
 
+    @property
+    def model_params(self) -> int | None:
+        """Parameters of the system's model (a language model's; records weigh a learned value's
+        work against a model token by it), or None for a system without one."""
+        return None
+
     def context_tokens(self) -> Tensor | None:
         """``(B,)`` tokens the model reads before it generates the first response token of each
         problem (a language model's prompt; records count them as prefill compute), or None for a

@@ -162,6 +162,11 @@ class LMDynamics(Dynamics):
         """The dtype of the LM head's weights."""
         return self.engine.adapter.dtype
 
+    @property
+    def model_params(self) -> int:
+        """The language model's parameter count."""
+        return sum(p.numel() for p in self.model.parameters())
+
     def context_tokens(self) -> Tensor:
         """``(B,)`` prompt tokens of each problem (chat template applied): what the prefill reads."""
         return torch.tensor([len(ids) for ids in self.encode_prompts()], dtype=torch.long)

@@ -281,6 +281,11 @@ class ValueRef:
             raise RuntimeError(f"the value {self.path} is not loaded yet: call for_system(dynamics) first")
         return self._loaded[1]
 
+    def params(self) -> int:
+        """The value network's parameter count, from its card's architecture (no weights read)."""
+        arch = read_card(self.path).get("architecture") or {}
+        return sum(p.numel() for p in ValueMLP(**arch).parameters())
+
     def learning(self) -> dict[str, Any]:
         """What a comparison reports beside the test-time budget: the card's model, reward, prompts
         (source, count) and ``learning_cost`` (responses sampled and scored, tokens, seconds)."""

@@ -169,6 +169,28 @@ def _settings(
 COMPUTE_STATS = {"grad_steps_per_token": "grad_steps", "value_evals_per_token": "value_evals"}
 
 
+def value_tokens(grad_steps: float, value_evals: float, ratio: float) -> float:
+    """A learned value's work in model-token equivalents: a value forward costs ``ratio`` (its
+    parameters over the model's) of a model token's forward, a gradient step (forward and backward)
+    three times that; ``value_evals`` counts the forwards inside the gradient steps too.
+
+    Example:
+        >>> value_tokens(grad_steps=30.0, value_evals=30.0, ratio=0.01)
+        0.9
+    """
+    return ratio * (3.0 * grad_steps + max(value_evals - grad_steps, 0.0))
+
+
+def add_value_tokens(records: list[dict[str, Any]], ratio: float | None) -> list[dict[str, Any]]:
+    """Each record with a learned value's work (``grad_steps``, ``value_evals``) gains
+    ``value_tokens`` (`value_tokens`; ``ratio``: the value's parameters over the model's, None:
+    unknown, nothing added)."""
+    for r in records:
+        if ratio is not None and ("grad_steps" in r or "value_evals" in r):
+            r["value_tokens"] = value_tokens(r.get("grad_steps") or 0.0, r.get("value_evals") or 0.0, ratio)
+    return records
+
+
 def compute_fields(
     samples: int,
     tokens: int,
@@ -201,7 +223,7 @@ def compute_fields(
 
 #: the fields of what a record spent (`compute_fields`), kept by an invalid record too
 SPENT = ("samples", "tokens", "seconds", "prefill_tokens", "forward_tokens", *COMPUTE_STATS,
-         *COMPUTE_STATS.values())  # fmt: skip
+         *COMPUTE_STATS.values(), "value_tokens")  # fmt: skip
 
 
 def invalid_record(key: Mapping[str, Any], spent: Mapping[str, Any]) -> dict[str, Any]:

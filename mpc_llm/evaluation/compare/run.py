@@ -41,7 +41,7 @@ from mpc_llm.controllers import BASELINE, Planner
 from mpc_llm.core import BudgetUnit, CostFunction, Dynamics
 from mpc_llm.evaluation.compare.distributed import DistributedError, World, assign
 from mpc_llm.evaluation.compare.heldout import score_held_out
-from mpc_llm.evaluation.compare.records import anytime_records, final_records
+from mpc_llm.evaluation.compare.records import add_value_tokens, anytime_records, final_records
 from mpc_llm.evaluation.compare.store import RunStore
 from mpc_llm.evaluation.summary import amortised_learning, summarize, write_summary
 from mpc_llm.lm import Prompt
@@ -373,14 +373,18 @@ def _run_job(
     """The records of one (prompt chunk, controller, seed) at every budget."""
     scorer = dynamics if closeness else None
     context = dynamics.context_tokens()
+    value, model = controller.value_params(), dynamics.model_params
+    ratio = value / model if value is not None and model else None  # a value forward per model token
     seeds = [seed * SEED_STRIDE + i for i in indices]
     if controller.anytime:  # open loop: one run, read at every budget
         limit = {"max_samples": budgets[-1]} if unit == "samples" else {"max_tokens": budgets[-1]}
         result = controller.optimize(dynamics, cost, seed=seeds, keep_rollouts=True, **limit)
-        return anytime_records(result, indices, name, seed, budgets, unit, scorer, controller, context)
+        return add_value_tokens(
+            anytime_records(result, indices, name, seed, budgets, unit, scorer, controller, context), ratio
+        )
     records = []
     for k in budgets:  # sequential: one run per budget
         limit = {"max_samples": k} if unit == "samples" else {"max_tokens": k}
         result = controller.optimize(dynamics, cost, seed=seeds, **limit)
         records.extend(final_records(result, indices, name, seed, k, scorer, context))
-    return records
+    return add_value_tokens(records, ratio)

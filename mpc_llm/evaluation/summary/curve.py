@@ -9,8 +9,9 @@ curve at the same closeness, on three axes (`AXES`):
 - ``ppl``: the base model's perplexity of the returned responses (exact), as a distance: ``|log ppl
   - log ppl_1|`` (nats per token) from best-of-N's smallest budget, the model's own samples, since
   a degenerate response (repeated words) can be more likely than the model's own samples;
-- ``compute``: tokens through the model per prompt (``forward_tokens``: prefill and decode, plus a
-  learned value's training tokens amortised over its stated uses), interpolated in ``log``.
+- ``compute``: model-token equivalents per prompt (``forward_tokens``: prefill and decode; a learned
+  value's evaluations and gradient steps, ``value_tokens``; its training tokens amortised over its
+  stated uses), interpolated in ``log``.
 
 The curve (`envelope`). Best-of-N's mean points are sorted by the axis and made monotone: the
 reward reachable at a closeness ``x`` is the best mean reward of any budget whose closeness is at
@@ -68,10 +69,15 @@ def _log_ppl(records: Sequence[Mapping[str, Any]]) -> float | None:
 
 
 def _compute(records: Sequence[Mapping[str, Any]]) -> float | None:
-    tokens = [r.get("forward_tokens") for r in records]
-    if any(t is None for t in tokens):
-        return None  # records from before compute was recorded: unknown, never zero
-    return sum(float(t) for t in tokens) / len(records)  # type: ignore[arg-type]
+    """Mean model-token equivalents: ``forward_tokens`` plus a learned value's ``value_tokens``; None
+    when a record lacks either (records from before compute was recorded: unknown, never zero)."""
+    total = 0.0
+    for r in records:
+        valued = "grad_steps" in r or "value_evals" in r
+        if r.get("forward_tokens") is None or (valued and r.get("value_tokens") is None):
+            return None
+        total += float(r["forward_tokens"]) + float(r.get("value_tokens") or 0.0)
+    return total / len(records)
 
 
 #: axis -> (mean closeness of a list of records, None when unknown; interpolate in log x?). On the

@@ -236,9 +236,7 @@ def closeness_table(rows: Sequence[Mapping[str, Any]]) -> str:
         "\nCloseness to the base model (base log-likelihood: exact; selection bound: a bound; their sum "
         "with the steering log-ratio, the KL figure: a bound for best-of-N, a bound plus an unbiased "
         "estimate for a deterministic edit such as RE-Control, a heuristic for AISP and CEM, absent "
-        "for controllers that select at every step) and held-out rewards:\n\n"
-        + "\n".join(lines)
-        + "\n"
+        "for controllers that select at every step) and held-out rewards:\n\n" + "\n".join(lines) + "\n"
     )
 
 

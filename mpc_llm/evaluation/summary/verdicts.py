@@ -16,7 +16,7 @@ from typing import Any
 COLUMNS = {
     "kl": "at equal closeness (KL figure, nats)",
     "ppl": "at equal base perplexity (distance in log ppl from its smallest budget)",
-    "compute": "at equal compute (tokens through the model)",
+    "compute": "at equal compute (model-token equivalents)",
 }
 
 
