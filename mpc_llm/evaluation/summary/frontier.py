@@ -53,7 +53,9 @@ def plot_frontier(
         ("base perplexity", lambda r: r.get("base_ppl")),
     ]
     fig, axes = plt.subplots(len(ys), 2, figsize=(10, 3.8 * len(ys)), dpi=110, squeeze=False)
-    colours = {f: f"C{i}" for i, f in enumerate(dict.fromkeys(family(r["controller"]) for r in rows))}
+    families = list(dict.fromkeys(family(r["controller"]) for r in rows))
+    palette = plt.get_cmap("tab20" if len(families) > 10 else "tab10")  # distinct past ten families
+    colours = {f: palette(i % palette.N) for i, f in enumerate(families)}
     for i, (ylabel, y_of) in enumerate(ys):
         for j, (xlabel, x_of) in enumerate(xs):
             ax = axes[i][j]
