@@ -48,7 +48,8 @@ def summarize(
     mean, its t-interval, ``n``, ``missing`` (records whose score was null, left out) and the
     bootstrap difference against the baseline's held-out score.
 
-    Compute per prompt: mean ``prefill_tokens``, ``forward_tokens``, ``grad_steps``, ``value_evals``
+    Compute per prompt: mean ``prefill_tokens``, ``forward_tokens``, ``grad_steps``, ``value_evals``,
+    ``value_tokens``
     (None when any record lacks the field: records from before it was recorded). Against the
     baseline's whole curve (its records at every budget; `mpc_llm.evaluation.summary.curve`):
     ``curve[axis]`` for the optimised reward and ``eval_curve[label][axis]`` for held-out scores,
@@ -114,7 +115,7 @@ def summarize(
         samples = [int(r["samples"]) for r in everything if "samples" in r]
         row["samples"] = sum(samples) / len(samples) if samples else None
         row["seconds"] = sum(float(r["seconds"]) for r in everything) / len(everything)
-        for key in ("prefill_tokens", "forward_tokens", "grad_steps", "value_evals"):
+        for key in ("prefill_tokens", "forward_tokens", "grad_steps", "value_evals", "value_tokens"):
             spent = [r.get(key) for r in everything]  # unknown (None) when a record lacks it, never 0
             row[key] = None if any(v is None for v in spent) else sum(map(float, spent)) / len(spent)  # type: ignore[arg-type]
         if baseline is not None and name != baseline:
