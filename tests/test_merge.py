@@ -124,3 +124,15 @@ def test_merge_refuses_two_runs_that_differ_in_any_one_comparable_setting(runs, 
     with pytest.raises(ValueError, match=f"differ in '{key}'"):
         merge_runs([runs / "a", other], tmp_path / "m")
     assert not (tmp_path / "m").exists()
+
+
+def test_a_decoding_option_added_later_takes_its_default_in_runs_recorded_before(tmp_path) -> None:
+    """A run recorded before ``keep_states`` existed decoded as ``keep_states: false``: it merges with
+    and resumes as a run that records the option, and a real difference is still refused."""
+    from mpc_llm.evaluation.compare.store import comparable
+
+    old = {"lm": {"max_new_tokens": 48, "temperature": 0.7}, "reward": "vader"}
+    new = {"lm": {"max_new_tokens": 48, "temperature": 0.7, "keep_states": False}, "reward": "vader"}
+    assert comparable(old) == comparable(new)
+    other = {"lm": {"max_new_tokens": 48, "temperature": 1.0, "keep_states": False}, "reward": "vader"}
+    assert comparable(old) != comparable(other)

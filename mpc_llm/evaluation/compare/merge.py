@@ -30,7 +30,7 @@ from typing import Any
 
 from mpc_llm.controllers import BASELINE
 from mpc_llm.evaluation.compare.records_file import read_records, write_records
-from mpc_llm.evaluation.compare.store import RunStore
+from mpc_llm.evaluation.compare.store import RunStore, comparable
 from mpc_llm.evaluation.summary import amortised_learning, summarize, write_summary
 
 #: Settings every merged run must share (absent in all of them counts as equal).
@@ -158,8 +158,8 @@ Run = tuple[Path, dict[str, Any], list[dict[str, Any]]]
 
 def _setting(settings: Mapping[str, Any], key: str) -> Any:
     """A comparable setting; a run from before the dtype was recorded (``dtype`` null) ran float32,
-    the only engine there was."""
-    value = settings.get(key)
+    the only engine there was, and decoding options a run predates take their defaults."""
+    value = comparable(settings).get(key)
     return "float32" if key == "dtype" and value is None else value
 
 

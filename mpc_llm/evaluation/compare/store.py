@@ -20,6 +20,7 @@ mid-write) is dropped per file.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -36,6 +37,19 @@ from mpc_llm.evaluation.compare.records_file import (
     strict_json,
     write_records,
 )
+
+
+def comparable(settings: Mapping[str, Any]) -> dict[str, Any]:
+    """``settings`` with its decoding options (``lm``) completed by `LMConfig`'s defaults, so a run
+    recorded before an option existed (with its default behaviour, e.g. ``keep_states``) equals one
+    recorded after."""
+    out = dict(settings)
+    if isinstance(out.get("lm"), Mapping):
+        from mpc_llm.lm.config import LMConfig
+
+        with contextlib.suppress(ValueError):  # options this version does not read: compared as they are
+            out["lm"] = LMConfig.model_validate(out["lm"]).model_dump(mode="json")
+    return out
 
 
 def shard_name(rank: int) -> str:
@@ -222,8 +236,8 @@ class RunStore:
 
     @staticmethod
     def _compare_settings(folder: Path, existing: Any, settings: Mapping[str, Any]) -> None:
-        if not isinstance(existing, Mapping):
-            existing = {}
+        existing = comparable(existing) if isinstance(existing, Mapping) else {}
+        settings = comparable(settings)
         if existing != settings:
             changed = sorted(k for k in set(existing) | set(settings) if existing.get(k) != settings.get(k))
             raise RunFolderError(
