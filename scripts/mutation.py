@@ -56,6 +56,22 @@ TESTS: dict[str, list[str]] = {
     "evaluation/compare/merge.py": [
         "tests/test_merge.py",
     ],
+    "evaluation/summary/curve.py": [  # the hand-computed tests (the LM ones are slow and add nothing here)
+        f"tests/test_curve.py::{name}" for name in (
+            "test_envelope_keeps_the_better_of_tied_points_and_drops_a_worse_farther_one",
+            "test_locate_between_two_budgets_at_a_point_and_out_of_range",
+            "test_a_point_between_two_budgets_is_compared_with_the_interpolated_curve_prompt_by_prompt",
+            "test_too_few_prompts_give_numbers_and_no_verdict",
+            "test_a_missing_steering_figure_is_unknown_never_zero",
+            "test_the_perplexity_axis_is_a_distance_from_the_models_own_samples",
+            "test_a_point_beyond_the_curve_is_compared_with_its_last_point_and_never_extrapolated",
+            "test_a_point_above_the_curve_and_its_held_out_score_read_with_the_same_weights",
+            "test_unknown_closeness_gives_no_comparison",
+            "test_records_from_before_compute_still_summarise_with_compute_unknown",
+        )
+    ],
+    "controllers/twisted_smc.py": ["tests/test_twisted_smc.py"],
+    "values/terminal.py": ["tests/test_terminal_value.py"],
     "dynamics/lm_closeness.py": [
         "tests/test_closeness.py", "tests/test_properties_records.py",
         "tests/test_properties_controllers.py::test_the_prelogit_scale_is_the_rms_of_teacher_forced_prelogits",
