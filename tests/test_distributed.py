@@ -165,9 +165,10 @@ def test_merged_records_equal_a_one_process_run(tmp_path, alone, size: int) -> N
     merged = records(tmp_path / "run" / "records.jsonl")
     assert without_time(merged) == without_time(alone)
     assert merged == sorted(merged, key=key)  # canonical order, whatever the world size
+    # no frontier.png: a system without a base model records no steering figure
     assert sorted(p.name for p in (tmp_path / "run").iterdir()) == [
         "records.jsonl", "reward_vs_samples.png", "settings.json", "summary.json", "summary.md",
-    ]  # fmt: skip  (no frontier.png: a system without a base model records no steering figure)
+    ]  # fmt: skip
 
 
 SETTINGS = run_settings(PROMPTS, controllers(), [4, 8, 12], [0, 1], {"system": "fake"})
