@@ -172,16 +172,7 @@ class SMC(SequentialController[SMCConfig, list[Particle]]):
         costs, metrics = cost.evaluate(rollout)
         c = costs[:, 0].double().cpu().nan_to_num(nan=math.inf)
         betas = self._choose_betas(c, episode.owners, [p.beta for p in carry])
-        out = []
-        for i, p in enumerate(carry):
-            psi = -float(c[i])
-            if not math.isfinite(psi):
-                out.append(Particle(p.stream, -math.inf, p.psi, betas[i]))
-            elif math.isnan(betas[i]):  # every twist so far equal: the weights wait for beta
-                out.append(p._replace(pending=psi))
-            else:
-                increment = 0.0 if math.isinf(betas[i]) else (psi - p.psi) / betas[i]
-                out.append(Particle(p.stream, p.log_w + increment, psi, betas[i]))
+        out = reweigh(carry, -c, betas)
         return Step(
             chosen=rollout,
             commit=plan.horizon,
@@ -250,6 +241,27 @@ class SMC(SequentialController[SMCConfig, list[Particle]]):
         rollout = stack_problems([type(rows[0].rollout).cat([f.rollout for f in rows]) for rows in finished])
         population = Population(rollout=rollout, costs=costs, log_weights=log_w, estimate=estimate)
         return [rows[j] for rows, j in zip(finished, index, strict=True)], population
+
+
+def reweigh(
+    carry: Sequence[Particle], psi: Tensor, betas: Sequence[float], log_ratio: Tensor | None = None
+) -> list[Particle]:
+    """The particles after a block with twist values ``psi`` ``(R,)``: each log-weight plus
+    ``log_ratio`` (a proposal's ``log p - log q`` over the block; None: the base model proposed) and
+    ``(psi - its last psi) / beta``. A non-finite ``psi`` zeroes the weight; while ``beta`` is unknown
+    (NaN: every twist so far equal) the twist's part waits in ``pending``."""
+    out = []
+    for i, p in enumerate(carry):
+        value = float(psi[i])
+        w = p.log_w if log_ratio is None else p.log_w + float(log_ratio[i])
+        if not math.isfinite(value):
+            out.append(Particle(p.stream, -math.inf, p.psi, betas[i]))
+        elif math.isnan(betas[i]):
+            out.append(p._replace(log_w=w, pending=value))
+        else:
+            increment = 0.0 if math.isinf(betas[i]) else (value - p.psi) / betas[i]
+            out.append(Particle(p.stream, w + increment, value, betas[i]))
+    return out
 
 
 def _settled(particles: list[Particle]) -> list[Particle]:

@@ -42,14 +42,14 @@ from collections.abc import Mapping
 from typing import Any, ClassVar
 
 import torch
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, model_validator
 from torch import Tensor
 
 from mpc_llm.controllers.re_control import MAX_STEPS
 from mpc_llm.controllers.sequential import Episode, Step
-from mpc_llm.controllers.smc import SMC, Particle, SMCConfig
+from mpc_llm.controllers.smc import SMC, Particle, SMCConfig, reweigh
 from mpc_llm.core import CostFunction, Dynamics, Policy, Rollout, draw_seeds, make_generators
-from mpc_llm.values import GradientAscentPolicy, ValueRef, check_value_setting
+from mpc_llm.values import GradientAscentPolicy, ValuePath, ValueRef
 from mpc_llm.values.twist import Twist, ValueTwist
 
 LOGPROBS = (
@@ -76,14 +76,9 @@ class TwistedSMCConfig(SMCConfig):
         step_size: ``> 0``, the steering ascent's step.
     """
 
-    value: str | None = None
+    value: ValuePath | None = None
     steer_steps: int = Field(0, ge=0, le=MAX_STEPS)
     step_size: float = Field(0.5, gt=0, allow_inf_nan=False)
-
-    @field_validator("value")
-    @classmethod
-    def _value_given(cls, value: str | None) -> str | None:
-        return None if value is None else check_value_setting(value)
 
     @model_validator(mode="after")
     def _steering_needs_a_value(self) -> TwistedSMCConfig:
@@ -182,18 +177,8 @@ class TwistedSMC(SMC):
             ended = system.advance(rollout, plan.horizon).finished().cpu()
             states = self._states(rollout) if twist.needs_states else None
             psi = torch.where(ended, psi, twist(rollout, states))
-        ratio = self._log_ratio(rollout) if proposal is not None else torch.zeros(R, dtype=torch.float64)
         betas = self._choose_betas(-psi, episode.owners, [p.beta for p in carry])
-        out = []
-        for i, p in enumerate(carry):
-            value, w = float(psi[i]), p.log_w + float(ratio[i])
-            if not math.isfinite(value):
-                out.append(Particle(p.stream, -math.inf, p.psi, betas[i]))
-            elif math.isnan(betas[i]):  # every twist so far equal: the twist's part waits for beta
-                out.append(p._replace(log_w=w, pending=value))
-            else:
-                increment = 0.0 if math.isinf(betas[i]) else (value - p.psi) / betas[i]
-                out.append(Particle(p.stream, w + increment, value, betas[i]))
+        out = reweigh(carry, psi, betas, None if proposal is None else self._log_ratio(rollout))
         return Step(
             chosen=rollout,
             commit=plan.horizon,
