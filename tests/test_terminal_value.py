@@ -5,30 +5,15 @@ best-of-N builds the response token by token as the greedy choice of the soft va
 
 from __future__ import annotations
 
-import math
-
 import pytest
 import torch
+from soft_values import REWARD, soft_values
 
 from mpc_llm.controllers import BestOfN
 from mpc_llm.controllers.receding_horizon import RecedingHorizon
-from mpc_llm.dynamics import ToyLM, ToyReward
+from mpc_llm.dynamics import ToyLM
 from mpc_llm.values.terminal import TerminalValueCost
 from mpc_llm.values.twist import FunctionTwist
-
-REWARD = ToyReward.example()
-
-
-def soft_values(beta: float) -> dict[tuple[int, ...], float]:
-    """``beta log E_p[exp(r / beta) | prefix]`` for every prefix of every complete sequence."""
-    seqs, logp = ToyLM.example().sequences()
-    num: dict[tuple[int, ...], float] = {}
-    den: dict[tuple[int, ...], float] = {}
-    for seq, lp in zip(seqs, logp.tolist(), strict=True):
-        for k in range(1, len(seq) + 1):
-            num[seq[:k]] = num.get(seq[:k], 0.0) + math.exp(lp + REWARD.fn(seq) / beta)
-            den[seq[:k]] = den.get(seq[:k], 0.0) + math.exp(lp)
-    return {k: beta * math.log(num[k] / den[k]) for k in num}
 
 
 def greedy(values: dict[tuple[int, ...], float]) -> tuple[int, ...]:

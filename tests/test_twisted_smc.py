@@ -13,27 +13,15 @@ from collections import Counter
 
 import pytest
 import torch
+from soft_values import REWARD, soft_values
 
 from mpc_llm.controllers import SMC
 from mpc_llm.controllers.twisted_smc import TwistedSMC
 from mpc_llm.core import Policy
-from mpc_llm.dynamics import ToyLM, ToyReward, exact_tilted
+from mpc_llm.dynamics import ToyLM, exact_tilted
 from mpc_llm.values.twist import FunctionTwist, ValueTwist
 
-REWARD = ToyReward.example()
 BETA = 1.0
-
-
-def soft_values(beta: float) -> dict[tuple[int, ...], float]:
-    """``beta log E_p[exp(r / beta) | prefix]`` for every prefix of every complete sequence."""
-    seqs, logp = ToyLM.example().sequences()
-    num: dict[tuple[int, ...], float] = {}
-    den: dict[tuple[int, ...], float] = {}
-    for seq, lp in zip(seqs, logp.tolist(), strict=True):
-        for k in range(1, len(seq) + 1):
-            num[seq[:k]] = num.get(seq[:k], 0.0) + math.exp(lp + REWARD.fn(seq) / beta)
-            den[seq[:k]] = den.get(seq[:k], 0.0) + math.exp(lp)
-    return {k: beta * math.log(num[k] / den[k]) for k in num}
 
 
 def prefix_twist(values: dict[tuple[int, ...], float], scale: float = 1.0) -> FunctionTwist:
