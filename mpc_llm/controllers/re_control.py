@@ -35,7 +35,7 @@ from pydantic import Field, field_validator
 from mpc_llm.controllers.base import Controller
 from mpc_llm.controllers.state import ControllerConfig, PlannerState
 from mpc_llm.core import Dynamics, Policy
-from mpc_llm.values import GradientAscentPolicy, ValueRef, check_value_setting
+from mpc_llm.values import GradientAscentPolicy, ValuePath, ValueRef
 
 #: The most gradient steps per token: each is a forward and a backward pass of the value for every
 #: token of every sample (the paper: 30), so a larger count runs for hours and is a typo.
@@ -56,17 +56,12 @@ class REControlConfig(ControllerConfig):
         num_iterations: iterations when run without a budget.
     """
 
-    value: str
+    value: ValuePath
     num_steps: int = Field(30, ge=0)
     step_size: float = Field(0.5, gt=0, allow_inf_nan=False)
     max_norm: float | None = Field(None, gt=0, allow_inf_nan=False)
     num_samples: int = Field(1, ge=1)
     num_iterations: int = Field(1, ge=1)
-
-    @field_validator("value")
-    @classmethod
-    def _value_given(cls, value: str) -> str:
-        return check_value_setting(value)
 
     @field_validator("num_steps")
     @classmethod

@@ -31,14 +31,14 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar, Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, model_validator
 
 from mpc_llm.controllers.base import Controller
 from mpc_llm.controllers.planner import Planner
 from mpc_llm.controllers.sequential import Episode, SequentialController, Start, Step, require_partial
 from mpc_llm.controllers.state import PlannerState, SettingError, Settings
 from mpc_llm.core import BudgetUnit, CostFunction, Dynamics, ZeroOrderHold
-from mpc_llm.values import ValueRef, check_value_setting
+from mpc_llm.values import ValuePath, ValueRef
 from mpc_llm.values.terminal import TerminalValueCost
 from mpc_llm.values.twist import Twist, ValueTwist
 
@@ -64,12 +64,7 @@ class RecedingHorizonConfig(Settings):
     samples_per_step: int | None = Field(None, ge=1)
     fill: Literal["zeros", "last"] = "zeros"
     score: Literal["to_end", "horizon"] = "to_end"
-    value: str | None = None
-
-    @field_validator("value")
-    @classmethod
-    def _value_given(cls, value: str | None) -> str | None:
-        return None if value is None else check_value_setting(value)
+    value: ValuePath | None = None
 
     @model_validator(mode="after")
     def _value_at_the_horizon(self) -> RecedingHorizonConfig:

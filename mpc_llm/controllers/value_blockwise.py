@@ -38,7 +38,7 @@ import math
 from typing import Any, ClassVar
 
 import torch
-from pydantic import Field, field_validator
+from pydantic import Field
 from torch import Tensor
 
 from mpc_llm.controllers.sequential import Episode, SequentialController, Start, Step
@@ -53,7 +53,7 @@ from mpc_llm.core import (
     make_generators,
 )
 from mpc_llm.core.rollout import stack_problems
-from mpc_llm.values import RecordStates, ValueRef, check_value_setting
+from mpc_llm.values import RecordStates, ValuePath, ValueRef
 
 #: One random stream per row (its problem's, shared by nothing else).
 Streams = list[torch.Generator]
@@ -68,14 +68,9 @@ class ValueBlockwiseConfig(Settings):
         block: tokens committed per block.
     """
 
-    value: str
+    value: ValuePath
     num_samples: int = Field(8, ge=1)
     block: int = Field(16, ge=1)
-
-    @field_validator("value")
-    @classmethod
-    def _value_given(cls, value: str) -> str:
-        return check_value_setting(value)
 
 
 class ValueBlockwise(SequentialController[ValueBlockwiseConfig, Streams]):

@@ -19,6 +19,7 @@ torch, safetensors), so the RE-Control controller can load a value by path.
 from mpc_llm.values.data import RecordStates, ValueData, collect, load_data, summarize
 from mpc_llm.values.io import (
     ValueFileError,
+    ValuePath,
     ValueRef,
     check_value_setting,
     load_value,
@@ -37,6 +38,7 @@ __all__ = [
     "ValueData",
     "ValueFileError",
     "ValueMLP",
+    "ValuePath",
     "ValueRef",
     "check_value_setting",
     "collect",

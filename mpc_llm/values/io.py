@@ -21,7 +21,9 @@ import os
 import warnings
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
+
+from pydantic import AfterValidator
 
 from mpc_llm.core import Dynamics, require
 from mpc_llm.values.network import ValueMLP
@@ -47,6 +49,11 @@ def check_value_setting(value: str) -> str:
             "values/NAME`, then --set value=values/NAME) or its .safetensors file"
         )
     return value
+
+
+#: A controller's ``value`` setting: a value folder or ``.safetensors`` file, refused when empty
+#: (`check_value_setting`).
+ValuePath = Annotated[str, AfterValidator(check_value_setting)]
 
 
 def weights_path(path: str | os.PathLike[str]) -> Path:
