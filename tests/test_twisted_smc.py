@@ -187,6 +187,22 @@ def test_a_value_folder_gives_the_twist_and_the_steered_proposal(tiny_lm, tmp_pa
         base.check_system(LMDynamics(model, tok, ["Hi"], max_new_tokens=4))
 
 
+def test_a_value_twist_takes_a_given_beta_never_one_chosen_on_its_first_block(tmp_path) -> None:
+    """A learned value barely varies over the first block: an ESS-chosen beta would be tiny and the
+    final weights collapse, so ``ess_target`` beside ``value`` is refused, by name too, and the
+    preset gives a beta on the reward's scale."""
+    from pydantic import ValidationError
+
+    from mpc_llm.controllers import build, with_preset
+
+    with pytest.raises(ValidationError, match="give beta on the reward's scale"):
+        TwistedSMC(value=str(tmp_path / "v"), ess_target=0.3)
+    assert with_preset("twisted_smc")["beta"] == 0.1 and "ess_target" not in with_preset("twisted_smc")
+    with pytest.raises(ValidationError, match="give beta on the reward's scale"):
+        build(with_preset({"name": "twisted_smc", "value": str(tmp_path / "v"), "ess_target": 0.3}))
+    assert TwistedSMC(ess_target=0.3).config.ess_target == 0.3  # a twist of the reward's own scale may
+
+
 def test_the_final_weights_telescope_to_the_whole_responses_ratio_and_reward(tiny_lm, tmp_path) -> None:
     """On a language model, with blocks after committed tokens: each particle's final log-weight is
     ``log p(y) - log q(y) + r(y) / beta`` of its whole response (never resampled here), so each

@@ -58,6 +58,13 @@ LOGPROBS = (
 )
 
 
+VALUE_ESS = (
+    "ess_target chooses beta on the first block's twist values, and a learned value varies little over "
+    "a response's first tokens: the beta it picks is tiny and the final weights, where the reward enters "
+    "divided by it, collapse on one particle; give beta on the reward's scale instead (e.g. beta: 0.1)"
+)
+
+
 STATES = (
     "a value twist reads the pre-logit state after each block; create the system with keep_states=True "
     "(config: lm.keep_states: true)"
@@ -84,6 +91,8 @@ class TwistedSMCConfig(SMCConfig):
     def _steering_needs_a_value(self) -> TwistedSMCConfig:
         if self.steer_steps and self.value is None:
             raise ValueError("steer_steps steers the proposal up a learned value; give value=FOLDER too")
+        if self.value is not None and self.ess_target is not None:
+            raise ValueError(VALUE_ESS)
         return self
 
 
@@ -99,7 +108,7 @@ class TwistedSMC(SMC):
     """
 
     config_class = TwistedSMCConfig
-    preset: ClassVar[dict[str, Any]] = {"num_particles": 8, "ess_target": 0.3}
+    preset: ClassVar[dict[str, Any]] = {"num_particles": 8, "beta": 0.1}
 
     def __init__(
         self,
