@@ -69,7 +69,7 @@ TESTS: dict[str, list[str]] = {
             "test_unknown_closeness_gives_no_comparison",
             "test_records_from_before_compute_still_summarise_with_compute_unknown",
         )
-    ],
+    ] + ["tests/test_mutation_kills_curve.py"],
     "controllers/twisted_smc.py": ["tests/test_twisted_smc.py"],
     "values/terminal.py": ["tests/test_terminal_value.py"],
     "dynamics/lm_closeness.py": [
