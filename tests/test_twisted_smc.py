@@ -237,3 +237,37 @@ def test_the_final_weights_telescope_to_the_whole_responses_ratio_and_reward(tin
         assert float(ratio.abs().max()) > 0  # the proposal was steered
         want = ratio + (-pop.costs) / beta
         assert torch.allclose(pop.log_weights, want, atol=1e-6), (settings, pop.log_weights, want)
+
+
+class CountingCost:
+    """A cost that records every sequence it scores (delegating the rest to the wrapped cost)."""
+
+    def __init__(self, cost) -> None:  # type: ignore[no-untyped-def]
+        self.cost, self.scored = cost, []
+
+    def evaluate(self, rollout):  # type: ignore[no-untyped-def]
+        rows = range(rollout.batch_size)
+        self.scored += [rollout.sequence(b, n) for b in rows for n in range(rollout.num_samples)]
+        return self.cost.evaluate(rollout)
+
+    def __getattr__(self, name: str):  # type: ignore[no-untyped-def]
+        return getattr(self.cost, name)
+
+
+def test_a_twist_calls_the_reward_once_per_particle_on_complete_responses_only() -> None:
+    """With a twist the reward never scores partial text: a budget of n scored samples runs n
+    particles, each scored once, when its response ends, and the budget counts exactly those calls
+    (plain SMC scores every particle after every block, so the same budget buys it fewer)."""
+    complete = set(exact_tilted(ToyLM.example(), REWARD, BETA)[0])
+    twist = prefix_twist(soft_values(BETA))
+    counting = CountingCost(REWARD)
+    result = TwistedSMC(block=1, beta=BETA, twist=twist).optimize(
+        ToyLM.example(3), counting, seed=[0, 1, 2], max_samples=6
+    )
+    assert result.population.rollout.num_samples == 6
+    assert list(result.budget.samples_per_problem) == [6, 6, 6]
+    assert len(counting.scored) == 18 and set(counting.scored) <= complete
+    plain = CountingCost(REWARD)
+    smc = SMC(block=1, beta=BETA).optimize(ToyLM.example(3), plain, seed=[0, 1, 2], max_samples=6)
+    assert smc.population.rollout.num_samples < 6
+    assert not set(plain.scored) <= complete  # partial texts scored: what the twist saves

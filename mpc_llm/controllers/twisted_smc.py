@@ -22,7 +22,8 @@ What a twist reads: `Twist` sees each particle's partial rollout and, when it as
 (``needs_states``, `ValueTwist`), the pre-logit state after the block's last token
 (`mpc_llm.lm.LMRollout.last_states`, kept by the decode with ``keep_states``: the state a value of
 the whole text so far reads). The twist is evaluated on every unfinished particle after every block;
-the reward on every particle as in SMC (a scored sample).
+the reward only on the particles whose response has ended (a scored sample each: a budget of ``n``
+scored samples runs ``n`` particles).
 
 Example:
     >>> from mpc_llm.dynamics import ToyLM, ToyReward
@@ -125,10 +126,21 @@ class TwistedSMC(SMC):
     def check(self, episode: int, cost: Any = None, *, episode_name: str = "the episode length") -> None:
         """With a twist the reward never scores partial text into a weight (else SMC's check); the
         value file is one (before any model loads)."""
-        if self.twist is None and self.value is None:
+        if not self._twisted:
             super().check(episode, cost, episode_name=episode_name)
         if self.value is not None:
             self.value.check()
+
+    def particles(self, episode: int, max_samples: int | None = None, max_tokens: int | None = None) -> int:
+        """``N``: with a twist each particle's reward is called once, when its response ends, so a
+        budget of ``n`` scored samples runs ``N = n`` particles (tokens as SMC); else SMC's."""
+        if self._twisted and max_samples is not None:
+            return max_samples
+        return super().particles(episode, max_samples, max_tokens)
+
+    @property
+    def _twisted(self) -> bool:
+        return self.twist is not None or self.value is not None
 
     def check_system(self, system: Any) -> None:
         """The value's card against the model and the run (as RE-Control's), and the log-probs a
@@ -179,11 +191,12 @@ class TwistedSMC(SMC):
             rollout = plan.rollout(zero, streams)
         else:
             rollout = plan.rollout_feedback(zero, streams, proposal)
-        costs, metrics = cost.evaluate(rollout)
-        c = costs[:, 0].double().cpu().nan_to_num(nan=math.inf)
-        psi = -c
-        if twist is not None:
+        if twist is None:  # SMC: the reward of every particle's partial text is its twist
+            ended = torch.ones(R, dtype=torch.bool)
+            psi, c, metrics = self._score(cost, rollout, ended)
+        else:  # the reward scores only the particles whose response is complete; the twist the rest
             ended = system.advance(rollout, plan.horizon).finished().cpu()
+            psi, c, metrics = self._score(cost, rollout, ended)
             states = self._states(rollout) if twist.needs_states else None
             psi = torch.where(ended, psi, twist(rollout, states))
         betas = self._choose_betas(-psi, episode.owners, [p.beta for p in carry])
@@ -192,12 +205,31 @@ class TwistedSMC(SMC):
             chosen=rollout,
             commit=plan.horizon,
             costs=c,
-            metrics={k: v[:, 0].double().cpu() for k, v in metrics.items()},
-            samples=[1] * R,
+            metrics=metrics,
+            samples=[int(e) for e in ended.tolist()],
             tokens=[int(n) for n in rollout.token_counts()[:, 0].tolist()],
             carry=out,
             compute=self._compute(R, twist, ended if twist is not None else None, proposal, before),
         )
+
+    @staticmethod
+    def _score(
+        cost: CostFunction, rollout: Rollout, rows: Tensor
+    ) -> tuple[Tensor, Tensor, dict[str, Tensor]]:
+        """The reward of rows ``rows`` (``(R,)`` bool) only: ``psi = -cost`` and the costs (a NaN
+        reward: cost ``+inf``, a zero weight) and metrics, each ``(R,)`` float64, NaN on the other rows
+        (never read: a row's cost is its answer's only once it has ended)."""
+        R = rows.shape[0]
+        index = rows.nonzero().flatten().tolist()
+        c = torch.full((R,), math.nan, dtype=torch.float64)
+        metrics: dict[str, Tensor] = {}
+        if index:
+            costs, scored = cost.evaluate(rollout if len(index) == R else rollout.problems(index))
+            c[index] = costs[:, 0].double().cpu().nan_to_num(nan=math.inf)
+            for k, v in scored.items():
+                metrics[k] = torch.full((R,), math.nan, dtype=torch.float64)
+                metrics[k][index] = v[:, 0].double().cpu()
+        return -c, c, metrics
 
     @staticmethod
     def _compute(
