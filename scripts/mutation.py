@@ -48,13 +48,13 @@ TESTS: dict[str, list[str]] = {
         "tests/test_compare.py::test_summary_against_hand_computed_values",
     ],
     "core/tilted.py": [
-        "tests/test_samplers.py", "tests/test_importance.py",
+        "tests/test_samplers.py", "tests/test_importance.py", "tests/test_mutation_kills_tilted.py",
     ],
     "values/train.py": [
-        "tests/test_value_targets.py", "tests/test_values.py",
+        "tests/test_value_targets.py", "tests/test_values.py", "tests/test_mutation_kills_values_train.py",
     ],
     "evaluation/compare/merge.py": [
-        "tests/test_merge.py",
+        "tests/test_merge.py", "tests/test_mutation_kills_merge.py",
     ],
     "evaluation/summary/curve.py": [  # the hand-computed tests (the LM ones are slow and add nothing here)
         f"tests/test_curve.py::{name}" for name in (
