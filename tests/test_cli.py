@@ -169,6 +169,24 @@ def test_compare_takes_labelled_controllers_from_the_config_file(llama_dir: str,
     assert "| cem-wide | 4 |" in capsys.readouterr().out
 
 
+def test_compare_runs_the_config_files_labels_named_by_controllers(llama_dir: str, tmp_path) -> None:
+    """``--controllers`` picks labels of the config file (the first label is no controller's name)."""
+    config = tmp_path / "compare.yaml"
+    config.write_text(
+        f"model: {llama_dir}\nlm: {{max_new_tokens: 4}}\nreward: length\ncontrollers:\n"
+        "  best_of_n: {name: best_of_n, num_samples: 4}\n"
+        "  cem-wide: {name: cem, sigma: 2.0, num_samples: 4}\n"
+        "  cem-narrow: {name: cem, sigma: 0.1, num_samples: 4}\n"
+    )
+    args = ["compare", "--config", str(config), "--controllers", "cem-narrow,best_of_n",
+            "--prompts", "bundled", "--num-prompts", "2", "--budgets", "4",
+            "--out", str(tmp_path / "run"), "--quiet"]  # fmt: skip
+    assert main(args) == 0
+    settings = json.loads((tmp_path / "run" / "settings.json").read_text())
+    assert sorted(settings["controllers"]) == ["best_of_n", "cem-narrow"]
+    assert settings["controllers"]["cem-narrow"]["config"]["sigma"] == 0.1
+
+
 @pytest.mark.smollm
 def test_align_on_the_embedded_default() -> None:
     """The README's first command, shortened: SmolLM2 + VADER + AISP with the default settings."""

@@ -76,7 +76,8 @@ def cmd_compare(args: argparse.Namespace) -> int:
         specs = {name: file_specs.get(name, name) for name in names}  # labels from the file first
     # validated once, which builds every controller; the flags' errors name the first controller asked
     # for (not a default one the run does not use)
-    config = experiment_config(args, names[0] if args.controllers else None, strict=False, controllers=specs)
+    first = specs[names[0]] if args.controllers else None  # a label of the config file: its spec
+    config = experiment_config(args, first, strict=False, controllers=specs)
     controllers = config.planners  # label -> controller, each checked against the run in its config
     accepted = set().union(*(accepted_settings(spec) for spec in config.controllers.values()))
     if unknown := sorted({k for k, _ in args.set} - accepted):
