@@ -210,10 +210,13 @@ def test_the_merge_pairs_against_best_of_n_by_default_another_baseline_if_named_
     rows = {r["controller"]: r for r in merge_runs([a, b], tmp_path / "rs", baseline="rs")}
     assert rows["aisp"]["diff"] == pytest.approx(0.5) and rows["best_of_n"]["diff"] == pytest.approx(-0.5)
     assert "Against rs's curve" in (tmp_path / "rs" / "summary.md").read_text()
-    c = make_run(tmp_path / "c", {"cem": {}}, [record("cem", p, 0.0) for p in range(3)])
+    learned = {"value_learning": {"learning_cost": {"tokens": 4000}}}
+    c = make_run(tmp_path / "c", {"re": learned}, [record("re", p, 0.0) for p in range(3)])
     d = make_run(tmp_path / "d", {"rs": {}}, [record("rs", p, 1.0) for p in range(3)])
     rows = merge_runs([c, d], tmp_path / "none")
     assert all(r["diff"] is None for r in rows)  # no best-of-N, none named: nothing to pair against
+    summary = (tmp_path / "none" / "summary.md").read_text()
+    assert "curve" not in summary and "Compute at equal compute" not in summary  # no curve to compare with
 
 
 def test_a_merge_replaces_a_finished_merge_only_with_overwrite(tmp_path) -> None:
