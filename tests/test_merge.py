@@ -57,6 +57,25 @@ def test_the_merge_keeps_the_shared_prompts_and_summarises_every_controller(runs
     assert (tmp_path / "m" / "summary.md").is_file()
 
 
+def test_a_label_run_at_more_budgets_in_a_later_run_gains_them(runs, tmp_path):
+    """The same label with the same settings at other budgets in a later run adds those budgets; a
+    budget both runs hold is taken once, from the first (the later run's copy is not added)."""
+    compare(
+        PROMPTS, {"aisp": AISP(sigma=1.0, lambda_=0.5, num_samples=4)}, lambda p: FakeText(p), COST,
+        budgets=[8, 12], seeds=[0, 1], out_dir=tmp_path / "c",
+        settings={"system": "fake", "prompts": "toy"}, progress=False,
+    )  # fmt: skip
+    rows = merge_runs([runs / "a", tmp_path / "c"], tmp_path / "m")
+    assert {r["budget"] for r in rows if r["controller"] == "aisp"} == {4, 8, 12}
+
+    def aisp8(folder):  # type: ignore[no-untyped-def]
+        records = [json.loads(line) for line in (folder / "records.jsonl").read_text().splitlines()]
+        return sorted((r["prompt_index"], r["seed"], r["reward"]) for r in records
+                      if r["controller"] == "aisp" and r["budget"] == 8)  # fmt: skip
+
+    assert aisp8(tmp_path / "m") == aisp8(runs / "a") and len(aisp8(runs / "a")) == 2 * len(PROMPTS)
+
+
 def test_runs_that_are_not_comparable_are_refused(runs, tmp_path):
     run(
         tmp_path / "other",

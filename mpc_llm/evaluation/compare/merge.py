@@ -183,10 +183,12 @@ def _check_comparable(runs: Sequence[Run]) -> None:
 def _merge_records(
     runs: Sequence[Run], common: set[tuple[Any, int]]
 ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-    """Label -> controller settings, and the records on ``common`` pairs, each label's from the first
-    run holding it (a label with other settings in a later run is refused)."""
+    """Label -> controller settings, and the records on ``common`` pairs: each (label, budget)'s
+    from the first run holding it, so a label run at more budgets in a later run (the same settings)
+    gains them (a label with other settings in a later run is refused)."""
     owner: dict[str, Path] = {}
     controllers: dict[str, Any] = {}
+    budget_owner: dict[tuple[str, int], Path] = {}
     merged: list[dict[str, Any]] = []
     for folder, settings, records in runs:
         for label, spec in settings.get("controllers", {}).items():
@@ -198,5 +200,12 @@ def _merge_records(
                     )
                 continue
             controllers[label], owner[label] = spec, folder
-        merged.extend(r for r in records if owner.get(r["controller"]) == folder and prompt_key(r) in common)
+        labels = settings.get("controllers", {})
+        for r in records:
+            if r["controller"] in labels:
+                budget_owner.setdefault((r["controller"], r["budget"]), folder)
+        merged.extend(
+            r for r in records
+            if budget_owner.get((r["controller"], r["budget"])) == folder and prompt_key(r) in common
+        )  # fmt: skip
     return controllers, merged
