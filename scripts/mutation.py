@@ -27,10 +27,20 @@ ROOT = Path(__file__).resolve().parent.parent
 
 #: module (under mpc_llm/) -> the fast tests that target it
 TESTS: dict[str, list[str]] = {
-    "core/importance.py": [
-        "tests/test_importance.py", "tests/test_ess_target.py", "tests/test_closed_forms.py",
+    "core/importance.py": [  # test_ess_target's determinism test left out: 12 s alone (checked by hand)
+        "tests/test_importance.py", "tests/test_closed_forms.py",
         "tests/test_properties_controllers.py::test_one_aisp_step_moves_the_mean_to_the_closed_form_for_any_alpha",
-    ],
+    ] + [
+        f"tests/test_ess_target.py::{name}" for name in (
+            "test_the_achieved_ess_fraction_is_the_target_for_arbitrary_costs",
+            "test_an_attainable_target_is_met_within_the_tolerance",
+            "test_the_temperature_is_in_the_units_of_the_costs",
+            "test_with_a_log_ratio_the_target_is_met_when_the_ends_straddle_it",
+            "test_a_target_outside_zero_one_is_one_clear_error",
+            "test_lambda_or_ess_target_not_both",
+            "test_aisp_reports_the_lambda_it_chose_and_reaches_the_target",
+        )
+    ] + ["tests/test_mutation_kills_importance.py"],
     "controllers": [
         "tests/test_controllers.py", "tests/test_receding_horizon.py", "tests/test_properties_controllers.py",
         "tests/test_closed_forms.py",
@@ -70,6 +80,37 @@ TESTS: dict[str, list[str]] = {
             "test_records_from_before_compute_still_summarise_with_compute_unknown",
         )
     ] + ["tests/test_mutation_kills_curve.py"],
+    "controllers/sampling.py": [  # the samplers' tests without QAlign's (QAlign is not a Sampler)
+        f"tests/test_samplers.py::{name}" for name in (
+            "test_soft_best_of_n_returns_the_tilted_model_for_large_n",
+            "test_an_infinite_beta_returns_base_samples",
+            "test_aisp_sampling_mode_draws_by_its_weights_and_estimates_log_z",
+            "test_the_kl_figure_is_the_kl_of_the_weights_to_the_sample",
+            "test_the_kl_figure_reads_log_n_as_beta_goes_to_zero",
+            "test_anytime_records_draw_with_the_runs_own_uniform",
+            "test_samplers_run_by_name_through_compare",
+            "test_a_bad_beta_is_refused",
+            "test_an_ess_fraction_outside_zero_one_is_refused",
+            "test_bad_sampler_input_fails_in_one_line_before_any_model_loads",
+            "test_aisp_sampling_mode_targets_the_tilted_noise_smoothed_model_at_a_sizeable_sigma",
+        )
+    ] + ["tests/test_mutation_kills_sampling.py"],
+    "controllers/smc.py": [
+        f"tests/test_samplers.py::{name}" for name in (
+            "test_smc_returns_the_tilted_model_with_many_particles",
+            "test_smc_z_estimate_is_unbiased",
+            "test_an_infinite_beta_returns_base_samples",
+            "test_a_bad_beta_is_refused",
+            "test_an_ess_fraction_outside_zero_one_is_refused",
+            "test_smc_refuses_a_reward_without_partial_scores_unless_one_block",
+            "test_budgets_below_one_step_are_refused",
+            "test_bad_sampler_input_fails_in_one_line_before_any_model_loads",
+            "test_smc_chooses_beta_at_the_first_block_whose_twists_differ",
+        )
+    ] + [
+        "tests/test_value_provenance.py::test_smc_says_what_to_raise_in_each_unit",
+        "tests/test_mutation_kills_smc.py",
+    ],
     "controllers/twisted_smc.py": ["tests/test_twisted_smc.py"],
     "values/terminal.py": ["tests/test_terminal_value.py"],
     "dynamics/lm_closeness.py": [
