@@ -136,6 +136,15 @@ def test_the_lower_end_leaves_room_for_the_range_of_the_log_ratio_over_valid_sam
         assert float(lam[0]) == pytest.approx(1.0 / 67.0, rel=1e-12), ratio
 
 
+def test_a_float32_log_ratios_range_is_taken_in_float64() -> None:
+    """Ratios (0, e, -pi/10, 0.5) in float32: their range e + pi/10 in float64 (3.03244102...) sets
+    the lower end; float32 subtraction would round it to 3.03244114 (a relative 2e-9 in lambda)."""
+    ratio = torch.tensor([[0.0, 2.7182817, -0.31415927, 0.5]], dtype=torch.float32)
+    spread = float(ratio.double().max() - ratio.double().min())
+    lam = temperature_for_ess(f64([[0.0, 1.0, 2.0, 3.0]]), 0.05, ratio)
+    assert float(lam[0]) == pytest.approx(1.0 / (64.0 + spread), rel=1e-13)
+
+
 # temperature_for_ess: the solution
 
 
@@ -171,6 +180,13 @@ def test_problems_whose_valid_costs_are_all_equal_get_an_infinite_temperature_al
     assert math.isinf(lam[0]) and math.isinf(lam[1]) and math.isinf(lam[3])
     assert float(lam[2]) == pytest.approx(LAMBDA_TWO, rel=1e-9)  # 0.5 * 3 = 1.5 samples
     assert math.isinf(float(temperature_for_ess(f64([[4.0]]), 1.0)[0]))
+
+
+def test_float32_costs_are_solved_in_float64() -> None:
+    """The float32 values, read exactly into float64: the same temperature as from float64 costs."""
+    costs = torch.tensor([[0.1, 0.7, 1.3, 2.9]], dtype=torch.float32)
+    lam = temperature_for_ess(costs, 0.5)
+    assert lam.dtype == torch.float64 and torch.equal(lam, temperature_for_ess(costs.double(), 0.5))
 
 
 def test_the_temperature_is_a_constant_no_gradient_flows_through() -> None:
