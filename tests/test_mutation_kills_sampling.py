@@ -135,3 +135,40 @@ def test_a_soft_best_of_n_run_returns_the_draw_by_its_weights_over_all_its_sampl
     assert torch.equal(result.best_controls, result.best_rollout.controls[:, 0])
     assert set(result.best_metrics) == set(result.history[0].metrics)
     assert len(result.history) == 2 and all((r.rollout is not None) == keep for r in result.history)
+
+
+def test_the_answer_is_the_drawn_sample_with_its_own_cost_controls_and_metrics_not_the_runs_best() -> None:
+    """At a large beta the draw is near uniform, so on some problem it is not the lowest-cost sample:
+    the answer's cost, controls and metrics are the drawn sample's (AISP's sampling mode, whose
+    controls differ per sample), and by default the history keeps no rollouts."""
+    from mpc_llm.controllers import AISPSampler
+
+    B, reward = 6, ToyReward.example()
+    sampler = AISPSampler(sigma=0.5, lambda_=1e6, num_samples=4)
+    result = sampler.optimize(ToyLM.example(B), reward, max_samples=8, seed=list(range(B)))
+    pop, costs = result.population, result.all_costs()
+    index = draw_index(pop.estimate.weights, make_generators(result.settings["choice_seed"].tolist(), B))
+    assert any(float(costs[b, int(index[b])]) > float(costs[b].min()) for b in range(B))  # a non-best draw
+    rewards = result.all_metric("reward")
+    for b in range(B):
+        i = int(index[b])
+        assert float(result.best_cost[b]) == float(costs[b, i])
+        assert float(result.best_metrics["reward"][b]) == float(rewards[b, i])
+        assert torch.equal(result.best_controls[b], pop.rollout.controls[b, i])
+    assert float(pop.rollout.controls.abs().max()) > 0  # the samples' controls differ
+    assert all(r.rollout is None for r in result.history)
+
+
+def test_choose_weights_by_the_proposals_log_ratio_too() -> None:
+    """Equal costs, a log-ratio of ln 3 on the second sample: weights (1/4, 3/4), ESS fraction 0.8
+    (without the ratio: 1)."""
+    costs, log_ratio = f64([[0.0, 0.0]]), f64([[0.0, LN3]])
+    _, figures = SoftBestOfN(beta=1.0, num_samples=2).choose(costs, log_ratio, make_generators([5], 1))
+    assert figures["ess"].tolist() == pytest.approx([0.8], rel=1e-12)
+
+
+def test_beta_divides_the_costs_in_float64() -> None:
+    """``-c / beta`` exactly as float64 arithmetic gives it (a float32 beta is 0.10000000149...)."""
+    log_w, est = tilted_weights(f64([[0.3, 0.7]]), None, 0.1, None)
+    assert log_w.tolist() == [[-0.3 / 0.1, -0.7 / 0.1]]
+    assert est.beta.dtype == torch.float64
