@@ -70,7 +70,8 @@ class SMCConfig(Settings):
         beta: the tilted model's temperature, ``> 0`` and finite (or ``ess_target``: the ESS
             fraction the first block's weights reach; neither: ``beta = 1``).
         resample_threshold: resample a problem's unfinished particles when their ESS falls below
-            this fraction of their number, in ``(0, 1]`` (1: at every block).
+            this fraction of their number, in ``(0, 1]`` (1: after every block whose weights
+            differ; the test is strict, so equal weights, ESS fraction 1, are not resampled).
     """
 
     alternatives: ClassVar[tuple[Alternative, ...]] = (BETA_OR_ESS,)
