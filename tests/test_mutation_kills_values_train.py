@@ -10,24 +10,10 @@ import time
 
 import pytest
 import torch
+from value_episodes import episodes
 
 from mpc_llm.values import TrainConfig, ValueData, train_value
 from mpc_llm.values.train import spearman, split_by_prompt
-
-
-def episodes(prompts: int = 6, responses: int = 2, steps: int = 4, d: int = 6) -> ValueData:
-    """``prompts x responses`` responses of ``steps`` random states each, rewards distinct per response."""
-    g = torch.Generator().manual_seed(0)
-    n = prompts * responses
-    M = n * steps
-    return ValueData(
-        states=torch.randn(M, d, generator=g),
-        reward=torch.arange(n, dtype=torch.float64).repeat_interleave(steps) / n,
-        step=torch.arange(steps).repeat(n),
-        last=(torch.arange(M) % steps) == steps - 1,
-        prompt=torch.arange(prompts).repeat_interleave(responses * steps),
-        response=torch.arange(n).repeat_interleave(steps),
-    )
 
 
 def held_prompts(data: ValueData, fraction: float) -> int:
@@ -79,7 +65,7 @@ def test_a_run_that_cannot_move_keeps_its_first_epoch_and_stops_after_patience_m
     """At a learning rate of 1e-30 no float32 weight changes: every epoch's held-out error equals the
     first's, an equal error is no improvement, and the run stops ``patience`` epochs after epoch 1."""
     _, report = train_value(
-        episodes(), TrainConfig(width=8, depth=1, epochs=20, patience=3, lr=1e-30, batch_size=5)
+        episodes(6), TrainConfig(width=8, depth=1, epochs=20, patience=3, lr=1e-30, batch_size=5)
     )
     assert len(set(report["heldout_mse"])) == 1
     assert report["best_epoch"] == 1 and report["epochs_run"] == 4 == len(report["heldout_mse"])
@@ -88,7 +74,7 @@ def test_a_run_that_cannot_move_keeps_its_first_epoch_and_stops_after_patience_m
 def test_an_epochs_train_loss_is_the_mean_squared_error_over_every_training_state() -> None:
     """With weights that never move, each epoch's train loss is the network's MSE over all the training
     states (batches of 6 over an uneven count: each batch weighted by its size)."""
-    data = episodes()
+    data = episodes(6)
     net, report = train_value(data, TrainConfig(width=8, depth=1, epochs=2, lr=1e-30, batch_size=6))
     train = ~torch.isin(data.prompt, torch.tensor(report["heldout_prompts"]))
     assert int(train.sum()) % 6 != 0
@@ -100,7 +86,7 @@ def test_an_epochs_train_loss_is_the_mean_squared_error_over_every_training_stat
 def test_without_early_stopping_a_run_trains_exactly_its_epochs_and_reports_each_to_progress() -> None:
     calls: list[tuple] = []
     _, report = train_value(
-        episodes(), TrainConfig(width=8, depth=1, epochs=3, patience=10, lr=1e-2, batch_size=8),
+        episodes(6), TrainConfig(width=8, depth=1, epochs=3, patience=10, lr=1e-2, batch_size=8),
         progress=lambda *args: calls.append(args),
     )  # fmt: skip
     assert report["epochs_run"] == 3 == len(report["train_loss"]) == len(report["heldout_mse"])
@@ -111,7 +97,7 @@ def test_the_returned_network_is_the_best_epochs_not_the_last() -> None:
     """A large step on random states overfits: the held-out error falls then rises, and the network
     returned (and reported) is the one of the lowest held-out error."""
     _, report = train_value(
-        episodes(), TrainConfig(width=16, depth=1, epochs=6, patience=20, lr=0.05, batch_size=4)
+        episodes(6), TrainConfig(width=16, depth=1, epochs=6, patience=20, lr=0.05, batch_size=4)
     )
     errors = report["heldout_mse"]
     assert report["best_epoch"] < len(errors) and min(errors) < errors[-1]
@@ -122,7 +108,7 @@ def test_the_returned_network_is_the_best_epochs_not_the_last() -> None:
 def test_a_run_that_never_improves_keeps_the_initial_network_and_stops_after_patience() -> None:
     """At a learning rate of 1e30 the first step overflows: every held-out error is NaN, so no epoch
     beats the initial network (best epoch 0), which is returned, finite."""
-    data = episodes()
+    data = episodes(6)
     net, report = train_value(
         data, TrainConfig(width=8, depth=2, epochs=20, patience=2, lr=1e30, batch_size=5)
     )
@@ -133,7 +119,7 @@ def test_a_run_that_never_improves_keeps_the_initial_network_and_stops_after_pat
 
 
 def test_the_activation_and_weight_decay_reach_the_network_and_the_optimiser() -> None:
-    data = episodes()
+    data = episodes(6)
     net, _ = train_value(data, TrainConfig(width=8, depth=1, epochs=1, activation="tanh"))
     assert net.activation == "tanh" and any(isinstance(m, torch.nn.Tanh) for m in net.modules())
 
@@ -148,7 +134,7 @@ def test_the_activation_and_weight_decay_reach_the_network_and_the_optimiser() -
 def test_training_is_reproducible_whatever_else_draws_from_torchs_global_generator() -> None:
     """The minibatch order comes from the run's own seeded generator: a progress callback that draws
     random numbers between epochs changes nothing."""
-    data = episodes()
+    data = episodes(6)
     cfg = TrainConfig(width=8, depth=1, epochs=3, patience=10, lr=1e-2, batch_size=4)
     quiet, _ = train_value(data, cfg)
     noisy, _ = train_value(data, cfg, progress=lambda *_: torch.rand(100))

@@ -4,24 +4,10 @@ trained on (`mpc_llm.values.train`)."""
 from __future__ import annotations
 
 import torch
+from value_episodes import episodes
 
-from mpc_llm.values import TrainConfig, ValueData, ValueMLP, train_value
+from mpc_llm.values import TrainConfig, ValueMLP, train_value
 from mpc_llm.values import train as train_module
-
-
-def episodes(prompts: int = 5, responses: int = 2, steps: int = 4, d: int = 6, seed: int = 0) -> ValueData:
-    """``prompts x responses`` responses of ``steps`` states each, rewards distinct per response."""
-    g = torch.Generator().manual_seed(seed)
-    n = prompts * responses
-    M = n * steps
-    return ValueData(
-        states=torch.randn(M, d, generator=g),
-        reward=torch.arange(n, dtype=torch.float64).repeat_interleave(steps) / n,
-        step=torch.arange(steps).repeat(n),
-        last=(torch.arange(M) % steps) == steps - 1,
-        prompt=torch.arange(prompts).repeat_interleave(responses * steps),
-        response=torch.arange(n).repeat_interleave(steps),
-    )
 
 
 def test_td_targets_are_the_next_states_value_and_the_reward_at_the_last_state():
