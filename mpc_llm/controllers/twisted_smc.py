@@ -191,12 +191,15 @@ class TwistedSMC(SMC):
             rollout = plan.rollout(zero, streams)
         else:
             rollout = plan.rollout_feedback(zero, streams, proposal)
-        if twist is None:  # SMC: the reward of every particle's partial text is its twist
+        # without a twist (SMC) the reward of every particle's partial text is its twist; with one,
+        # the reward scores only the particles whose response is complete and the twist the rest
+        if twist is None:
             ended = torch.ones(R, dtype=torch.bool)
-            psi, c, metrics = self._score(cost, rollout, ended)
-        else:  # the reward scores only the particles whose response is complete; the twist the rest
+        else:
             ended = system.advance(rollout, plan.horizon).finished().cpu()
-            psi, c, metrics = self._score(cost, rollout, ended)
+        c, metrics = self._score(cost, rollout, ended)
+        psi = -c
+        if twist is not None:
             states = self._states(rollout) if twist.needs_states else None
             psi = torch.where(ended, psi, twist(rollout, states))
         betas = self._choose_betas(-psi, episode.owners, [p.beta for p in carry])
@@ -213,12 +216,10 @@ class TwistedSMC(SMC):
         )
 
     @staticmethod
-    def _score(
-        cost: CostFunction, rollout: Rollout, rows: Tensor
-    ) -> tuple[Tensor, Tensor, dict[str, Tensor]]:
-        """The reward of rows ``rows`` (``(R,)`` bool) only: ``psi = -cost`` and the costs (a NaN
-        reward: cost ``+inf``, a zero weight) and metrics, each ``(R,)`` float64, NaN on the other rows
-        (never read: a row's cost is its answer's only once it has ended)."""
+    def _score(cost: CostFunction, rollout: Rollout, rows: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
+        """The reward of rows ``rows`` (``(R,)`` bool) only: the costs (a NaN reward: cost ``+inf``,
+        a zero weight) and metrics, each ``(R,)`` float64, NaN on the other rows (never read: a row's
+        cost is its answer's only once it has ended)."""
         R = rows.shape[0]
         index = rows.nonzero().flatten().tolist()
         c = torch.full((R,), math.nan, dtype=torch.float64)
@@ -229,7 +230,7 @@ class TwistedSMC(SMC):
             for k, v in scored.items():
                 metrics[k] = torch.full((R,), math.nan, dtype=torch.float64)
                 metrics[k][index] = v[:, 0].double().cpu()
-        return -c, c, metrics
+        return c, metrics
 
     @staticmethod
     def _compute(
