@@ -112,6 +112,28 @@ TESTS: dict[str, list[str]] = {
         "tests/test_value_provenance.py::test_smc_says_what_to_raise_in_each_unit",
         "tests/test_mutation_kills_smc.py",
     ],
+    "controllers/aisp.py": [
+        "tests/test_closed_forms.py", "tests/test_config.py",
+        "tests/test_properties_controllers.py::test_one_aisp_step_moves_the_mean_to_the_closed_form_for_any_alpha",
+        "tests/test_ess_target.py::test_aisp_reports_the_lambda_it_chose_and_reaches_the_target",
+        "tests/test_ess_target.py::test_lambda_or_ess_target_not_both",
+        "tests/test_controllers.py::test_aisp_drives_the_point_mass_to_its_goal",
+    ],
+    "controllers/qalign.py": [
+        f"tests/test_samplers.py::{name}" for name in (
+            "test_qalign_chains_reach_the_tilted_model",
+            "test_qalign_reads_whether_a_system_commits_per_row",
+            "test_qalign_without_the_length_factor_would_fail",
+            "test_one_qalign_step_accepts_with_the_formula",
+            "test_qalign_regenerates_rows_of_different_prefix_lengths_on_a_language_model",
+            "test_an_infinite_beta_returns_base_samples",
+            "test_a_bad_beta_is_refused",
+        )
+    ] + [
+        "tests/test_value_provenance.py::test_qalign_never_spends_more_tokens_than_its_budget",
+        "tests/test_dtype_and_per_row.py::test_qalign_on_a_language_model_decodes_once_per_proposal_and_equals_the_grouped_path",
+        "tests/test_contracts.py",
+    ],
     "controllers/twisted_smc.py": ["tests/test_twisted_smc.py"],
     "values/terminal.py": ["tests/test_terminal_value.py"],
     "dynamics/lm_closeness.py": [

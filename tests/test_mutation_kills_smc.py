@@ -226,3 +226,140 @@ def test_a_sample_budget_sets_the_particle_count() -> None:
     )
     assert result.population.rollout.num_samples == 2
     assert all(s <= 9 for s in result.budget.samples_per_problem)
+
+
+# the survivors of the first full run (issue 36), each test named for what it pins
+
+
+def test_a_budget_without_a_unit_is_read_in_samples() -> None:
+    with pytest.raises(ValueError, match=r"^a budget of 2 samples is below one SMC particle"):
+        SMC(block=4, beta=1.0).check_budget(10, 2)
+
+
+def test_the_partial_reward_refusal_says_what_smc_needs_and_what_to_do_instead() -> None:
+    whole_only = ToyReward.example(accepts_partial=False)
+    message = (
+        "SMC weights its particles by the reward of their partial text after every block (its twist), and no "
+        "value twist is available, but the cost ToyReward(accepts_partial=False) cannot score partial text "
+        "(a reward model or judge); set block >= the episode length (one block: importance sampling), or set "
+        "reward.accepts_partial = True if you know it can"
+    )
+    with pytest.raises(ValueError) as info:
+        SMC(block=3, beta=1.0).check(4, whole_only)
+    assert str(info.value) == message
+    with pytest.raises(ValueError, match=r"set block >= --max-new-tokens \(one block"):
+        SMC(block=3, beta=1.0).check(4, whole_only, episode_name="--max-new-tokens")
+
+
+def test_a_token_budget_sets_the_particle_count() -> None:
+    """Episodes of up to four tokens: 9 tokens fit 2 particles' worst case."""
+    result = SMC(num_particles=16, block=1, beta=1.0).optimize(
+        ToyLM.example(2), ToyReward.example(), max_tokens=9, seed=0
+    )
+    assert result.population.rollout.num_samples == 2
+    assert all(t <= 9 for t in result.budget.tokens_per_problem)
+
+
+def test_each_block_scores_one_sample_per_unfinished_particle() -> None:
+    """Without resampling each particle is one lineage, scored once per block it grew in: its
+    response's blocks, ``ceil(length / block)``."""
+    block, N = 2, 6
+    result = SMC(num_particles=N, block=block, beta=1.0, resample_threshold=1e-9).optimize(
+        ToyLM.example(3), ToyReward.example(), seed=[4, 5, 6]
+    )
+    lengths = result.population.rollout.lengths  # whole responses (the toy has no prompt)
+    for b in range(3):
+        want = sum(math.ceil(int(n) / block) for n in lengths[b].tolist())
+        assert result.budget.samples_per_problem[b] == want
+
+
+def test_a_nan_reward_of_a_partial_text_zeroes_the_particles_weight() -> None:
+    """A twist value the reward cannot give (NaN) must never be read as a reward of 0."""
+
+    def reward(seq: tuple[int, ...]) -> float:
+        return math.nan if 2 in seq else float(sum(t == 1 for t in seq))
+
+    result = SMC(num_particles=12, block=1, beta=1.0, resample_threshold=1e-9).optimize(
+        ToyLM.example(2), ToyReward(reward), seed=[0, 1]
+    )
+    pop = result.population
+    seen = 0
+    for b in range(2):
+        for n in range(12):
+            if 2 in pop.rollout.sequence(b, n):
+                seen += 1
+                assert pop.log_weights[b, n] == -INF and float(pop.estimate.weights[b, n]) == 0.0
+            else:
+                assert math.isfinite(float(pop.log_weights[b, n]))
+    assert seen > 0
+
+
+def test_a_problem_with_no_finite_twist_does_not_stop_the_next_problem_choosing_its_beta() -> None:
+    smc = SMC(ess_target=0.5, block=1)
+    c = torch.tensor([INF, INF, 0.0, 1.0], dtype=torch.float64)
+    betas = smc._choose_betas(c, [0, 0, 1, 1], [NAN] * 4)
+    assert all(math.isnan(b) for b in betas[:2])
+    want = float(temperature_for_ess(torch.tensor([[0.0, 1.0]], dtype=torch.float64), 0.5)[0])
+    assert betas[2:] == [want, want]
+
+
+def resampled(log_w: list[float], threshold: float, seed: int = 7) -> tuple[list[int], list[Particle]]:
+    gen = torch.Generator().manual_seed(seed)
+    carry = [Particle(gen, lw, float(i), 1.0) for i, lw in enumerate(log_w)]
+    return SMC(beta=1.0, resample_threshold=threshold).keep(
+        episode([0] * len(carry), carry), step(carry), [False] * len(carry)
+    )
+
+
+def test_the_ess_fraction_is_one_over_the_sum_of_squared_weights_over_the_count() -> None:
+    """Weights (1/2, 1/4, 1/4): ESS 1 / (1/4 + 1/16 + 1/16) = 8/3 of 3, a fraction 0.889."""
+    log_w = [math.log(0.5), math.log(0.25), math.log(0.25)]
+    rows, out = resampled(log_w, 0.9)
+    assert all(p.log_w == pytest.approx(-math.log(3.0), abs=1e-15) for p in out)  # resampled
+    rows, out = resampled(log_w, 0.88)
+    assert rows == [0, 1, 2] and [p.log_w for p in out] == log_w  # kept
+
+
+def test_two_particles_are_resampled_too() -> None:
+    rows, out = resampled([0.0, -INF], 0.6)  # ESS 1 of 2
+    assert rows == [0, 0] and all(p.log_w == pytest.approx(-math.log(2.0), abs=1e-15) for p in out)
+
+
+def test_equal_weights_are_never_resampled_even_at_threshold_one() -> None:
+    log_w = [0.25] * 8
+    rows, out = resampled(log_w, 1.0)
+    assert rows == list(range(8)) and [p.psi for p in out] == [float(i) for i in range(8)]
+
+
+def test_the_copies_weight_is_the_float64_mean_of_the_weights() -> None:
+    log_w = [0.1234567891234567, -3.3, -20.0]
+    _, out = resampled(log_w, 0.99)
+    mean = math.log(sum(math.exp(x) for x in log_w)) - math.log(3.0)
+    assert all(abs(p.log_w - mean) < 1e-14 for p in out)
+
+
+def test_resampling_draws_from_the_problems_own_stream_whatever_the_global_seed() -> None:
+    log_w = [0.0, -0.5, -1.0, -4.0, -INF, 0.2]
+    w = torch.softmax(torch.tensor(log_w, dtype=torch.float64), dim=0)
+    want = torch.multinomial(w, 6, replacement=True, generator=torch.Generator().manual_seed(7)).sort().values
+    for global_seed in (1, 2):
+        torch.manual_seed(global_seed)
+        rows, _ = resampled(log_w, 1.0, seed=7)
+        assert rows == want.tolist()
+
+
+def test_the_estimate_keeps_beta_in_float64() -> None:
+    result = SMC(num_particles=4, block=1, beta=0.1).optimize(ToyLM.example(2), ToyReward.example(), seed=0)
+    assert result.population.estimate.beta.dtype == torch.float64
+    assert result.population.estimate.beta.tolist() == [0.1, 0.1]
+
+
+def test_one_particle_per_problem_runs_and_is_the_answer() -> None:
+    result = SMC(num_particles=1, block=2, beta=1.0).optimize(
+        ToyLM.example(2), ToyReward.example(), seed=[3, 4]
+    )
+    pop = result.population
+    assert pop.rollout.num_samples == 1
+    for b in range(2):
+        assert result.best_rollout.sequence(b, 0) == pop.rollout.sequence(b, 0)
+        assert float(pop.estimate.weights[b, 0]) == 1.0
