@@ -106,6 +106,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
                                 eval_labels(config.eval_reward), args.budget_unit, args.baseline_budgets),
             resume=args.resume,
             overwrite=args.overwrite,
+            prompts=prompt_set.prompts,  # --resume grows a run whose prompts are the first of these
         )  # fmt: skip
     planners = {f"controllers.{label}": c for label, c in controllers.items()}
     preflight(config, prompt_set.prompts, planners, prompt_source=str(source))

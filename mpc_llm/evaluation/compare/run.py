@@ -14,7 +14,9 @@ scored sample. Every record says the ``samples`` and ``tokens`` it spent
 
 Problem ``p`` under run seed ``s`` draws from seed ``s * 1_000_003 + p``, whatever chunk it is in,
 so results do not depend on ``prompts_per_batch`` (up to floating-point effects of batch shapes) and
-a resumed run equals an uninterrupted one.
+a resumed run equals an uninterrupted one. The same holds for a run grown to more prompts on resume
+(the first ones its own, `mpc_llm.evaluation.compare.store.RunStore.check`): only the new prompts'
+jobs run, and the records equal a run over all of them from the start.
 
 Many processes (``world``, `mpc_llm.evaluation.compare.distributed`). The jobs still to do are listed by
 rank 0 in one order (`pending_jobs`: seed, controller, prompt chunk) and dealt out round robin
@@ -113,6 +115,22 @@ def _prompt_text(prompt: Prompt) -> str:
     return prompt if isinstance(prompt, str) else json.dumps(prompt, sort_keys=True)
 
 
+def prompts_digest(prompts: Sequence[Prompt]) -> str:
+    """The ``prompts_sha256`` a run records: the sha256 of the prompts' texts joined by newlines.
+
+    Example:
+        >>> prompts_digest(["a", "b"]) == hashlib.sha256(b"a\\nb").hexdigest()
+        True
+    """
+    return hashlib.sha256("\n".join(_prompt_text(p) for p in prompts).encode()).hexdigest()
+
+
+def prefix_digests(prompts: Sequence[Prompt]) -> Callable[[int], str]:
+    """``n -> prompts_digest(prompts[:n])``: what tells whether a run's prompts are the first of
+    ``prompts``, so that ``resume`` may grow it (`RunStore.check`)."""
+    return lambda n: prompts_digest(prompts[:n])
+
+
 def run_settings(
     prompts: Sequence[Prompt],
     controllers: Mapping[str, Planner],
@@ -121,10 +139,10 @@ def run_settings(
     extra: Mapping[str, Any],
     unit: BudgetUnit = "samples",
 ) -> dict[str, Any]:
-    """What identifies a run: resuming requires the same settings."""
-    digest = hashlib.sha256("\n".join(_prompt_text(p) for p in prompts).encode()).hexdigest()
+    """What identifies a run: resuming requires the same settings (or these over more prompts, the
+    first ones the run's: `RunStore.check`)."""
     return {
-        "prompts_sha256": digest,
+        "prompts_sha256": prompts_digest(prompts),
         "num_prompts": len(prompts),
         "controllers": {name: c.spec() for name, c in controllers.items()},
         "budgets": list(budgets),
@@ -154,10 +172,20 @@ def comparison_settings(
 
 
 def check_run_folder(
-    out_dir: str | Path, settings: Mapping[str, Any], *, resume: bool = False, overwrite: bool = False
+    out_dir: str | Path,
+    settings: Mapping[str, Any],
+    *,
+    resume: bool = False,
+    overwrite: bool = False,
+    prompts: Sequence[Prompt] | None = None,
 ) -> None:
-    """Refuse a run folder `compare` would refuse (`RunStore.check`), writing and deleting nothing."""
-    RunStore.check(out_dir, settings, resume=resume, overwrite=overwrite)
+    """Refuse a run folder `compare` would refuse (`RunStore.check`), writing and deleting nothing.
+
+    ``prompts``: the run's prompts (those ``settings`` were made of), which let ``resume`` grow a run
+    of fewer prompts, the first of these, as `compare` does. Without them such a run is refused.
+    """
+    digests = None if prompts is None else prefix_digests(prompts)
+    RunStore.check(out_dir, settings, resume=resume, overwrite=overwrite, prefix_digest=digests)
 
 
 def check_seeds(seeds: Sequence[int]) -> list[int]:
@@ -208,7 +236,9 @@ def compare(
             (tokens generated).
         out_dir: the run folder (see `RunStore`); ``records.jsonl`` is appended as each chunk ends.
         seeds: run seeds.
-        resume: continue an interrupted run with the same settings, redoing nothing.
+        resume: continue an interrupted run with the same settings, redoing nothing; or grow a run
+            (finished or not) to more prompts when its prompts are the first of ``prompts``: only the
+            new prompts' jobs (and any unfinished ones) run, and ``settings.json`` is rewritten.
         overwrite: replace the run ``out_dir`` holds (only a run's own files are deleted).
         prompts_per_batch: prompts optimised together in one batch (does not change results).
         settings: extra JSON-serialisable settings to record (model, reward, dynamics options).
@@ -263,8 +293,9 @@ def compare(
         # one process writes nothing until its first records: a run that fails before leaves the folder
         # as it was; rank 0 of many writes settings.json at once, for the others to join
         store = RunStore(
-            out_dir, settings, resume=resume, overwrite=overwrite, shard=shard, lazy=world is None
-        )
+            out_dir, settings, resume=resume, overwrite=overwrite, shard=shard, lazy=world is None,
+            prefix_digest=prefix_digests(prompts),
+        )  # fmt: skip
         done = _done(store, budgets_of)
         store.discard(KEY, store.done(KEY) - done)  # jobs torn mid-write are redone from scratch
         return store, pending_jobs(len(prompts), list(controllers), seeds, prompts_per_batch, done)

@@ -6,7 +6,8 @@ and written by `mpc_llm.evaluation.compare.records_file`.
 ::
 
     run/
-      settings.json               what the run is (refuses a different run in the same folder)
+      settings.json               what the run is (refuses a different run in the same folder; a run
+                                  may grow to more prompts, the first ones its own: `RunStore.check`)
       records.jsonl               one JSON object per line, appended, flushed and fsynced as each job
                                   finishes (one process), or the merged records of every rank
       records.rank-00003.jsonl    rank 3's records while a run on many processes is under way: each
@@ -26,7 +27,7 @@ import os
 import re
 import warnings
 from collections import Counter
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -50,6 +51,15 @@ def comparable(settings: Mapping[str, Any]) -> dict[str, Any]:
         with contextlib.suppress(ValueError):  # options this version does not read: compared as they are
             out["lm"] = LMConfig.model_validate(out["lm"]).model_dump(mode="json")
     return out
+
+
+#: The settings that say which prompts a run holds: a resumed run may grow to more prompts when its
+#: own are the first of the new list (`RunStore.check`).
+PROMPT_KEYS = ("num_prompts", "prompts_sha256")
+
+
+def _without_prompts(settings: Mapping[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in settings.items() if k not in PROMPT_KEYS}
 
 
 def shard_name(rank: int) -> str:
@@ -90,7 +100,9 @@ class RunStore:
         folder: the run folder (created if missing).
         settings: a JSON-serialisable description of the run; a folder holding a run with other
             settings is refused unless ``overwrite``.
-        resume: continue a run with the same settings (finished records are kept and skipped).
+        resume: continue a run with the same settings (finished records are kept and skipped), or
+            grow one to more prompts whose first ones are the run's (with ``prefix_digest``: see
+            `RunStore.check`); ``settings.json`` then holds ``settings`` once the store writes.
         overwrite: replace the run the folder holds (only the files a run writes are deleted; a
             folder holding any other file is refused before anything is deleted).
         shard: the rank whose shard this process appends to (None: ``records.jsonl``, one process).
@@ -100,6 +112,8 @@ class RunStore:
         lazy: write nothing (no folder, no ``settings.json``, no deletion for ``overwrite``) until the
             first records are appended, so that a run that fails before it finishes a job leaves the
             folder as it was (`mpc_llm.evaluation.compare` on one process).
+        prefix_digest: ``n -> the prompts_sha256 of the first n prompts`` of this run's list, which
+            lets ``resume`` grow a run of fewer prompts (None: a run's prompts must be these).
 
     A folder whose ``settings.json`` has no records beside it (a run that failed before finishing a
     job) holds no run to protect: a new run replaces it without ``overwrite``. Every check
@@ -123,6 +137,7 @@ class RunStore:
         shard: int | None = None,
         join: bool = False,
         lazy: bool = False,
+        prefix_digest: Callable[[int], str] | None = None,
     ) -> None:
         self.folder = Path(folder)
         self.settings = json.loads(json.dumps(settings))  # normalise (tuples -> lists, ...)
@@ -132,9 +147,15 @@ class RunStore:
             self._compare_settings(self.folder, self._existing_settings(joining=True), self.settings)
             self.records: list[dict[str, Any]] = []
             return
-        state = self.check(self.folder, self.settings, resume=resume, overwrite=overwrite)
-        if state == "resume":
+        state = self.check(
+            self.folder, self.settings, resume=resume, overwrite=overwrite, prefix_digest=prefix_digest
+        )
+        if state in ("resume", "grow"):
             self.records = self._load()
+            if state == "grow":  # settings.json says the larger run from the first write on
+                self._pending = state
+                if not lazy:
+                    self._open()
             return
         self.records = []
         self._pending = state
@@ -143,19 +164,32 @@ class RunStore:
 
     @classmethod
     def check(
-        cls, folder: str | Path, settings: Mapping[str, Any], *, resume: bool = False, overwrite: bool = False
+        cls,
+        folder: str | Path,
+        settings: Mapping[str, Any],
+        *,
+        resume: bool = False,
+        overwrite: bool = False,
+        prefix_digest: Callable[[int], str] | None = None,
     ) -> str:
         """Whether a run with ``settings`` may use ``folder``, without writing or deleting anything.
 
+        A run may grow: with ``resume``, a run whose settings differ only in its prompts (``PROMPT_KEYS``)
+        is continued over more prompts when its ``num_prompts`` are the first of these, that is when
+        ``prefix_digest(its num_prompts)`` (the ``prompts_sha256`` of the first prompts of this run's
+        list) is its ``prompts_sha256``. Its records are keyed by prompt index, so none is redone.
+
         Returns:
             ``"new"`` (no run there: the folder is missing or empty, or holds only the
-            ``settings.json`` of a run that wrote no records), ``"resume"`` (the same run, to continue)
-            or ``"replace"`` (another run, to delete: ``overwrite``).
+            ``settings.json`` of a run that wrote no records), ``"resume"`` (the same run, to continue),
+            ``"grow"`` (the same run over more prompts, to continue) or ``"replace"`` (another run, to
+            delete: ``overwrite``).
 
         Raises:
             RunFolderError: the path is a file; the folder holds files no run writes; it holds another
-                run (without ``overwrite``) or this run (without ``resume`` or ``overwrite``); a records
-                file is damaged (with ``resume``). The message says which flag or folder to use.
+                run (without ``overwrite``: e.g. fewer or more prompts that are not the first of these)
+                or this run (without ``resume`` or ``overwrite``); a records file is damaged (with
+                ``resume``). The message says which flag or folder to use.
         """
         folder = Path(folder)
         settings = json.loads(json.dumps(settings))
@@ -192,7 +226,15 @@ class RunStore:
             raise RunFolderError(
                 f"{settings_path} is not valid JSON; pass --overwrite to start anew, or choose another folder"
             ) from err
-        cls._compare_settings(folder, existing, settings)
+        grows = cls._grows(folder, existing, settings, prefix_digest)
+        if not grows:
+            cls._compare_settings(folder, existing, settings)
+        if grows and not resume:
+            raise RunFolderError(
+                f"{folder} holds a run of the first {existing['num_prompts']} of these "
+                f"{settings['num_prompts']} prompts; run again with --resume to grow it (its records are "
+                "kept), choose another folder for --out, or pass --overwrite to replace that run"
+            )
         if not resume:
             raise RunFolderError(
                 f"{folder} already holds this run; run again with --resume to continue it or --overwrite "
@@ -200,7 +242,45 @@ class RunStore:
             )
         for path in cls._record_files(folder):
             read_records(path, repair=False)  # a damaged line is refused here, before any work
-        return "resume"
+        return "grow" if grows else "resume"
+
+    @staticmethod
+    def _grows(
+        folder: Path, existing: Any, settings: Mapping[str, Any], prefix_digest: Callable[[int], str] | None
+    ) -> bool:
+        """Whether ``settings`` are the run ``existing`` over more prompts, its own the first of them.
+
+        False where `_compare_settings` decides: a setting other than the prompts differs, the
+        prompts are the same, or there is no ``prefix_digest`` to tell whether more prompts begin with
+        the run's. Raises `RunFolderError` when only the prompts differ and the run's are not the first
+        of these (fewer, other or reordered).
+        """
+        if not isinstance(existing, Mapping):
+            return False
+        old, new = comparable(existing), comparable(settings)
+        if old == new or _without_prompts(old) != _without_prompts(new):
+            return False
+        n_old, n_new = old.get("num_prompts"), new.get("num_prompts")
+        if not isinstance(n_old, int) or not isinstance(n_new, int):
+            return False
+        fix = "choose another folder for --out, or pass --overwrite to replace that run"
+        if n_new < n_old:
+            raise RunFolderError(
+                f"{folder} holds a run of {n_old} prompts, more than these {n_new}, and a run never "
+                f"shrinks; resume it with its {n_old} prompts (or more, in the same order), {fix}"
+            )
+        if n_new == n_old:
+            raise RunFolderError(
+                f"{folder} holds a run of {n_old} other prompts (another source or order); {fix}"
+            )
+        if prefix_digest is None:
+            return False
+        if prefix_digest(n_old) != old.get("prompts_sha256"):
+            raise RunFolderError(
+                f"the run's {n_old} prompts in {folder} are not the first {n_old} of these {n_new} prompts "
+                f"(another source or order), so it cannot grow to them; {fix}"
+            )
+        return True
 
     @classmethod
     def _is_run_file(cls, name: str) -> bool:
@@ -209,8 +289,8 @@ class RunStore:
         return name in (cls.SETTINGS, *cls.OUTPUTS) or base == cls.RECORDS or bool(_SHARD.fullmatch(base))
 
     def _open(self) -> None:
-        """Make the folder hold this run: delete the run it replaces (only a run's own files), create
-        the folder and write ``settings.json``."""
+        """Make the folder hold this run: delete the run it replaces (only a run's own files; a run it
+        grows keeps them all), create the folder and write ``settings.json``."""
         if self._pending == "replace":
             for name in sorted(p.name for p in self.folder.iterdir()):
                 if self._is_run_file(name):  # only ever delete what a run wrote
