@@ -163,7 +163,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--prompts-per-batch", type=_positive_int, default=8, help="prompts optimised together (default 8)"
     )
     compare.add_argument("--out", type=Path, required=True, help="run folder")
-    compare.add_argument("--resume", action="store_true", help="continue an interrupted run")
+    compare.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue an interrupted run, or grow it to more prompts whose first ones are its own",
+    )
     compare.add_argument("--overwrite", action="store_true", help="replace the run in --out")
     compare.add_argument(
         "--gpus-per-rank",
