@@ -118,6 +118,7 @@ TESTS: dict[str, list[str]] = {
         "tests/test_ess_target.py::test_aisp_reports_the_lambda_it_chose_and_reaches_the_target",
         "tests/test_ess_target.py::test_lambda_or_ess_target_not_both",
         "tests/test_controllers.py::test_aisp_drives_the_point_mass_to_its_goal",
+        "tests/test_mutation_kills_aisp.py",
     ],
     "controllers/qalign.py": [
         f"tests/test_samplers.py::{name}" for name in (
