@@ -133,7 +133,7 @@ TESTS: dict[str, list[str]] = {
     ] + [
         "tests/test_value_provenance.py::test_qalign_never_spends_more_tokens_than_its_budget",
         "tests/test_dtype_and_per_row.py::test_qalign_on_a_language_model_decodes_once_per_proposal_and_equals_the_grouped_path",
-        "tests/test_contracts.py",
+        "tests/test_contracts.py", "tests/test_mutation_kills_qalign.py",
     ],
     "controllers/twisted_smc.py": ["tests/test_twisted_smc.py"],
     "values/terminal.py": ["tests/test_terminal_value.py"],
