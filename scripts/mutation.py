@@ -2,6 +2,7 @@
 
     python scripts/mutation.py                                   # every module below
     python scripts/mutation.py core/importance.py evaluation/compare/records.py
+    python scripts/mutation.py --in-process evaluation/compare/records.py   # faster: see below
 
 Each module runs in its own copy of the project under ``.mutation/<module>/`` (git-ignored), with
 ``[tool.mutmut]`` of pyproject.toml narrowed to that module and to the tests listed for it below
@@ -10,6 +11,11 @@ lowest CPU priority, ``MUTMUT_CHILDREN`` workers (default: the number of cores).
 rate per module and the time taken; ``docs/mutation.md`` lists the surviving mutants that are
 equivalent, with the reason. ``cd .mutation/<module> && mutmut show NAME`` prints a mutant's diff.
 Needs the ``mutation`` extra (``pip install -e ".[mutation]"``).
+
+``--in-process``: mutmut still generates the mutants, collects which tests reach which function
+and runs the first mutant of every function, and `scripts/mutation_driver.py` runs the rest, each
+worker in one Python process (mutmut starts pytest, torch and transformers anew for every mutant:
+seconds each, where the targeted tests take a fraction of one).
 """
 
 from __future__ import annotations
@@ -185,30 +191,68 @@ def lowest_priority(pid: int) -> None:
         Path(f"/proc/{pid}/autogroup").write_text("19")
 
 
-def run(module: str, mutmut: str) -> tuple[collections.Counter, float]:
+def _lowest(command: list[str], **kwargs: object) -> subprocess.Popen:
+    """Start ``command`` niced, in a session of its own at the lowest priority (`lowest_priority`)."""
+    proc = subprocess.Popen(["nice", "-n", "19", *command], start_new_session=True, **kwargs)  # type: ignore[call-overload]
+    lowest_priority(proc.pid)
+    return proc
+
+
+def statuses(work: Path, mutmut: str, env: dict[str, str]) -> dict[str, str]:
+    """Each mutant's status in mutmut's results (killed, survived, timeout, not checked, ...)."""
+    out = subprocess.run(
+        [mutmut, "results", "--all", "true"], cwd=work, env=env, capture_output=True, text=True, check=False
+    ).stdout
+    found = (line.strip().rpartition(": ") for line in out.splitlines())
+    return {name: status for name, _, status in found if "__mutmut_" in name}
+
+
+def drive(work: Path, names: list[str], children: int, env: dict[str, str]) -> dict[str, str]:
+    """The verdicts of ``names`` by `scripts/mutation_driver.py`, ``children`` processes each
+    running every ``children``-th mutant in one Python process (their output in ``driver-K.log``)."""
+    mutants = work / "mutants"
+    env = {**env, "PYTHONPATH": str(mutants)}  # the trampolined copy, before the installed package
+    procs = []
+    for k in range(children):
+        log = (work / f"driver-{k}.log").open("w")
+        command = [sys.executable, str(ROOT / "scripts" / "mutation_driver.py"), *names[k::children]]
+        procs.append((_lowest(command, cwd=mutants, env=env, stdout=log, stderr=subprocess.STDOUT), log))
+    verdicts: dict[str, str] = {}
+    for k, (proc, log) in enumerate(procs):
+        proc.wait()
+        log.close()
+        for line in (work / f"driver-{k}.log").read_text().splitlines():
+            if line.startswith("MUTANT "):
+                name, _, verdict = line.removeprefix("MUTANT ").rpartition(": ")
+                verdicts[name] = verdict
+    return verdicts
+
+
+def run(module: str, mutmut: str, in_process: bool = False) -> tuple[collections.Counter, float]:
+    """Mutate ``module`` in a fresh copy; its mutants' counts by status and the seconds taken.
+
+    ``in_process``: mutmut generates the mutants, collects its stats and runs the first mutant of
+    every function; `scripts/mutation_driver.py` runs the others, each in one Python process per
+    worker (the same verdicts, without a pytest start per mutant)."""
     work = prepare(module)
     env = {**os.environ, "PYTHONPATH": str(work)}
     children = os.environ.get("MUTMUT_CHILDREN", str(os.cpu_count() or 1))
     start = time.perf_counter()
-    command = ["nice", "-n", "19", mutmut, "run", "--max-children", children]
-    proc = subprocess.Popen(command, cwd=work, env=env, start_new_session=True)
-    lowest_priority(proc.pid)
-    proc.wait()
+    only_first = ["*__mutmut_1"] if in_process else []
+    _lowest([mutmut, "run", "--max-children", children, *only_first], cwd=work, env=env).wait()
+    status = statuses(work, mutmut, env)
+    if in_process:
+        todo = [name for name, s in status.items() if s == "not checked"]
+        status.update(drive(work, todo, int(children), env))
     seconds = time.perf_counter() - start
-    out = subprocess.run(
-        [mutmut, "results", "--all", "true"], cwd=work, env=env, capture_output=True, text=True, check=False
-    ).stdout
-    counts: collections.Counter = collections.Counter()
-    for line in out.splitlines():
-        name, _, status = line.strip().rpartition(": ")
-        if "__mutmut_" in name:
-            counts[status] += 1
-    survivors = [line.strip().rpartition(": ")[0] for line in out.splitlines() if line.endswith(": survived")]
+    survivors = sorted(name for name, s in status.items() if s == "survived")
     (work / "survivors.txt").write_text("\n".join(survivors) + "\n")
-    return counts, seconds
+    return collections.Counter(status.values()), seconds
 
 
 def main(modules: list[str]) -> None:
+    in_process = "--in-process" in modules
+    modules = [m for m in modules if m != "--in-process"]
     mutmut = str(Path(sys.executable).parent / "mutmut")
     if not Path(mutmut).exists():
         mutmut = "mutmut"
@@ -217,7 +261,7 @@ def main(modules: list[str]) -> None:
         raise SystemExit(f"unknown module(s) {unknown}; choose from {list(TESTS)}")
     rows = []
     for module in modules or list(TESTS):
-        counts, seconds = run(module, mutmut)
+        counts, seconds = run(module, mutmut, in_process)
         killed = counts["killed"] + counts["timeout"] + counts["caught by type check"]
         total = sum(counts.values())
         rows.append((module, killed, counts["survived"], total - killed - counts["survived"], total, seconds))
