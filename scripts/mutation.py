@@ -59,6 +59,13 @@ TESTS: dict[str, list[str]] = {
         "tests/test_bad_input.py::test_records_hold_only_finite_numbers_or_null",
         "tests/test_compare.py::test_records_at_each_budget_are_the_best_of_the_first_samples",
         "tests/test_compare.py::test_seconds_are_prorated_within_a_partly_used_iteration",
+    ] + [  # compute, the steering figure and a value's work, on the tiny language model
+        f"tests/test_curve.py::{name}" for name in (
+            "test_compute_fields_add_up_on_a_language_model",
+            "test_kl_proposal_averages_every_sample_within_the_budget",
+            "test_sequential_records_count_what_they_re_read_and_their_value_work",
+            "test_a_values_work_counts_in_model_token_equivalents_on_the_compute_axis",
+        )
     ],
     "evaluation/summary/tables.py": [
         "tests/test_properties_records.py",

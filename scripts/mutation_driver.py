@@ -1,6 +1,7 @@
 """Run mutmut's mutants of one module in one Python process (`scripts/mutation.py --in-process`).
 
     cd .mutation/<module>/mutants && python ../../../scripts/mutation_driver.py NAME [NAME ...]
+    ... mutation_driver.py --tests tests/test_samplers.py tests/test_curve.py -- NAME [NAME ...]
 
 mutmut 3 starts a fresh pytest session per mutant, which on this project costs seconds of imports
 and collection (torch, transformers) for tests that run in a fraction of one. This driver runs in
@@ -10,10 +11,11 @@ re-importing) and runs, with ``pytest -x``, the tests that mutmut's stats
 (``mutmut-stats.json``) found reaching the mutated function. Exit code 0 is a survivor; a failing
 test kills it; a mutant still running after ``10 s + 10 x`` its tests' measured time is stopped (an
 alarm raises in the running test) and counted as a timeout, which kills it as mutmut counts it.
-Prints one ``MUTANT NAME: verdict`` line per mutant (killed, survived, timeout, no tests, error)
-among pytest's own output. First it checks that the trampolines are reached: every mutated
-function raises under ``MUTANT_UNDER_TEST=fail`` (mutmut's forced-fail test), so the first
-mutant's tests must fail then.
+``--tests``: run these tests for every mutant instead (e.g. the survivors of the targeted
+selection against more of the suite; 600 s each). Prints one ``MUTANT NAME: verdict`` line per
+mutant (killed, survived, timeout, no tests, error) among pytest's own output. First it checks
+that the trampolines are reached: every mutated function raises under ``MUTANT_UNDER_TEST=fail``
+(mutmut's forced-fail test), so the first mutant's tests must fail then.
 
 Hypothesis runs the suite's profile without its shrink phase (a failure kills a mutant either way,
 and shrinking one took minutes); the profile is derandomized, so no example database carries one
@@ -94,16 +96,20 @@ def verdict(mutant: str, tests: list[str], seconds: float) -> str:
     return "error"
 
 
-def main(names: list[str]) -> None:
+def main(args: list[str]) -> None:
     stats = json.loads(Path("mutmut-stats.json").read_text())
     tests_of, durations = stats["tests_by_mangled_function_name"], stats["duration_by_test"]
+    names, given = args, None
+    if args[:1] == ["--tests"]:
+        given, names = args[1 : args.index("--")], args[args.index("--") + 1 :]
+        tests_of = {function_of(n): given for n in names}
     signal.signal(signal.SIGALRM, Clock.ring)
     probe = next((n for n in names if tests_of.get(function_of(n))), None)
     if probe is not None and verdict("fail", sorted(tests_of[function_of(probe)]), 600.0) != "killed":
         raise SystemExit(f"the tests of {probe} pass with every mutated function failing: run from mutants/")
     for name in names:
         tests = sorted(tests_of.get(function_of(name), []))
-        limit = 10.0 + 10.0 * sum(durations.get(t, 1.0) for t in tests)
+        limit = 10.0 + 10.0 * sum(durations.get(t, 1.0) for t in tests) if given is None else 600.0
         print(f"MUTANT {name}: {verdict(name, tests, limit)}", flush=True)
 
 
