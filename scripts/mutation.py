@@ -66,6 +66,12 @@ TESTS: dict[str, list[str]] = {
             "test_sequential_records_count_what_they_re_read_and_their_value_work",
             "test_a_values_work_counts_in_model_token_equivalents_on_the_compute_axis",
         )
+    ] + [  # samplers, AISP's sigma and lambda, RE-Control's records through compare
+        "tests/test_samplers.py::test_anytime_records_draw_with_the_runs_own_uniform",
+        "tests/test_samplers.py::test_samplers_run_by_name_through_compare",
+        "tests/test_eval_protocol.py::test_every_record_holds_closeness_and_the_held_out_reward_never_steers",
+        "tests/test_re_control.py::test_compare_records_re_control_beside_best_of_n_with_closeness_and_compute",
+        "tests/test_mutation_kills_records.py",
     ],
     "evaluation/summary/tables.py": [
         "tests/test_properties_records.py",
