@@ -219,13 +219,15 @@ def test_without_resampling_the_final_weights_telescope_to_the_reward_over_beta(
         assert float(result.best_cost[b]) == float(pop.costs[b, i]) and float(pop.estimate.weights[b, i]) > 0
 
 
-def test_a_sample_budget_sets_the_particle_count() -> None:
-    """Four blocks of one token: 9 samples fit 2 particles (each scores up to 4)."""
+@pytest.mark.parametrize("unit", ["samples", "tokens"])
+def test_a_budget_sets_the_particle_count(unit: str) -> None:
+    """Four blocks of one token: 9 samples fit 2 particles (each scores up to 4); so do 9 tokens
+    (each particle's worst case is the episode's 4 tokens)."""
     result = SMC(num_particles=16, block=1, beta=1.0).optimize(
-        ToyLM.example(2), ToyReward.example(), max_samples=9, seed=0
+        ToyLM.example(2), ToyReward.example(), **{f"max_{unit}": 9}, seed=0
     )
     assert result.population.rollout.num_samples == 2
-    assert all(s <= 9 for s in result.budget.samples_per_problem)
+    assert all(spent <= 9 for spent in getattr(result.budget, f"{unit}_per_problem"))
 
 
 # the survivors of the first full run (issue 36), each test named for what it pins
@@ -249,15 +251,6 @@ def test_the_partial_reward_refusal_says_what_smc_needs_and_what_to_do_instead()
     assert str(info.value) == message
     with pytest.raises(ValueError, match=r"set block >= --max-new-tokens \(one block"):
         SMC(block=3, beta=1.0).check(4, whole_only, episode_name="--max-new-tokens")
-
-
-def test_a_token_budget_sets_the_particle_count() -> None:
-    """Episodes of up to four tokens: 9 tokens fit 2 particles' worst case."""
-    result = SMC(num_particles=16, block=1, beta=1.0).optimize(
-        ToyLM.example(2), ToyReward.example(), max_tokens=9, seed=0
-    )
-    assert result.population.rollout.num_samples == 2
-    assert all(t <= 9 for t in result.budget.tokens_per_problem)
 
 
 def test_each_block_scores_one_sample_per_unfinished_particle() -> None:
