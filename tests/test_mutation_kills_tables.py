@@ -127,6 +127,12 @@ def test_rows_follow_the_controllers_first_appearance_then_budget() -> None:
     ]  # fmt: skip
 
 
+def test_row_order_is_first_appearance_not_the_alphabet() -> None:
+    records = [rec("zeta", 2, 0, 0, 1.0), rec("alpha", 1, 0, 0, 1.0), rec("zeta", 1, 0, 0, 1.0)]
+    rows = summarize(records, baseline=None)
+    assert [(r["controller"], r["budget"]) for r in rows] == [("zeta", 1), ("zeta", 2), ("alpha", 1)]
+
+
 def test_the_reward_averages_seeds_per_prompt_first_and_leaves_invalid_records_out() -> None:
     row = rows_by_key(summarize(study()))[("aisp", 4)]
     ci = mean_ci([(3.0 + 1.0) / 2, 4.0])  # prompt 0's two seeds first; prompt 2 is invalid
@@ -264,6 +270,13 @@ def test_the_markdown_table_header_and_row() -> None:
     )
 
 
+def test_rows_are_one_line_each_and_whole_counts_print_as_they_are() -> None:
+    second = {**ROW, "budget": 16, "tokens": 640}
+    lines = markdown_table([ROW, second]).splitlines()
+    assert len(lines) == 4 and lines[3].startswith("| aisp | 16 | 3 |")
+    assert lines[3].endswith("| 8.0 | 640 | 1.23 |")
+
+
 def test_reward_cells_count_invalid_records_and_missing_figures_read_as_dashes() -> None:
     some = {**ROW, "invalid": 2, "win_rate": None, "diff": None, "distinct_2": None, "rep_2": None,
             "samples": None, "tokens": None, "seconds": float("nan")}  # fmt: skip
@@ -288,7 +301,12 @@ def test_the_closeness_table_cells() -> None:
     base = {"controller": "best_of_n", "budget": 8, "base_logp_mean": -1.0, "base_ppl": math.e,
             "selection_bound": 1.5, "eval": {"judge": {"mean": -1.0, "low": -2.0, "high": 0.0}}}  # fmt: skip
     text = closeness_table([row, base])
-    assert text.startswith("\nCloseness to the base model (base log-likelihood: exact; selection bound:")
+    assert text.split("\n\n| controller")[0] == (
+        "\nCloseness to the base model (base log-likelihood: exact; selection bound: a bound; their sum "
+        "with the steering log-ratio, the KL figure: a bound for best-of-N, a bound plus an unbiased "
+        "estimate for a deterministic edit such as RE-Control, a heuristic for AISP and CEM, absent "
+        "for controllers that select at every step) and held-out rewards:"
+    )
     table = text.split(":\n\n", 1)[1]
     assert table == (
         "| controller | budget | base log-lik / token | base ppl | steering log-ratio (estimate) "
@@ -400,6 +418,9 @@ def test_the_reward_plot_draws_each_controllers_curve_and_band_in_budget_order(
     assert lines[0].get_marker() == "o"
     band = ax.collections[0].get_paths()[0].vertices
     assert band[:, 1].min() == pytest.approx(0.5) and band[:, 1].max() == pytest.approx(3.0)
+    assert ax.collections[0].get_alpha() == pytest.approx(0.2)  # translucent: the curves show through
+    assert ax.xaxis.get_gridlines()[0].get_alpha() == pytest.approx(0.3)
+    assert tuple(fig.get_size_inches()) == pytest.approx((6.4, 4.2)) and fig.dpi == 120
     assert ax.get_xscale() == "log" and ax.xaxis.get_transform().base == 2
     assert ax.get_xlabel() == "responses scored per prompt (budget)"
     assert ax.get_ylabel() == "mean best reward (95% CI)"
@@ -414,5 +435,48 @@ def test_the_reward_plot_without_matplotlib_says_what_to_install(
     import sys
 
     monkeypatch.setitem(sys.modules, "matplotlib", None)
-    with pytest.raises(ImportError, match=r"pip install 'mpc_llm\[plot\]'"):
+    with pytest.raises(ImportError) as err:
         plot_reward_vs_samples([ROW], tmp_path / "r.png")
+    assert str(err.value) == "plotting needs matplotlib: pip install 'mpc_llm[plot]'"
+
+
+def test_write_summary_states_the_verdicts_and_every_learned_values_amortised_cost(tmp_path: Path) -> None:
+    records = [{**r, "kl_estimate": 0.0} if r["controller"] == "best_of_n" else r for r in study()]
+    records += [{**r, "controller": "twisted"} for r in records if r["controller"] == "aisp"]
+    settings = {"controllers": {
+        "aisp": {"value_learning": {"learning_cost": {"tokens": 4000}}},
+        "twisted": {"value_learning": {"learning_cost": {"tokens": 2000}}},
+    }}  # fmt: skip
+    rows = summarize(records, learning=amortised_learning(settings))
+    write_summary(rows, tmp_path, settings)
+    text = (tmp_path / "summary.md").read_text(encoding="utf-8")
+    assert text.startswith("# Comparison\n\n**Against best_of_n's curve")
+    assert "over 1000 test prompts: aisp +4 tokens / prompt, twisted +2 tokens / prompt.\n" in text
+
+
+def test_the_summary_json_is_indented_for_readable_diffs(tmp_path: Path) -> None:
+    rows = summarize(study())
+    write_summary(rows, tmp_path, {})
+    assert (tmp_path / "summary.json").read_text(encoding="utf-8") == json.dumps(rows, indent=2)
+
+
+def test_settings_that_are_not_strict_json_are_refused(tmp_path: Path) -> None:
+    with pytest.raises(ValueError):
+        write_summary(summarize(study()), tmp_path, {"sigma": float("nan")})
+
+
+def test_write_summary_plots_in_the_runs_budget_unit_against_its_baseline(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    calls: list[tuple[Any, ...]] = []
+    monkeypatch.setattr(tables, "plot_reward_vs_samples", lambda *args: calls.append(("reward", *args)))
+    monkeypatch.setattr(tables, "plot_frontier", lambda *args: calls.append(("frontier", *args)))
+    rows = summarize(study())
+    write_summary(rows, tmp_path, {"budget_unit": "tokens"})
+    write_summary(rows, tmp_path, {}, baseline="aisp")
+    assert calls == [
+        ("reward", rows, tmp_path / "reward_vs_samples.png", "tokens"),
+        ("frontier", rows, tmp_path / "frontier.png", "best_of_n"),
+        ("reward", rows, tmp_path / "reward_vs_samples.png", "samples"),
+        ("frontier", rows, tmp_path / "frontier.png", "aisp"),
+    ]
