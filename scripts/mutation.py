@@ -78,6 +78,13 @@ TESTS: dict[str, list[str]] = {
         "tests/test_compare.py::test_summary_against_hand_computed_values",
         "tests/test_mutation_kills_tables.py",
     ],
+    "evaluation/summary/metrics.py": [
+        "tests/test_mutation_kills_metrics.py", "tests/test_properties_records.py",
+        "tests/test_mutation_kills_tables.py",
+    ],
+    "evaluation/summary/verdicts.py": [
+        "tests/test_mutation_kills_metrics.py", "tests/test_mutation_kills_tables.py",
+    ],
     "core/tilted.py": [
         "tests/test_samplers.py", "tests/test_importance.py", "tests/test_mutation_kills_tilted.py",
     ],
