@@ -33,12 +33,18 @@ T_TABLE = [
     (0.975, 10, 2.228138851986274),
     (0.95, 100, 1.6602343260853392),
     (0.6, 7, 0.2631668613520229),
+    (0.9995, 3, 12.923978636687961),  # far tails: Newton needs more than four steps here
+    (0.0005, 4, -8.610301581379275),
 ]
 
 
 @pytest.mark.parametrize(("p", "df", "want"), T_TABLE)
 def test_t_quantiles_match_scipy_beyond_two_degrees_of_freedom(p: float, df: int, want: float) -> None:
-    assert t_quantile(p, df) == pytest.approx(want, rel=2e-7)
+    assert t_quantile(p, df) == pytest.approx(want, rel=1e-9)
+
+
+def test_the_median_of_t_is_zero() -> None:
+    assert t_quantile(0.5, 5) == 0.0 and t_quantile(0.5, 1) == 0.0
 
 
 @pytest.mark.parametrize(
@@ -129,6 +135,30 @@ def test_the_bootstrap_averages_each_groups_pairs_before_resampling() -> None:
     assert b.win_low == 0.5 and b.win_high == 1.0
 
 
+def test_a_tie_counts_one_half_in_the_bootstrap() -> None:
+    b = paired_bootstrap([1.0, 2.0, 0.0], [1.0, 1.0, 1.0], ["tie", "win", "loss"])
+    assert b.win == pytest.approx(0.5)
+    assert paired_bootstrap([1.0], [1.0], [0]).win == 0.5
+
+
+def test_the_bootstrap_sums_in_float64() -> None:
+    b = paired_bootstrap([0.1, 0.0, 0.0], [0.0, 1.0, 1.0], [0, 0, 0])
+    assert b.diff == (0.1 - 1.0 - 1.0) / 3  # float32 accumulators would round both
+    assert b.win == 1.0 / 3
+
+
+def test_the_bootstrap_interval_is_the_seeded_percentile_of_2000_resampled_means() -> None:
+    import torch
+
+    ours, theirs = [0.3, 1.2, -0.4, 0.9, 0.0, 2.0, -1.1], [0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7]
+    diffs = torch.tensor([a - b for a, b in zip(ours, theirs, strict=True)], dtype=torch.float64)
+    draws = torch.randint(0, 7, (2000, 7), generator=torch.Generator().manual_seed(0))
+    q = torch.tensor([0.025, 0.975], dtype=torch.float64)
+    low, high = torch.quantile(diffs[draws].mean(dim=1), q).tolist()
+    b = paired_bootstrap(ours, theirs, list(range(7)))
+    assert (b.diff_low, b.diff_high) == pytest.approx((low, high), rel=1e-12)
+
+
 def test_one_group_gives_a_point_interval() -> None:
     b = paired_bootstrap([2.0, 4.0], [1.0, 1.0], [0, 0])
     assert (b.diff, b.diff_low, b.diff_high) == pytest.approx((2.0, 2.0, 2.0))
@@ -194,6 +224,8 @@ def test_a_curve_cell_names_where_on_the_curve_it_was_read() -> None:
     )
     assert curve_cell(cell(x=12345.6)).endswith("(x 1.23e+04; n 32-64)")
     assert curve_cell(cell(x=9999.0)).endswith("(x 9999.00; n 32-64)")
+    assert curve_cell(cell(x=10000.0)).endswith("(x 1e+04; n 32-64)")
+    assert curve_cell(cell(x=10000.5)).endswith("(x 1e+04; n 32-64)")
     assert curve_cell(cell(x=-12345.6)).endswith("(x -1.23e+04; n 32-64)")
     assert curve_cell(cell(prompts=50)).endswith("(x 2.50; n 32-64; 50 prompts)")
 
