@@ -1,6 +1,6 @@
 """Closeness to the base model of the responses a comparison returns, and the selection bound.
 
-Per returned response a record holds (docs/architecture.md, "Closeness to the base model"):
+Per returned response a record holds (docs/internals.md, "Closeness to the base model"):
 
 - ``base_logp_mean``: the mean per-token log-likelihood of the response under the base model at
   temperature 1, and ``base_ppl = exp(-base_logp_mean)``: exact numbers, from one teacher-forced
