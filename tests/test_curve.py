@@ -231,7 +231,7 @@ def test_sequential_records_count_what_they_re_read_and_their_value_work(tmp_pat
     """A sequential run's records add the committed tokens it read again (every row that went on)
     and its value evaluations: receding horizon commits 2 of 6 tokens per plan, so a response that
     runs the whole episode re-reads 2 + 2 (the last commit ends it); a terminal value is evaluated
-    once per incomplete candidate."""
+    once per incomplete candidate, each time on a state the decode read with one more forward."""
     from mpc_llm.dynamics import LMDynamics
     from mpc_llm.rewards.rules import KeywordReward
     from mpc_llm.values import ValueMLP, save_value
@@ -249,8 +249,10 @@ def test_sequential_records_count_what_they_re_read_and_their_value_work(tmp_pat
     context = lm.context_tokens().tolist()
     for r in read(tmp_path / "r"):
         assert r["prefill_tokens"] == context[r["prompt_index"]] + 4  # two commits read again
-        assert r["forward_tokens"] == r["prefill_tokens"] + r["tokens"] == r["prefill_tokens"] + 12
         assert r["value_evals"] == 4  # 2 candidates x the 2 plans that stop before the end
+        assert r["state_reads"] == 4  # the state each of those evaluations read
+        assert r["forward_tokens"] == r["prefill_tokens"] + r["state_reads"] + r["tokens"]
+        assert r["tokens"] == 12
 
 
 def test_a_values_work_counts_in_model_token_equivalents_on_the_compute_axis(tmp_path, tiny_lm) -> None:

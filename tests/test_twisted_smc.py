@@ -153,6 +153,15 @@ def test_a_value_twist_and_a_value_steered_proposal_run_on_a_language_model(tiny
     result = smc.optimize(lm, cost, seed=[0, 1])
     assert torch.isfinite(result.population.estimate.log_z).all()
     assert twist.evaluations > 0
+    # each particle still going after a block had its state read (one more forward) for the twist:
+    # 3 particles x the 2 blocks before the last at most; the proposal's evaluations are its
+    # gradient steps, so value_evals - grad_steps counts the state reads too (how records made
+    # before state_reads existed were completed)
+    spent = result.budget.compute_per_problem
+    assert all(0 < reads <= 6 for reads in spent["state_reads"])
+    columns = (spent["state_reads"], spent["value_evals"], spent["grad_steps"])
+    for reads, evals, steps in zip(*columns, strict=True):
+        assert reads == pytest.approx(evals - steps)
     no_logprobs = LMDynamics(model, tok, ["Hi"], max_new_tokens=4, keep_states=True)
     with pytest.raises(ValueError, match="return_logprobs"):
         smc.optimize(no_logprobs, cost, seed=0)

@@ -310,6 +310,9 @@ class RecedingHorizon(SequentialController[RecedingHorizonConfig, Plan]):
         per_sample = tuple(max(1.0, t / n) for t, n in zip(made, used, strict=True))
         committed = min(self.loop.steps_committed, H)
         evaluated = plan_cost.evaluated if isinstance(plan_cost, TerminalValueCost) else None
+        compute = {} if evaluated is None else {"value_evals": evaluated.tolist()}
+        if evaluated is not None and plan_cost.twist.needs_states:  # one forward per state read
+            compute["state_reads"] = evaluated.tolist()
         return Step(
             chosen=result.best_rollout,
             commit=committed,
@@ -319,7 +322,7 @@ class RecedingHorizon(SequentialController[RecedingHorizonConfig, Plan]):
             tokens=made,
             carry=Plan(result.state, tau, committed, plan.per_step, per_sample),  # type: ignore[arg-type]
             history=result.history,
-            compute={} if evaluated is None else {"value_evals": evaluated.tolist()},
+            compute=compute,
         )
 
     # ----------------------------------------------------------------- helpers

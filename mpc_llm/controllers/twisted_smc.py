@@ -236,12 +236,15 @@ class TwistedSMC(SMC):
     def _compute(
         R: int, twist: Twist | None, ended: Tensor | None, proposal: Policy | None, before: tuple[int, int]
     ) -> dict[str, list[float]]:
-        """Per row: one evaluation of a value twist (unfinished rows), and a steered proposal's
-        evaluations and gradient steps in this block (its counters' growth, shared evenly: the decode
-        runs the policy on every row at every step)."""
+        """Per row: one evaluation of a value twist (unfinished rows), with the state it read (one more
+        forward of the block's last token: ``state_reads``), and a steered proposal's evaluations and
+        gradient steps in this block (its counters' growth, shared evenly: the decode runs the policy
+        on every row at every step)."""
         out: dict[str, list[float]] = {}
         if isinstance(twist, ValueTwist) and ended is not None:
             out["value_evals"] = [0.0 if bool(e) else 1.0 for e in ended.tolist()]
+        if twist is not None and twist.needs_states and ended is not None:
+            out["state_reads"] = [0.0 if bool(e) else 1.0 for e in ended.tolist()]
         if proposal is not None:
             evals = (proposal.evaluations - before[0]) / R
             out["value_evals"] = [e + evals for e in out.get("value_evals", [0.0] * R)]

@@ -28,8 +28,10 @@ class Budget:
         samples_per_problem: ``B`` counts of scored rollouts (they differ when episodes end early).
         tokens_per_problem: ``B`` counts of generated tokens.
         compute_per_problem: other work per problem, by name, each ``B`` totals: ``rereads``
-            (committed tokens a closed-loop run reads again), ``value_evals`` and ``grad_steps``
-            (a learned value's evaluations and gradient steps); empty when none was counted.
+            (committed tokens a closed-loop run reads again), ``state_reads`` (states a learned
+            value read after a decode: one more forward of its last token each), ``value_evals``
+            and ``grad_steps`` (a learned value's evaluations and gradient steps); empty when none
+            was counted.
     """
 
     samples: int = 0

@@ -199,21 +199,26 @@ def compute_fields(
     stats: Mapping[str, Any],
     b: int,
     rereads: int = 0,
+    state_reads: int | None = None,
 ) -> dict[str, Any]:
     """What a record spent: ``samples`` (responses scored: one reward call each), ``tokens``
     (generated: one decode step each) and wall ``seconds``; with the prompt's ``context`` tokens,
     ``prefill_tokens`` (the prompt read once, plus ``rereads``: committed tokens a sequential
-    controller reads again) and ``forward_tokens = prefill_tokens + tokens`` (tokens through the
-    model); the per-token ``stats`` of `COMPUTE_STATS` with their totals over ``tokens``.
+    controller reads again) and ``forward_tokens = prefill_tokens + state_reads + tokens`` (tokens
+    through the model; ``state_reads``, recorded when a controller counts them: the states a learned
+    value read after a decode, one forward of the decode's last token each); the per-token ``stats``
+    of `COMPUTE_STATS` with their totals over ``tokens``.
 
     Example:
         >>> compute_fields(4, 100, 2.0, 30, {}, 0)
         {'samples': 4, 'tokens': 100, 'seconds': 2.0, 'prefill_tokens': 30, 'forward_tokens': 130}
     """
     out: dict[str, Any] = {"samples": samples, "tokens": tokens, "seconds": seconds}
+    if state_reads is not None:
+        out["state_reads"] = state_reads
     if context is not None:
         out["prefill_tokens"] = context + rereads
-        out["forward_tokens"] = context + rereads + tokens
+        out["forward_tokens"] = context + rereads + (state_reads or 0) + tokens
     for name, total in COMPUTE_STATS.items():
         if name in stats:
             per_token = float(stats[name][b])
@@ -222,7 +227,7 @@ def compute_fields(
 
 
 #: the fields of what a record spent (`compute_fields`), kept by an invalid record too
-SPENT = ("samples", "tokens", "seconds", "prefill_tokens", "forward_tokens", *COMPUTE_STATS,
+SPENT = ("samples", "tokens", "seconds", "prefill_tokens", "state_reads", "forward_tokens", *COMPUTE_STATS,
          *COMPUTE_STATS.values(), "value_tokens")  # fmt: skip
 
 
@@ -256,7 +261,8 @@ def final_records(
 
     With the prompts' ``context`` tokens, the compute (`compute_fields`) adds the committed tokens
     the run read again (`Budget.compute_per_problem`'s ``rereads``: every row that went on, resampled
-    copies included), and its totals of value evaluations and gradient steps."""
+    copies included), the states a value read after a decode (``state_reads``), and its totals of
+    value evaluations and gradient steps."""
     rewards = result.best_metrics.get("reward")
     fields = (
         None if dynamics is None else closeness_fields(dynamics, result.best_rollout, with_controls=False)
@@ -269,6 +275,7 @@ def final_records(
             result.budget.samples_per_problem[b], result.budget.tokens_per_problem[b],
             result.budget.seconds / len(indices), None if context is None else int(context[b]), {}, b,
             int(extra["rereads"][b]) if "rereads" in extra else 0,
+            int(extra["state_reads"][b]) if "state_reads" in extra else None,
         )  # fmt: skip
         spent.update({k: extra[k][b] for k in COMPUTE_STATS.values() if k in extra})
         records.append(

@@ -22,6 +22,9 @@ from mpc_llm.evaluation.summary.metrics import (
 )
 from mpc_llm.evaluation.summary.verdicts import curve_table, plain_answer
 
+#: what a row of `summarize` averages over its records, per prompt
+SPENT_MEANS = ("prefill_tokens", "state_reads", "forward_tokens", "grad_steps", "value_evals", "value_tokens")
+
 
 def summarize(
     records: Sequence[Mapping[str, Any]],
@@ -48,9 +51,9 @@ def summarize(
     mean, its t-interval, ``n``, ``missing`` (records whose score was null, left out) and the
     bootstrap difference against the baseline's held-out score.
 
-    Compute per prompt: mean ``prefill_tokens``, ``forward_tokens``, ``grad_steps``, ``value_evals``,
-    ``value_tokens``
-    (None when any record lacks the field: records from before it was recorded). Against the
+    Compute per prompt: mean ``prefill_tokens``, ``state_reads``, ``forward_tokens``, ``grad_steps``,
+    ``value_evals``, ``value_tokens`` (None when any record lacks the field: records from before it
+    was recorded, or, for ``state_reads``, of a controller that reads no state after a decode). Against the
     baseline's whole curve (its records at every budget; `mpc_llm.evaluation.summary.curve`):
     ``curve[axis]`` for the optimised reward and ``eval_curve[label][axis]`` for held-out scores,
     on the axes ``kl``, ``ppl`` and ``compute`` (``learning``: a label's learned-value training
@@ -115,7 +118,7 @@ def summarize(
         samples = [int(r["samples"]) for r in everything if "samples" in r]
         row["samples"] = sum(samples) / len(samples) if samples else None
         row["seconds"] = sum(float(r["seconds"]) for r in everything) / len(everything)
-        for key in ("prefill_tokens", "forward_tokens", "grad_steps", "value_evals", "value_tokens"):
+        for key in SPENT_MEANS:
             spent = [r.get(key) for r in everything]  # unknown (None) when a record lacks it, never 0
             row[key] = None if any(v is None for v in spent) else sum(map(float, spent)) / len(spent)  # type: ignore[arg-type]
         if baseline is not None and name != baseline:
