@@ -44,7 +44,7 @@ def complete(record: dict[str, Any]) -> bool:
     reads = float(record["value_evals"]) - float(record.get("grad_steps") or 0.0)
     if reads < 0 or abs(reads - round(reads)) > 1e-6:
         raise ValueError(f"value_evals - grad_steps is not a count of states: {record}")
-    record["state_reads"] = int(round(reads))
+    record["state_reads"] = round(reads)
     if record.get("forward_tokens") is not None:
         record["forward_tokens"] = record["forward_tokens"] + record["state_reads"]
     return True
