@@ -824,6 +824,58 @@ def test_no_record_spends_more_than_its_token_budget(
     assert all(r["tokens"] >= 1 for r in records)
 
 
+@pytest.mark.parametrize(
+    ("error", "per_batch", "advice"),
+    [
+        ("cuda", 8, "--resume and --prompts-per-batch 4"),
+        ("host", 3, "--resume and --prompts-per-batch 1"),
+        ("host", 1, "--resume and smaller --budgets, or on a device with more memory"),
+    ],
+)
+def test_a_comparison_out_of_memory_says_how_to_resume_it(
+    files: dict[str, str],
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+    error: str,
+    per_batch: int,
+    advice: str,
+) -> None:
+    """A GPU's out-of-memory error, or the host's failed allocation, in the middle of a comparison is
+    one line: what ran out, the records kept, and the command that goes on with half the prompts per
+    batch (fewer samples where one prompt per batch did not fit); any other error stays as it was."""
+    import torch
+
+    import mpc_llm.evaluation.compare as comparing
+
+    raised = {
+        "cuda": torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB. GPU 0 has 1 GiB"),
+        "host": RuntimeError("[enforce fail at alloc_cpu.cpp] DefaultCPUAllocator: can't allocate memory"),
+    }
+
+    def out_of_memory(*_: Any, **__: Any) -> None:
+        raise raised[error]
+
+    monkeypatch.setattr(comparing, "compare", out_of_memory)
+    argv = [
+        "compare", "--out", str(tmp_path / "run"), "--quiet", "--model", files["llama"], "--prompts",
+        f"{files['root']}/prompts.txt", "--reward", "length", "--max-new-tokens", "4", "--budgets", "2",
+        "-n", "2", "--controllers", "best_of_n", "--prompts-per-batch", str(per_batch),
+    ]  # fmt: skip
+    assert main(argv) == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("mpc-llm: error: out of memory"), lines
+    assert advice in lines[0] and str(tmp_path / "run") in lines[0]
+    assert ("Tried to allocate 2.00 GiB" if error == "cuda" else "can't allocate memory") in lines[0]
+
+    def other(*_: Any, **__: Any) -> None:
+        raise RuntimeError("the reward server closed the connection")
+
+    monkeypatch.setattr(comparing, "compare", other)
+    assert main(argv) == 2
+    assert capsys.readouterr().err.strip() == "mpc-llm: error: the reward server closed the connection"
+
+
 def test_the_receding_horizon_token_share_keeps_every_later_plan_its_least() -> None:
     """`_token_share` never hands a plan more samples than leaves each later plan its least samples
     at their longest rollouts, however short the last plan's samples were."""

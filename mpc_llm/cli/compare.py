@@ -11,7 +11,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from mpc_llm.cli.errors import CLIError
+from mpc_llm.cli.errors import CLIError, out_of_memory
 from mpc_llm.cli.options import experiment_config, given_settings, refuse_untaken
 
 
@@ -115,25 +115,30 @@ def cmd_compare(args: argparse.Namespace) -> int:
         experiment = Experiment(
             config.model_copy(update={"reward": distributed.localise(config.reward, gpus)})
         )
-        rows = compare(
-            prompt_set.prompts,
-            controllers,
-            experiment.dynamics,
-            experiment.reward.as_cost(),
-            budgets=args.budgets,
-            budget_unit=args.budget_unit,
-            seeds=args.seeds,
-            out_dir=args.out,
-            resume=args.resume,
-            overwrite=args.overwrite,
-            prompts_per_batch=args.prompts_per_batch,
-            settings=settings,
-            progress=not args.quiet,
-            world=world,
-            eval_rewards=experiment.eval_rewards,
-            origins=prompt_set.origins,
-            baseline_budgets=args.baseline_budgets,
-        )
+        try:
+            rows = compare(
+                prompt_set.prompts,
+                controllers,
+                experiment.dynamics,
+                experiment.reward.as_cost(),
+                budgets=args.budgets,
+                budget_unit=args.budget_unit,
+                seeds=args.seeds,
+                out_dir=args.out,
+                resume=args.resume,
+                overwrite=args.overwrite,
+                prompts_per_batch=args.prompts_per_batch,
+                settings=settings,
+                progress=not args.quiet,
+                world=world,
+                eval_rewards=experiment.eval_rewards,
+                origins=prompt_set.origins,
+                baseline_budgets=args.baseline_budgets,
+            )
+        except (MemoryError, RuntimeError) as err:
+            if (hint := out_of_memory(err, args.out, args.prompts_per_batch)) is None:
+                raise
+            raise CLIError(hint) from err
     if world is None or world.is_main:
         print(markdown_table(rows))
         print(f"records, summary.md and reward_vs_samples.png are in {args.out}")
