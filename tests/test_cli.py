@@ -342,3 +342,31 @@ def test_a_controller_defined_outside_the_package_runs_through_compare_from_a_co
     finally:
         unregister("top_k_mean")
         unregister("my_controllers:TopKMean")
+
+
+@pytest.mark.parametrize("then", ["finishes", "fails to import"])
+def test_ctrl_c_that_a_library_swallowed_still_ends_the_command_as_interrupted(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], then: str
+) -> None:
+    """Ctrl-C during a library's import can be caught by the library: the command then finishes, or
+    a half-imported module fails its next import. Either way the user pressed Ctrl-C: one
+    ``mpc-llm: interrupted`` line and status 130, not a success or an unrelated error."""
+    import signal
+
+    import mpc_llm.cli.app as app
+
+    def swallowing(args: object) -> int:
+        try:
+            os.kill(os.getpid(), signal.SIGINT)
+            for _ in range(10_000):  # the handler runs between bytecodes
+                pass
+        except BaseException:  # what the library did
+            pass
+        if then == "fails to import":
+            raise ImportError("cannot import name 'x' from partially initialized module 'accelerate'")
+        return 0
+
+    monkeypatch.setattr(app, "cmd_info", swallowing)
+    assert main(["info"]) == 130
+    assert capsys.readouterr().err.strip() == "mpc-llm: interrupted"
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # put back as it was

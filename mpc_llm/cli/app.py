@@ -7,9 +7,13 @@ Every error a user can cause (bad values, unknown names, missing files or device
 from __future__ import annotations
 
 import os
+import signal
 import sys
+import threading
 import warnings
 from collections.abc import Sequence
+from types import FrameType, TracebackType
+from typing import Any
 
 from mpc_llm.cli.commands import cmd_align, cmd_info
 from mpc_llm.cli.compare import cmd_compare
@@ -32,24 +36,59 @@ def _quiet_libraries() -> None:
     hf_logging.disable_progress_bar()
 
 
+class Interrupts:
+    """Whether Ctrl-C reached this process while the command ran, even where a library swallowed
+    the ``KeyboardInterrupt`` it raised (an import that caught it, or left a half-imported module
+    whose next import fails with another error). A process that ignores SIGINT (started in the
+    background) keeps ignoring it; off the main thread nothing is installed."""
+
+    def __init__(self) -> None:
+        self.seen = False
+        self._previous: Any = None
+
+    def __enter__(self) -> Interrupts:
+        main_thread = threading.current_thread() is threading.main_thread()
+        if main_thread and signal.getsignal(signal.SIGINT) is not signal.SIG_IGN:
+            self._previous = signal.signal(signal.SIGINT, self._handle)
+        return self
+
+    def _handle(self, signum: int, frame: FrameType | None) -> None:
+        self.seen = True
+        raise KeyboardInterrupt
+
+    def __exit__(
+        self, kind: type[BaseException] | None, err: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        if self._previous is not None:
+            signal.signal(signal.SIGINT, self._previous)
+
+
+def _interrupted() -> int:
+    print("mpc-llm: interrupted", file=sys.stderr)
+    return EXIT_INTERRUPTED
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command; a user error prints one ``mpc-llm: error: ...`` line and returns 2, Ctrl-C
     (even during the first seconds' imports) one ``mpc-llm: interrupted`` line and 130."""
     formatter = warnings.formatwarning
     warnings.formatwarning = one_line_warning
-    try:
-        args = build_parser().parse_args(argv)
-        _quiet_libraries()
-        commands = {"align": cmd_align, "compare": cmd_compare, "info": cmd_info}
-        commands["train-value"] = cmd_train_value
-        commands["merge"] = cmd_merge
-        return commands[args.command](args)
-    except KeyboardInterrupt:
-        print("mpc-llm: interrupted", file=sys.stderr)
-        return EXIT_INTERRUPTED
-    except (CLIError, ValueError, OSError, ImportError, TypeError, RuntimeError) as err:
-        # ValueError: pydantic's too; RuntimeError: a reward that raised, an unsupported model, CUDA OOM
-        print(f"mpc-llm: error: {one_line(err)}", file=sys.stderr)
-        return EXIT_USAGE
-    finally:
-        warnings.formatwarning = formatter
+    with Interrupts() as interrupts:
+        try:
+            args = build_parser().parse_args(argv)
+            _quiet_libraries()
+            commands = {"align": cmd_align, "compare": cmd_compare, "info": cmd_info}
+            commands["train-value"] = cmd_train_value
+            commands["merge"] = cmd_merge
+            code = commands[args.command](args)
+        except KeyboardInterrupt:
+            return _interrupted()
+        except (CLIError, ValueError, OSError, ImportError, TypeError, RuntimeError) as err:
+            if interrupts.seen:  # e.g. an import that Ctrl-C cut short, failing again
+                return _interrupted()
+            # ValueError: pydantic's too; RuntimeError: a reward that raised, an unsupported model, CUDA OOM
+            print(f"mpc-llm: error: {one_line(err)}", file=sys.stderr)
+            return EXIT_USAGE
+        finally:
+            warnings.formatwarning = formatter
+    return _interrupted() if interrupts.seen else code
