@@ -710,7 +710,16 @@ def _run_process(argv: list[str | bytes], changes: dict[str, str | None], case: 
             env[key] = value
     command = [sys.executable.encode(), b"-m", b"mpc_llm.cli"]
     command += [a if isinstance(a, bytes) else a.encode() for a in argv]
-    proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
+
+    # Ctrl-C reaches the command as it does in a terminal, even when the tests run in the background
+    # (which starts them with SIGINT ignored, and a child inherits that)
+    def default_sigint() -> None:
+        signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+    proc = subprocess.Popen(
+        command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env,
+        preexec_fn=None if case.interrupt_after is None else default_sigint,
+    )  # fmt: skip
     if case.interrupt_after is not None:
         time.sleep(case.interrupt_after)
         proc.send_signal(signal.SIGINT)

@@ -367,6 +367,16 @@ def test_ctrl_c_that_a_library_swallowed_still_ends_the_command_as_interrupted(
         return 0
 
     monkeypatch.setattr(app, "cmd_info", swallowing)
-    assert main(["info"]) == 130
-    assert capsys.readouterr().err.strip() == "mpc-llm: interrupted"
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # put back as it was
+    # as in a terminal: a test run started in the background inherits SIGINT ignored, which the
+    # command keeps (see the last lines)
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        assert main(["info"]) == 130
+        assert capsys.readouterr().err.strip() == "mpc-llm: interrupted"
+        assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # put back as it was
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # started in the background: Ctrl-C is not for it
+        code, err = main(["info"]), capsys.readouterr().err
+        assert code == (2 if then == "fails to import" else 0) and "interrupted" not in err
+        assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+    finally:
+        signal.signal(signal.SIGINT, previous)
