@@ -310,9 +310,11 @@ class RecedingHorizon(SequentialController[RecedingHorizonConfig, Plan]):
         per_sample = tuple(max(1.0, t / n) for t, n in zip(made, used, strict=True))
         committed = min(self.loop.steps_committed, H)
         evaluated = plan_cost.evaluated if isinstance(plan_cost, TerminalValueCost) else None
-        compute = {} if evaluated is None else {"value_evals": evaluated.tolist()}
-        if evaluated is not None and plan_cost.twist.needs_states:  # one forward per state read
-            compute["state_reads"] = evaluated.tolist()
+        compute: dict[str, list[float]] = {}
+        if evaluated is not None:
+            compute["value_evals"] = evaluated.tolist()
+            if plan_cost.twist.needs_states:  # one forward per state read
+                compute["state_reads"] = list(compute["value_evals"])
         return Step(
             chosen=result.best_rollout,
             commit=committed,

@@ -241,10 +241,12 @@ class TwistedSMC(SMC):
         gradient steps in this block (its counters' growth, shared evenly: the decode runs the policy
         on every row at every step)."""
         out: dict[str, list[float]] = {}
-        if isinstance(twist, ValueTwist) and ended is not None:
-            out["value_evals"] = [0.0 if bool(e) else 1.0 for e in ended.tolist()]
-        if twist is not None and twist.needs_states and ended is not None:
-            out["state_reads"] = [0.0 if bool(e) else 1.0 for e in ended.tolist()]
+        if twist is not None and ended is not None:
+            unfinished = [0.0 if bool(e) else 1.0 for e in ended.tolist()]
+            if isinstance(twist, ValueTwist):
+                out["value_evals"] = unfinished
+            if twist.needs_states:
+                out["state_reads"] = list(unfinished)
         if proposal is not None:
             evals = (proposal.evaluations - before[0]) / R
             out["value_evals"] = [e + evals for e in out.get("value_evals", [0.0] * R)]
